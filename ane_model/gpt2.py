@@ -1,0 +1,64 @@
+"""GPT-2 in the ANE layout: (B, C, 1, S) activations, 1x1-conv projections, split-einsum attention."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ane_model.layers import MLP, Attention, ChunkedHead, LayerNormANE, causal_mask, load_canonical
+from convert.configs import GPT2Config
+from convert.errors import InputError
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.attn_norm = LayerNormANE(cfg.hidden_size, cfg.layer_norm_eps)
+        self.attn = Attention(cfg.hidden_size, cfg.num_heads)
+        self.mlp_norm = LayerNormANE(cfg.hidden_size, cfg.layer_norm_eps)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), mask, cache, layer)  # pre-norm residual
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT2(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.pos_embed = nn.Embedding(cfg.max_positions, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = LayerNormANE(cfg.hidden_size, cfg.layer_norm_eps)
+        self.lm_head = ChunkedHead(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    @classmethod
+    def from_canonical(cls, cfg: GPT2Config, weights: dict[str, torch.Tensor]) -> GPT2:
+        model = cls(cfg)
+        named = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
+        load_canonical(model, named | model.lm_head.canonical_to_chunks("lm_head", weights))
+        return model.eval()
+
+    def hidden_states(self, input_ids: torch.Tensor, cache=None) -> torch.Tensor:
+        """input_ids (B, S) -> final-norm hidden states (B, C, 1, S); appends to `cache` if given."""
+        seq = input_ids.shape[1]
+        offset = 0 if cache is None else cache.offset
+        key_len = seq if cache is None else cache.key_length(seq)
+        if isinstance(offset, int) and offset + seq > self.cfg.max_positions:
+            raise InputError(
+                f"{offset + seq} tokens exceed the model's {self.cfg.max_positions} positions (n_positions)"
+            )
+        positions = torch.arange(seq) + offset
+        x = self.tok_embed(input_ids) + self.pos_embed(positions)  # (B, S, C)
+        x = x.transpose(1, 2).unsqueeze(2)  # rule 1: (B, C, 1, S), once, at the input
+        mask = causal_mask(seq, key_len, offset, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, cache, i)
+        if cache is not None:
+            cache.advance(seq)
+        return self.final_norm(x)
+
+    def forward(self, input_ids: torch.Tensor, cache=None) -> torch.Tensor:
+        """input_ids (B, S) -> logits (B, V, 1, S)."""
+        return self.lm_head(self.hidden_states(input_ids, cache))
