@@ -89,7 +89,8 @@ def gpt2_weights(cfg: GPT2Config, raw: RawWeights) -> dict[str, torch.Tensor]:
             f"{out}.attn.o.weight": ckpt[f"{h}.attn.c_proj.weight"].t(),
             f"{out}.attn.o.bias": ckpt[f"{h}.attn.c_proj.bias"],
             f"{out}.mlp_norm.weight": ckpt[f"{h}.ln_2.weight"], f"{out}.mlp_norm.bias": ckpt[f"{h}.ln_2.bias"],
-            f"{out}.mlp.fc1.weight": ckpt[f"{h}.mlp.c_fc.weight"].t(), f"{out}.mlp.fc1.bias": ckpt[f"{h}.mlp.c_fc.bias"],
+            f"{out}.mlp.fc1.weight": ckpt[f"{h}.mlp.c_fc.weight"].t(),
+            f"{out}.mlp.fc1.bias": ckpt[f"{h}.mlp.c_fc.bias"],
             f"{out}.mlp.fc2.weight": ckpt[f"{h}.mlp.c_proj.weight"].t(),
             f"{out}.mlp.fc2.bias": ckpt[f"{h}.mlp.c_proj.bias"],
         }  # fmt: skip

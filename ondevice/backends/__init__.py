@@ -1,0 +1,21 @@
+"""Backends by name. Each module exposes `load(checkpoint, dtype, capacity)` returning a `CausalLM`
+(GPT-2) or an `Encoder` (BERT family); imported lazily so a missing optional library only affects
+its own backend."""
+
+from __future__ import annotations
+
+import importlib
+
+from convert.checkpoint import Checkpoint
+from convert.errors import OndeviceError
+
+BACKENDS = {
+    "torch-ane": "ondevice.backends.torch_ane",
+}
+
+
+def load_backend(name: str, checkpoint: Checkpoint, dtype: str = "fp32", capacity: int | None = None):
+    if name not in BACKENDS:
+        raise OndeviceError(f"unknown backend {name!r} (available: {', '.join(BACKENDS)})")
+    module = importlib.import_module(BACKENDS[name])
+    return module.load(checkpoint, dtype=dtype, capacity=capacity)

@@ -1,0 +1,103 @@
+"""The `ondevice` command. Each subcommand is a thin shell over a library function; errors of our
+own types become one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from convert.errors import OndeviceError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Run Hugging Face transformer checkpoints on Apple Silicon: Neural Engine (Core ML), MLX, CPU.",
+)
+console = Console()
+errors = Console(stderr=True)
+
+EXIT_FAILED_CHECK = 1
+EXIT_BAD_INPUT = 2
+
+
+@app.callback()
+def _group() -> None:
+    """Keeps `ondevice` a command group even while it has a single subcommand."""
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+def one_line_errors(command):
+    """Print our own errors as `error: ...` and exit 2; everything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except OndeviceError as exc:
+            errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper
+
+
+@app.command()
+@one_line_errors
+def verify(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, bundled name, or cached model id.")],
+    backend: Annotated[str, typer.Option(help="Backend to check against the transformers CPU reference.")] = (
+        "torch-ane"
+    ),
+    seq_len: Annotated[int | None, typer.Option(help="Tokens per input (default: 64, capped by positions).")] = None,
+    dtype: Annotated[Precision, typer.Option(help="Precision of the backend under test.")] = Precision.fp32,
+    seed: Annotated[int, typer.Option(help="Seed of the random token ids.")] = 0,
+) -> None:
+    """Compare a backend with the transformers CPU reference on the same random token ids."""
+    from ondevice.verify import verify as run_verify
+
+    report = run_verify(checkpoint, backend=backend, seq_len=seq_len, dtype=dtype.value, seed=seed)
+    tol = report.tolerance
+    table = Table(title=f"{report.model_type} · {report.backend} {report.dtype} vs transformers CPU fp32 · "
+                        f"seq_len {report.seq_len}")
+    for column in ("output", "max |err|", "rel. to scale", f"bound ≤ {tol.rel_max_abs:g}", "cosine",
+                   f"bound ≥ {tol.cosine:g}"):
+        table.add_column(column, justify="right" if column != "output" else "left")
+    for c in report.comparisons:
+        ok = c.within(tol)
+        table.add_row(c.name, f"{c.max_abs:.3e}", f"{c.rel_max_abs:.3e}",
+                      "[green]ok[/green]" if c.rel_max_abs <= tol.rel_max_abs else "[red]FAIL[/red]",
+                      f"{c.cosine:.8f}", "[green]ok[/green]" if ok or c.cosine >= tol.cosine else "[red]FAIL[/red]")
+    console.print(f"checkpoint: {report.checkpoint}", highlight=False, soft_wrap=True)
+    console.print(table)
+    if report.greedy_match is not None:
+        steps = len(report.greedy_reference)
+        same = sum(a == b for a, b in zip(report.greedy_ours, report.greedy_reference, strict=True))
+        verdict = "[green]match[/green]" if report.greedy_match else "[red]DIFFER[/red]"
+        console.print(f"greedy tokens: {same}/{steps} {verdict}")
+        if not report.greedy_match:
+            console.print(f"  ours:      {report.greedy_ours}\n  reference: {report.greedy_reference}")
+    console.print("[green]PASS[/green]" if report.passed else "[red]FAIL[/red]")
+    if not report.passed:
+        raise typer.Exit(EXIT_FAILED_CHECK)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The ground truth: Hugging Face `transformers` on the CPU in fp32, loaded from the same directory.
+
+Implements the same two interfaces as our backends, so every comparison is backend against this."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from convert.checkpoint import Checkpoint
+from convert.configs import BertConfig, GPT2Config
+
+
+def _quiet_from_pretrained(model_cls, directory):
+    # transformers prints load reports and progress bars to stderr; keep CLI output to our table.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with contextlib.redirect_stderr(io.StringIO()):
+        return model_cls.from_pretrained(directory, dtype=torch.float32).eval()
+
+
+class ReferenceCausalLM:
+    backend = "transformers-cpu"
+
+    def __init__(self, checkpoint: Checkpoint):
+        from transformers import AutoModelForCausalLM
+
+        self.config: GPT2Config = checkpoint.config
+        self.capacity = self.config.max_positions
+        self.model = _quiet_from_pretrained(AutoModelForCausalLM, checkpoint.directory)
+        self.tokens: list[int] = []
+        self.past = None
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
+        ids = torch.tensor([list(token_ids)], dtype=torch.long)
+        out = self.model(ids, cache=self.past, use_cache=True)
+        self.past = out.cache
+        self.tokens += list(token_ids)
+        return out.logits[0].float().numpy()
+
+    def decode(self, token_id: int) -> np.ndarray:
+        return self.prefill([token_id])[0]
+
+    def trim(self, length: int) -> None:
+        if length == 0:
+            self.past = None
+        else:
+            self.past.crop(length)
+        self.tokens = self.tokens[:length]
+
+
+class ReferenceEncoder:
+    backend = "transformers-cpu"
+
+    def __init__(self, checkpoint: Checkpoint):
+        from transformers import AutoModel, AutoModelForMaskedLM
+
+        self.config: BertConfig = checkpoint.config
+        cls = AutoModelForMaskedLM if self.config.has_mlm_head else AutoModel
+        self.model = _quiet_from_pretrained(cls, checkpoint.directory)
+
+    @torch.inference_mode()
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+               token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        kwargs = {"attention_mask": torch.as_tensor(attention_mask, dtype=torch.long)}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = torch.as_tensor(token_type_ids, dtype=torch.long)
+        out = self.model(torch.as_tensor(input_ids, dtype=torch.long), output_hidden_states=True, **kwargs)
+        hidden = out.hidden_states[-1]
+        result = {"hidden": hidden}
+        if getattr(out, "pooler_output", None) is not None and self.config.has_pooler:
+            result["pooled"] = out.pooler_output
+        if self.config.has_mlm_head:
+            result["mlm_logits"] = out.logits
+        if self.config.pooling is not None:
+            result["sentence_embedding"] = sentence_pooling(hidden, kwargs["attention_mask"], self.config)
+        return {name: t.float().numpy() for name, t in result.items()}
+
+
+def sentence_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, cfg: BertConfig) -> torch.Tensor:
+    """sentence-transformers' Pooling and Normalize modules, written out on (B, S, C)."""
+    keep = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    if cfg.pooling == "cls":
+        pooled = hidden[:, 0]
+    elif cfg.pooling == "mean":
+        pooled = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1e-9)
+    else:
+        pooled = hidden.masked_fill(keep == 0, -1e9).amax(1)
+    return torch.nn.functional.normalize(pooled, dim=-1) if cfg.normalize else pooled
+
+
+def load_reference(checkpoint: Checkpoint):
+    if isinstance(checkpoint.config, GPT2Config):
+        return ReferenceCausalLM(checkpoint)
+    return ReferenceEncoder(checkpoint)

@@ -1,0 +1,58 @@
+"""The one small interface every backend implements, so that verification, generation, predictive
+text and benchmarks are written once.
+
+Causal LMs keep a KV cache between calls: `prefill` appends tokens, `decode` appends one, `trim`
+rewinds to a prefix (a keystroke-level edit only recomputes what changed). Encoders map a batch of
+token ids to numpy arrays. Everything crossing this border is numpy, batch-major: logits (S, V),
+hidden states (B, S, C)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from convert.configs import BertConfig, GPT2Config
+
+
+class CausalLM(Protocol):
+    config: GPT2Config
+    backend: str  # e.g. "torch-ane", "mlx"
+    capacity: int  # most tokens the cache holds
+
+    @property
+    def length(self) -> int:
+        """Tokens currently in the cache."""
+
+    def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Append tokens; return float32 logits (S, V) of every appended position."""
+
+    def decode(self, token_id: int) -> np.ndarray:
+        """Append one token; return its float32 logits (V,)."""
+
+    def trim(self, length: int) -> None:
+        """Keep the first `length` cached tokens and forget the rest."""
+
+
+class Encoder(Protocol):
+    config: BertConfig
+    backend: str
+
+    def encode(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """(B, S) int arrays -> {"hidden": (B, S, C), "pooled": (B, C), "sentence_embedding": (B, C),
+        "mlm_logits": (B, S, V)}, the last three only where the checkpoint has them; float32."""
+
+
+def greedy_tokens(lm: CausalLM, prompt: Sequence[int], steps: int) -> list[int]:
+    """Greedy continuation of `prompt` through the cache: one prefill, then single-token decodes."""
+    lm.trim(0)
+    logits = lm.prefill(prompt)[-1]
+    tokens = []
+    for step in range(steps):
+        tokens.append(int(np.argmax(logits)))
+        if step + 1 < steps:
+            logits = lm.decode(tokens[-1])
+    return tokens
