@@ -68,16 +68,17 @@ def verify(
 
     report = run_verify(checkpoint, backend=backend, seq_len=seq_len, dtype=dtype.value, seed=seed)
     tol = report.tolerance
-    table = Table(title=f"{report.model_type} · {report.backend} {report.dtype} vs transformers CPU fp32 · "
-                        f"seq_len {report.seq_len}")
-    for column in ("output", "max |err|", "rel. to scale", f"bound ≤ {tol.rel_max_abs:g}", "cosine",
-                   f"bound ≥ {tol.cosine:g}"):
-        table.add_column(column, justify="right" if column != "output" else "left")
+    table = Table(
+        title=f"{report.model_type} · {report.backend} {report.dtype} vs transformers CPU fp32 · "
+        f"seq_len {report.seq_len}",
+        caption=f"bounds ({report.dtype}): max |err| ≤ {tol.rel_max_abs:g} × scale, cosine ≥ {tol.cosine:g}",
+    )
+    table.add_column("output", no_wrap=True)
+    for column in ("max |err|", "scale", "rel. error", "cosine", "result"):
+        table.add_column(column, justify="right", no_wrap=True)
     for c in report.comparisons:
-        ok = c.within(tol)
-        table.add_row(c.name, f"{c.max_abs:.3e}", f"{c.rel_max_abs:.3e}",
-                      "[green]ok[/green]" if c.rel_max_abs <= tol.rel_max_abs else "[red]FAIL[/red]",
-                      f"{c.cosine:.8f}", "[green]ok[/green]" if ok or c.cosine >= tol.cosine else "[red]FAIL[/red]")
+        verdict = "[green]ok[/green]" if c.within(tol) else "[red]FAIL[/red]"
+        table.add_row(c.name, f"{c.max_abs:.3e}", f"{c.scale:.3g}", f"{c.rel_max_abs:.2e}", f"{c.cosine:.8f}", verdict)
     console.print(f"checkpoint: {report.checkpoint}", highlight=False, soft_wrap=True)
     console.print(table)
     if report.greedy_match is not None:
@@ -104,11 +105,19 @@ def convert(
     to: Annotated[Target, typer.Option("--to", help="coreml: an .mlpackage for the Neural Engine; mlx: MLX weights.")],
     out: Annotated[Path, typer.Option("--out", help="Output path (PATH.mlpackage for coreml, a directory for mlx).")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
-    dtype: Annotated[str | None, typer.Option(help="Weights/compute precision: fp16 (default), fp32, bf16 (mlx).")] = None,
-    seq_len: Annotated[list[int] | None, typer.Option("--seq-len", help="Core ML: Sequence length(s); repeat to enumerate (encoders).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="Weights/compute precision: fp16 (default), fp32, bf16 (mlx).")
+    ] = None,
+    seq_len: Annotated[
+        list[int] | None, typer.Option("--seq-len", help="Core ML: Sequence length(s); repeat to enumerate (encoders).")
+    ] = None,
     context: Annotated[int | None, typer.Option(help="Core ML, GPT-2: KV cache capacity in tokens.")] = None,
-    target: Annotated[str, typer.Option(help="Core ML: Minimum deployment target, e.g. iOS18, iOS17, macOS15.")] = "iOS18",
-    kv_cache: Annotated[str, typer.Option(help="Core ML, GPT-2: state (iOS 18+) or io (cache as inputs/outputs).")] = "state",
+    target: Annotated[
+        str, typer.Option(help="Core ML: Minimum deployment target, e.g. iOS18, iOS17, macOS15.")
+    ] = "iOS18",
+    kv_cache: Annotated[
+        str, typer.Option(help="Core ML, GPT-2: state (iOS 18+) or io (cache as inputs/outputs).")
+    ] = "state",
     compress: Annotated[str, typer.Option(help="Core ML: none, int8, int4, palettize4, palettize6.")] = "none",
     quantize: Annotated[int | None, typer.Option(help="MLX: Affine weight quantization bits: 4 or 8.")] = None,
     group_size: Annotated[int, typer.Option(help="MLX: Quantization group size.")] = 64,
@@ -117,14 +126,21 @@ def convert(
     if to is Target.coreml:
         from convert.coreml import CoreMLOptions, convert_to_coreml
 
-        options = CoreMLOptions(dtype=dtype or "fp16", seq_lens=tuple(seq_len or ()), context=context,
-                                target=target, kv_cache=kv_cache, compress=compress)
+        options = CoreMLOptions(
+            dtype=dtype or "fp16",
+            seq_lens=tuple(seq_len or ()),
+            context=context,
+            target=target,
+            kv_cache=kv_cache,
+            compress=compress,
+        )
         written = convert_to_coreml(checkpoint, out, options, overwrite=overwrite)
     else:
         from convert.mlx_export import export_mlx
 
-        written = export_mlx(checkpoint, out, dtype=dtype or "fp16", quantize=quantize, group_size=group_size,
-                             overwrite=overwrite)
+        written = export_mlx(
+            checkpoint, out, dtype=dtype or "fp16", quantize=quantize, group_size=group_size, overwrite=overwrite
+        )
     console.print(f"wrote {written}", highlight=False, soft_wrap=True)
 
 
