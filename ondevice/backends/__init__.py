@@ -11,6 +11,7 @@ from convert.errors import OndeviceError
 
 BACKENDS = {
     "torch-ane": "ondevice.backends.torch_ane",
+    "mlx": "ondevice.backends.mlx",
 }
 
 
