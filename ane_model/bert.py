@@ -54,6 +54,10 @@ class MLMHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.norm(self.act(self.dense(x))))
 
+    def forward_chunks(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The logits as the head's chunks (rule 7), for exports where one (B, V, 1, S) is too wide."""
+        return self.decoder.forward_chunks(self.norm(self.act(self.dense(x))))
+
 
 class BertEncoder(nn.Module):
     def __init__(self, cfg: BertConfig):
@@ -95,7 +99,7 @@ class BertEncoder(nn.Module):
         x = self.embed_norm(x.transpose(1, 2).unsqueeze(2))  # rule 1: (B, C, 1, S), once, at the input
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        mask = padding_mask(attention_mask, x.dtype)  # (B, S, 1, 1)
+        mask = padding_mask(attention_mask, x.dtype)  # (B, S, 1, S)
         for layer in self.layers:
             x = layer(x, mask)
 

@@ -140,8 +140,13 @@ def causal_mask(query_len: int, key_len, offset, dtype: torch.dtype) -> torch.Te
 
 
 def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, S) of 1 = token, 0 = padding -> additive (B, Sk, 1, 1), broadcast over queries."""
-    return (1.0 - attention_mask.to(dtype)).unsqueeze(2).unsqueeze(3) * MASK_VALUE
+    """(B, S) of 1 = token, 0 = padding -> additive (B, Sk, 1, Sq), Sq = Sk.
+
+    Rule 1: spelled out over the queries (an outer product with ones) rather than left as
+    (B, Sk, 1, 1) to broadcast, which would put a size-1 axis last."""
+    blocked = (1.0 - attention_mask.to(dtype)) * MASK_VALUE  # (B, Sk)
+    queries = torch.ones_like(blocked[:1])  # (1, Sq)
+    return (blocked.unsqueeze(2) * queries.unsqueeze(0)).unsqueeze(2)  # (B, Sk, Sq) -> (B, Sk, 1, Sq)
 
 
 def load_canonical(module: nn.Module, weights: dict[str, torch.Tensor]) -> None:

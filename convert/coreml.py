@@ -1,0 +1,299 @@
+"""Write a Core ML `.mlpackage` from a checkpoint: torch.export of the ANE-layout model, ct.convert,
+optional weight compression, metadata and tokenizer files, written atomically.
+
+GPT-2 on iOS 18+ becomes one multifunction package, `prefill` (S tokens) and `decode` (1 token),
+sharing one copy of the weights (rule 8). Before iOS 18 there is no multifunction and no state, so
+the cache is model input/output and one `main` function takes enumerated lengths {1, S}.
+Encoders take a fixed length or enumerated lengths (rule 7: static shapes)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ane_model import GPT2, BertEncoder
+from convert.atomic import atomic_output
+from convert.checkpoint import Checkpoint, load_checkpoint
+from convert.configs import GPT2Config
+from convert.coreml_compress import COMPRESSIONS, compress
+from convert.coreml_modules import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    KEY_CACHE,
+    KEY_CACHE_OUT,
+    POSITION,
+    TOKEN_TYPE_IDS,
+    VALUE_CACHE,
+    VALUE_CACHE_OUT,
+    BertForExport,
+    GPT2WithIOCache,
+    GPT2WithState,
+    cache_shape,
+    logits_names,
+)
+from convert.coreml_package import write_package_extras
+from convert.errors import ConversionError
+
+PRECISIONS = ("fp16", "fp32")
+KV_CACHES = ("state", "io")
+DEFAULT_CONTEXT = 512
+DEFAULT_PREFILL = 64
+DEFAULT_ENCODER_LEN = 128
+
+
+@dataclass(frozen=True)
+class CoreMLOptions:
+    dtype: str = "fp16"
+    seq_lens: tuple[int, ...] = ()  # GPT-2: the prefill chunk (one value); encoders: one or more lengths
+    context: int | None = None  # GPT-2: KV cache capacity in tokens
+    target: str = "iOS18"
+    kv_cache: str = "state"
+    compress: str = "none"
+
+
+TARGET_NAMES = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
+
+
+def _targets() -> dict[str, object]:
+    import coremltools as ct
+
+    return {name.lower(): getattr(ct.target, name) for name in TARGET_NAMES}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Options checked against the model and the target: what will actually be built."""
+
+    options: CoreMLOptions
+    target: object  # ct.target member
+    seq_lens: tuple[int, ...]
+    context: int | None
+    kv_cache: str | None  # None for encoders
+    multifunction: bool
+
+
+def plan_conversion(config, options: CoreMLOptions) -> Plan:
+    """Refuse what the target cannot hold before any slow work is done."""
+    import coremltools as ct
+
+    target = _targets().get(options.target.lower())
+    if target is None:
+        raise ConversionError(f"unknown deployment target {options.target!r} (choose from: {', '.join(TARGET_NAMES)})")
+    if options.dtype not in PRECISIONS:
+        raise ConversionError(f"precision {options.dtype!r} is not available for Core ML (choose fp16 or fp32)")
+    if options.compress not in COMPRESSIONS:
+        raise ConversionError(f"unknown compression {options.compress!r} (choose from: {', '.join(COMPRESSIONS)})")
+    ios18 = target >= ct.target.iOS18
+    if options.compress == "int4" and not ios18:
+        raise ConversionError(f"int4 per-block quantization needs iOS18/macOS15 (constexpr_blockwise_shift_scale); "
+                              f"target is {options.target}")
+    if any(n < 1 for n in options.seq_lens):
+        raise ConversionError(f"sequence lengths must be positive, got {list(options.seq_lens)}")
+    if isinstance(config, GPT2Config):
+        return _plan_causal(config, options, target, ios18)
+    seq_lens = tuple(sorted(set(options.seq_lens))) or (min(DEFAULT_ENCODER_LEN, config.max_positions),)
+    if seq_lens[-1] > config.max_positions:
+        raise ConversionError(f"sequence length {seq_lens[-1]} exceeds the model's {config.max_positions} "
+                              f"positions (max_position_embeddings)")
+    return Plan(options, target, seq_lens, None, None, multifunction=False)
+
+
+def _plan_causal(config: GPT2Config, options: CoreMLOptions, target, ios18: bool) -> Plan:
+    if options.kv_cache not in KV_CACHES:
+        raise ConversionError(f"unknown KV cache style {options.kv_cache!r} (choose state or io)")
+    if options.kv_cache == "state" and not ios18:
+        raise ConversionError(f"KV cache 'state' needs iOS18/macOS15 (Core ML state); target is {options.target}: "
+                              f"use --kv-cache io")
+    context = options.context or min(DEFAULT_CONTEXT, config.max_positions)
+    if not 1 < context <= config.max_positions:
+        raise ConversionError(f"context {context} must be in 2..{config.max_positions} (n_positions)")
+    if len(options.seq_lens) > 1:
+        raise ConversionError("GPT-2 takes one prefill length (--seq-len once); decode is always 1 token")
+    prefill = options.seq_lens[0] if options.seq_lens else min(DEFAULT_PREFILL, context)
+    if prefill > context:
+        raise ConversionError(f"prefill length {prefill} exceeds the context of {context} tokens")
+    return Plan(options, target, (prefill,), context, options.kv_cache, multifunction=ios18)
+
+
+def convert_to_coreml(checkpoint: str | Path | Checkpoint, out: str | Path, options: CoreMLOptions,
+                      overwrite: bool = False, progress: bool = True) -> Path:
+    """Convert `checkpoint` into the package `out` (PATH.mlpackage); return `out`."""
+    out = Path(out)
+    if out.suffix != ".mlpackage":
+        raise ConversionError(f"{out}: a Core ML package path must end in .mlpackage")
+    if out.exists() and not overwrite:
+        raise ConversionError(f"{out}: already exists (pass --overwrite to replace it)")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    plan = plan_conversion(ckpt.config, options)
+    causal = isinstance(ckpt.config, GPT2Config)
+    stages = ["export + convert prefill", "export + convert decode"] if plan.multifunction else ["export + convert"]
+    stages += ["compress"] * (options.compress != "none") + ["write package", "metadata + tokenizer"]
+    bar = tqdm(total=len(stages), desc="coreml", unit="stage", disable=not progress)
+    try:
+        with atomic_output(out, overwrite=overwrite) as work, tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            functions = _convert_causal(ckpt, plan, bar) if causal else {"main": _convert_encoder(ckpt, plan, bar)}
+            if options.compress != "none":
+                bar.set_postfix_str(f"compress {options.compress}")
+                functions = {name: compress(model, options.compress, plan.target) for name, model in functions.items()}
+                bar.update()
+            bar.set_postfix_str("write package")
+            _save(functions, work, Path(tmp))
+            bar.update()
+            bar.set_postfix_str("metadata + tokenizer")
+            write_package_extras(work, ckpt, plan, _interface(functions))
+            bar.update()
+    finally:
+        bar.close()
+    return out
+
+
+def _interface(functions: dict) -> dict[str, dict[str, list[str]]]:
+    result = {}
+    for name, model in functions.items():
+        desc = model.get_spec().description
+        result[name] = {"inputs": [f.name for f in desc.input], "outputs": [f.name for f in desc.output],
+                        "states": [f.name for f in desc.state]}
+    return result
+
+
+def _save(functions: dict, work: Path, tmp: Path) -> None:
+    import coremltools as ct
+
+    if list(functions) == ["main"]:
+        functions["main"].save(str(work))
+        return
+    desc = ct.utils.MultiFunctionDescriptor()
+    for name, model in functions.items():
+        path = tmp / f"{name}.mlpackage"
+        model.save(str(path))
+        desc.add_function(str(path), src_function_name="main", target_function_name=name)
+    desc.default_function_name = next(iter(functions))
+    # Identical weight constants of the functions are stored once (deduplicated by content).
+    ct.utils.save_multifunction(desc, str(work))
+
+
+def _precision(dtype: str):
+    import coremltools as ct
+
+    return ct.precision.FLOAT16 if dtype == "fp16" else ct.precision.FLOAT32
+
+
+def _float(dtype: str):
+    return np.float16 if dtype == "fp16" else np.float32
+
+
+def _export(module: torch.nn.Module, args: tuple, dynamic_shapes=None):
+    try:
+        exported = torch.export.export(module.eval(), args, dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception as exc:  # torch raises many types here; the message is what matters
+        raise ConversionError(f"torch.export failed: {str(exc).splitlines()[0]}") from exc
+    return exported.run_decompositions({})  # coremltools needs the ATen-level graph
+
+
+def _ct_convert(exported, inputs: list, outputs: list[str], plan: Plan, out_dtype):
+    import coremltools as ct
+
+    from convert import coreml_torch_ops  # noqa: F401  (registers the gelu fix)
+
+    try:
+        return ct.convert(
+            exported,
+            inputs=inputs,
+            outputs=[ct.TensorType(name=n, dtype=out_dtype) for n in outputs],
+            convert_to="mlprogram",
+            minimum_deployment_target=plan.target,
+            compute_precision=_precision(plan.options.dtype),
+            compute_units=ct.ComputeUnit.CPU_AND_NE,
+            skip_model_load=True,
+        )
+    except Exception as exc:
+        raise ConversionError(f"coremltools could not convert the model: {str(exc).splitlines()[0]}") from exc
+
+
+def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
+    import coremltools as ct
+
+    model = GPT2.from_canonical(ckpt.config, ckpt.weights)
+    names = logits_names("logits", len(model.lm_head.chunks))
+    out_dtype = _float(plan.options.dtype)
+    position = ct.TensorType(POSITION, shape=(1,), dtype=np.int32)
+    prefill = plan.seq_lens[0]
+    if plan.kv_cache == "state":
+        module = GPT2WithState(model, plan.context)
+    else:
+        module = GPT2WithIOCache(model)
+        shape = cache_shape(model, plan.context)
+        caches = [ct.TensorType(n, shape=shape, dtype=np.float16) for n in (KEY_CACHE, VALUE_CACHE)]
+        names = [*names, KEY_CACHE_OUT, VALUE_CACHE_OUT]
+        empty = torch.zeros(shape, dtype=torch.float16)
+
+    def example(seq: int) -> tuple:
+        ids, pos = torch.zeros(1, seq, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        return (ids, pos) if plan.kv_cache == "state" else (ids, pos, empty, empty)
+
+    def extra_inputs() -> list:
+        return [position] if plan.kv_cache == "state" else [position, *caches]
+
+    if not plan.multifunction:  # iOS 16/17: one function, enumerated lengths {1, S}
+        bar.set_postfix_str("export + convert")
+        seq = torch.export.Dim("seq", min=1, max=max(prefill, 2))
+        dynamic = ({1: seq}, None, None, None)
+        lengths = sorted({1, prefill})
+        ids = ct.TensorType(INPUT_IDS, shape=ct.EnumeratedShapes([(1, n) for n in lengths], default=(1, prefill)),
+                            dtype=np.int32)
+        result = {"main": _ct_convert(_export(module, example(prefill), dynamic), [ids, *extra_inputs()], names,
+                                      plan, out_dtype)}
+        bar.update()
+        return result
+    functions = {}
+    for name, seq in (("prefill", prefill), ("decode", 1)):
+        bar.set_postfix_str(f"export + convert {name}")
+        ids = ct.TensorType(INPUT_IDS, shape=(1, seq), dtype=np.int32)
+        functions[name] = _ct_convert(_export(module, example(seq)), [ids, *extra_inputs()], names, plan, out_dtype)
+        bar.update()
+    return functions
+
+
+def _convert_encoder(ckpt: Checkpoint, plan: Plan, bar):
+    import coremltools as ct
+
+    module = BertForExport(BertEncoder.from_canonical(ckpt.config, ckpt.weights))
+    with_types = ckpt.config.type_vocab_size > 0
+    names = [INPUT_IDS, ATTENTION_MASK] + [TOKEN_TYPE_IDS] * with_types
+    longest = plan.seq_lens[-1]
+    if len(plan.seq_lens) == 1:
+        shape, dynamic = (1, longest), None
+    else:
+        shape = ct.EnumeratedShapes([(1, n) for n in plan.seq_lens], default=(1, longest))
+        seq = torch.export.Dim("seq", min=2, max=longest)
+        dynamic = tuple({1: seq} for _ in names)
+    args = tuple(torch.ones(1, longest, dtype=torch.long) for _ in names)
+    inputs = [ct.TensorType(n, shape=shape, dtype=np.int32) for n in names]
+    bar.set_postfix_str("export + convert")
+    model = _ct_convert(_export(module, args, dynamic), inputs, module.output_names(), plan, _float(plan.options.dtype))
+    bar.update()
+    return model
+
+
+def describe_plan(plan: Plan) -> dict[str, str]:
+    """The options as recorded in the package metadata (strings, as Core ML metadata requires)."""
+    opts = plan.options
+    return {
+        "seq_lens": ",".join(map(str, plan.seq_lens)),
+        "context": "" if plan.context is None else str(plan.context),
+        "precision": opts.dtype,
+        "compression": opts.compress,
+        "kv_cache": plan.kv_cache or "none",
+        "deployment_target": opts.target,
+        "functions": "prefill,decode" if plan.multifunction else "main",
+    }
+
+
+def config_json(config) -> str:
+    return json.dumps({"family": config.family, **asdict(config)})

@@ -1,0 +1,282 @@
+"""A numpy evaluator of saved ML programs: runs a written `.mlpackage` on any machine, so a package
+is checked against the reference where Core ML itself cannot run (Linux).
+
+The program is rebuilt with coremltools' milproto loader (spec from the package, weights from its
+blob file); each op then runs on numpy values. Most ops reuse their own `value_inference`, fed our
+values through their input variables; the ops that lack one (conv, einsum, state, ...) or whose
+numpy version is too slow are written here. Compressed weights (`constexpr_*`) use the ops'
+`materialized_val_inference`.
+
+Precision: each op computes in float32 on its inputs and its output is rounded to the dtype the
+program declares for it, so an fp16 program is evaluated with fp16 rounding of every op's output.
+The ANE may accumulate differently inside an op; this emulates the storage precision, not the
+hardware's internal order of operations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from convert.errors import ConversionError
+
+# Ops with no `value_inference` in coremltools, or whose reference implementation is too slow.
+_KERNELS: dict[str, Callable] = {}
+
+
+def _kernel(*names: str):
+    def register(fn):
+        for name in names:
+            _KERNELS[name] = fn
+        return fn
+
+    return register
+
+
+def _v(op, name, env):
+    var = op.inputs.get(name)
+    if var is None:
+        return None
+    return env.get(var.name, var.val)
+
+
+@_kernel("conv")
+def _conv(op, env):
+    x, w, b = _v(op, "x", env), _v(op, "weight", env), _v(op, "bias", env)
+    groups = int(_v(op, "groups", env) if op.inputs.get("groups") is not None else 1)
+    strides = _v(op, "strides", env)
+    pad = _v(op, "pad", env)
+    if w.ndim != 4 or w.shape[2:] != (1, 1) or groups != 1 or (strides is not None and any(s != 1 for s in strides)) \
+            or (pad is not None and any(pad)):
+        raise ConversionError(f"mil_eval: op 'conv' ({op.name}) is supported as a 1x1, stride-1, ungrouped "
+                              f"convolution only; got weight {w.shape}, groups {groups}")
+    out = np.einsum("oc,bchw->bohw", w[:, :, 0, 0].astype(np.float32), x, optimize=True)
+    return out if b is None else out + b.reshape(1, -1, 1, 1)
+
+
+@_kernel("linear")
+def _linear(op, env):
+    x, w, b = _v(op, "x", env), _v(op, "weight", env), _v(op, "bias", env)
+    out = x @ w.T.astype(np.float32)
+    return out if b is None else out + b
+
+
+@_kernel("matmul")
+def _matmul(op, env):
+    x, y = _v(op, "x", env), _v(op, "y", env)
+    if _v(op, "transpose_x", env):
+        x = np.swapaxes(x, -1, -2)
+    if _v(op, "transpose_y", env):
+        y = np.swapaxes(y, -1, -2)
+    return np.matmul(x, y)
+
+
+@_kernel("einsum")
+def _einsum(op, env):
+    values = [env.get(v.name, v.val) for v in op.inputs["values"]]
+    return np.einsum(str(op.inputs["equation"].val), *values, optimize=True)
+
+
+@_kernel("gelu")
+def _gelu(op, env):
+    x = _v(op, "x", env).astype(np.float64)
+    mode = str(op.inputs["mode"].val) if op.inputs.get("mode") is not None else "EXACT"
+    if mode == "TANH_APPROXIMATION":
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+    if mode == "SIGMOID_APPROXIMATION":
+        return x / (1.0 + np.exp(-1.702 * x))
+    from scipy.special import erf
+
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+@_kernel("cast")
+def _cast(op, env):
+    from coremltools.converters.mil.mil.types.type_mapping import string_to_nptype
+
+    # The loader gives string constants as 0-d arrays, which the op's own value_inference rejects.
+    return _v(op, "x", env).astype(string_to_nptype(str(op.inputs["dtype"].val)))
+
+
+_REDUCTIONS = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max, "reduce_min": np.min,
+               "reduce_prod": np.prod}
+
+
+@_kernel(*_REDUCTIONS)
+def _reduce(op, env):
+    # The ops' value_inference passes axes as an array, which numpy's reductions reject.
+    axes = _v(op, "axes", env)
+    axes = None if axes is None else tuple(int(a) for a in np.atleast_1d(axes))
+    keep = bool(_v(op, "keep_dims", env)) if op.inputs.get("keep_dims") is not None else False
+    return _REDUCTIONS[op.op_type](_v(op, "x", env), axis=axes, keepdims=keep)
+
+
+@_kernel("shape")
+def _shape(op, env):
+    # Its value_inference reads the declared (possibly symbolic) shape; we have the real one.
+    return np.array(np.shape(_v(op, "x", env)), dtype=np.int32)
+
+
+@_kernel("silu")
+def _silu(op, env):
+    x = _v(op, "x", env)
+    return x / (1.0 + np.exp(-x))
+
+
+@_kernel("softmax")
+def _softmax(op, env):
+    x, axis = _v(op, "x", env), int(_v(op, "axis", env))
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@_kernel("gather")
+def _gather(op, env):
+    x, indices = _v(op, "x", env), _v(op, "indices", env)
+    axis = int(_v(op, "axis", env)) if op.inputs.get("axis") is not None else 0
+    return np.take(x, indices.astype(np.int64), axis=axis)
+
+
+class MilProgram:
+    """A loaded package: its functions, their inputs, outputs and state declarations."""
+
+    def __init__(self, package: str | Path):
+        import coremltools as ct
+        from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
+
+        from convert.coreml_package import root_model_path
+
+        package = Path(package)
+        spec_path = root_model_path(package)  # raises a one-line error for a broken manifest
+        try:
+            spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
+            self.program = load_milproto(spec, spec.specificationVersion, str(spec_path.parent / "weights"))
+        except Exception as exc:  # protobuf, blob and loader errors: the package is unreadable
+            raise ConversionError(f"{package}: cannot load its ML program ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+        self.spec = spec
+        self.functions = self.program.functions
+        self._consts: dict[str, np.ndarray] = {}
+
+    def function_inputs(self, function: str) -> dict[str, object]:
+        return dict(self.functions[function].inputs)
+
+    def state_names(self, function: str) -> list[str]:
+        from coremltools.converters.mil.mil import types
+
+        return [n for n, v in self.functions[function].inputs.items() if types.is_state(v.sym_type)]
+
+    def make_state(self, function: str | None = None) -> dict[str, np.ndarray]:
+        """Zero-filled state, as `MLModel.make_state()` gives (Core ML leaves it uninitialised;
+        our models mask every slot they have not written, so the initial value never matters)."""
+        from coremltools.converters.mil.mil import types
+
+        function = function or next(iter(self.functions))
+        state = {}
+        for name, var in self.functions[function].inputs.items():
+            if types.is_state(var.sym_type):
+                wrapped = var.sym_type.wrapped_type()
+                state[name] = np.zeros(wrapped.get_shape(), dtype=types.nptype_from_builtin(wrapped.get_primitive()))
+        return state
+
+    def predict(self, inputs: dict[str, np.ndarray], function: str | None = None,
+                state: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Run one function on `inputs`; `state` (from `make_state`) is updated in place."""
+        from coremltools.converters.mil.mil import types
+
+        function = function or ("main" if "main" in self.functions else next(iter(self.functions)))
+        if function not in self.functions:
+            raise ConversionError(f"no function {function!r} in this package (has: {', '.join(self.functions)})")
+        fn = self.functions[function]
+        env: dict[str, np.ndarray] = {}
+        for name, var in fn.inputs.items():
+            if types.is_state(var.sym_type):
+                if state is None or name not in state:
+                    raise ConversionError(f"function {function!r} needs state {name!r}: pass make_state()")
+                env[name] = state[name]
+            elif name not in inputs:
+                raise ConversionError(f"function {function!r} needs input {name!r}")
+            else:
+                env[name] = np.asarray(inputs[name]).astype(types.nptype_from_builtin(var.dtype))
+        for op in fn.operations:
+            self._run(op, env, state)
+        return {var.name: np.asarray(env[var.name]) for var in fn.outputs}
+
+    def _run(self, op, env: dict, state: dict | None) -> None:
+        kind = op.op_type
+        if kind == "const" or kind.startswith("constexpr_"):
+            key = op.outputs[0].name
+            if key not in self._consts:
+                value = op.outputs[0].val if kind == "const" else op.materialized_val_inference()
+                self._consts[key] = value
+            env[key] = self._consts[key]
+            return
+        if kind == "read_state":
+            env[op.outputs[0].name] = state[op.inputs["input"].name].copy()
+            return
+        if kind == "coreml_update_state":
+            value = _as_declared(env[op.inputs["value"].name], op.inputs["state"])
+            state[op.inputs["state"].name] = value
+            env[op.outputs[0].name] = value
+            return
+        results = _KERNELS[kind](op, _float32_view(op, env)) if kind in _KERNELS else self._value_inference(op, env)
+        results = results if isinstance(results, tuple | list) and len(op.outputs) > 1 else (results,)
+        for var, value in zip(op.outputs, results, strict=True):
+            env[var.name] = _as_declared(value, var)
+
+    @staticmethod
+    def _value_inference(op, env: dict):
+        from coremltools.converters.mil.mil import types
+
+        if not _has_value_inference(op):
+            raise ConversionError(f"mil_eval: op '{op.op_type}' ({op.name}) is not supported by the evaluator")
+        saved = []
+        try:
+            for var in op.get_flattened_inputs():
+                if var.name in env:
+                    value = _upcast(env[var.name])
+                    saved.append((var, var._sym_val, var._sym_type))
+                    var._sym_val = _Boxed(value)
+                    if types.is_tensor(var.sym_type):
+                        # Shape-reading value_inference (expand_dims, reshape, ...) must see the real
+                        # shape, not an enumerated program's symbolic one.
+                        var._sym_type = types.tensor(var.sym_type.get_primitive(), value.shape)
+            return op.value_inference()
+        finally:
+            for var, val, sym_type in saved:
+                var._sym_val, var._sym_type = val, sym_type
+
+
+class _Boxed:
+    """Stands in for a builtin value instance: `Var.val` reads `_sym_val.val`."""
+
+    __slots__ = ("val",)
+
+    def __init__(self, val):
+        self.val = val
+
+
+def _has_value_inference(op) -> bool:
+    from coremltools.converters.mil.mil.operation import Operation
+
+    return type(op).value_inference is not Operation.value_inference
+
+
+def _upcast(value: np.ndarray) -> np.ndarray:
+    value = np.asarray(value)
+    return value.astype(np.float32) if value.dtype == np.float16 else value
+
+
+def _float32_view(op, env: dict) -> dict:
+    """Inputs of `op` upcast to float32: each op computes in float32 and rounds only its output."""
+    return {var.name: _upcast(env[var.name]) for var in op.get_flattened_inputs() if var.name in env}
+
+
+def _as_declared(value, var) -> np.ndarray:
+    """Round/cast an op's output to the dtype the program declares for it (fp16 rounding)."""
+    from coremltools.converters.mil.mil import types
+
+    sym_type = var.sym_type.wrapped_type() if types.is_state(var.sym_type) else var.sym_type
+    dtype = types.nptype_from_builtin(sym_type.get_primitive() if types.is_tensor(sym_type) else sym_type)
+    return np.asarray(value).astype(dtype)

@@ -1,0 +1,198 @@
+"""Backend: a written Core ML package, run by Core ML on a Mac and by our numpy evaluator of its ML
+program (`convert.mil_eval`) everywhere else. Implements the runtime's `CausalLM` / `Encoder`, so
+verification and greedy decoding are the same code as for every other backend.
+
+Everything needed comes from the package (config, lengths, names in its metadata): no checkpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from convert.configs import BertConfig, GPT2Config
+from convert.coreml_modules import (
+    ATTENTION_MASK,
+    HIDDEN,
+    INPUT_IDS,
+    KEY_CACHE,
+    KEY_CACHE_OUT,
+    POOLED,
+    POSITION,
+    SENTENCE_EMBEDDING,
+    TOKEN_TYPE_IDS,
+    VALUE_CACHE,
+    VALUE_CACHE_OUT,
+)
+from convert.coreml_package import read_metadata
+from convert.errors import InputError, OndeviceError
+
+
+def _config(meta: dict[str, str]):
+    fields = json.loads(meta["config"])
+    family = fields.pop("family")
+    return GPT2Config(**fields) if family == "gpt2" else BertConfig(**fields)
+
+
+class _Evaluator:
+    """Runs functions through the numpy evaluator; state lives in a dict, as MLState would."""
+
+    device = "numpy evaluator"
+
+    def __init__(self, package: Path):
+        from convert.mil_eval import MilProgram
+
+        self.program = MilProgram(package)
+
+    def make_state(self):
+        return self.program.make_state()
+
+    def predict(self, function: str, inputs: dict, state=None) -> dict[str, np.ndarray]:
+        return self.program.predict(inputs, function, state)
+
+
+class _CoreML:
+    """Runs functions through Core ML itself (macOS only): one MLModel per function, one MLState."""
+
+    device = "Core ML (CPU_AND_NE)"
+
+    def __init__(self, package: Path, functions: list[str]):
+        import coremltools as ct
+
+        self.models = {name: ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_AND_NE,
+                                               function_name=None if name == "main" else name)
+                       for name in functions}
+
+    def make_state(self):
+        model = next(iter(self.models.values()))
+        return model.make_state() if model.get_spec().description.state else None
+
+    def predict(self, function: str, inputs: dict, state=None) -> dict[str, np.ndarray]:
+        model = self.models[function]
+        return model.predict(inputs) if state is None else model.predict(inputs, state=state)
+
+
+def _runner(package: Path, functions: list[str], use_coreml: bool | None):
+    use_coreml = sys.platform == "darwin" if use_coreml is None else use_coreml
+    if use_coreml and sys.platform != "darwin":
+        raise OndeviceError("Core ML prediction needs macOS; use the numpy evaluator on this system")
+    return _CoreML(package, functions) if use_coreml else _Evaluator(package)
+
+
+def _chunks(outputs: dict[str, np.ndarray], prefix: str) -> np.ndarray:
+    """Concatenate the per-chunk head outputs `prefix_0, prefix_1, ...` (1, V_j, 1, S) -> (S, V)."""
+    parts = [outputs[f"{prefix}_{j}"] for j in range(len(outputs)) if f"{prefix}_{j}" in outputs]
+    return np.concatenate(parts, axis=1)[0, :, 0, :].T.astype(np.float32)
+
+
+class CoreMLCausalLM:
+    backend = "coreml"
+
+    def __init__(self, package: Path, meta: dict[str, str], use_coreml: bool | None = None):
+        self.config: GPT2Config = _config(meta)
+        self.meta = meta
+        self.capacity = int(meta["context"])
+        self.chunk = int(meta["seq_lens"])
+        self.functions = meta["functions"].split(",")
+        self.runner = _runner(package, self.functions, use_coreml)
+        self.io_cache = meta["kv_cache"] == "io"
+        self._length = 0
+        self.trim(0)
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def trim(self, length: int) -> None:
+        """Slots past `length` keep stale keys; the mask hides them and the next writes replace them."""
+        if not 0 <= length <= self._length:
+            raise InputError(f"cannot trim a cache of {self._length} tokens to {length}")
+        if length == 0:
+            self.state = None if self.io_cache else self.runner.make_state()
+            if self.io_cache:
+                shape = (self.config.num_layers, self.config.hidden_size, 1, self.capacity)
+                self.caches = {KEY_CACHE: np.zeros(shape, np.float16), VALUE_CACHE: np.zeros(shape, np.float16)}
+        self._length = length
+
+    def _call(self, function: str, ids: list[int], real: int) -> np.ndarray:
+        inputs = {INPUT_IDS: np.array([ids], dtype=np.int32), POSITION: np.array([self._length], dtype=np.int32)}
+        if self.io_cache:
+            inputs |= self.caches
+        out = self.runner.predict(function, inputs, self.state)
+        if self.io_cache:
+            self.caches = {KEY_CACHE: out[KEY_CACHE_OUT], VALUE_CACHE: out[VALUE_CACHE_OUT]}
+        self._length += real
+        return _chunks(out, "logits")[:real]
+
+    def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
+        tokens = list(token_ids)
+        if not tokens:
+            raise InputError("prefill needs at least one token")
+        if self._length + len(tokens) > self.capacity:
+            raise InputError(f"{self._length + len(tokens)} tokens exceed the package's context of {self.capacity}")
+        prefill_fn = "prefill" if "prefill" in self.functions else "main"
+        logits = []
+        while tokens:
+            part = tokens[: self.chunk]
+            # A padded chunk writes its padding past the real tokens (masked, overwritten later), but
+            # its positions must stay inside the position table: near the end, go token by token.
+            if len(part) > 1 and self._length + self.chunk <= self.config.max_positions:
+                logits.append(self._call(prefill_fn, part + [0] * (self.chunk - len(part)), len(part)))
+                tokens = tokens[len(part):]
+            else:
+                logits.append(self.decode(tokens.pop(0))[None])
+        return np.concatenate(logits, axis=0)
+
+    def decode(self, token_id: int) -> np.ndarray:
+        if self._length + 1 > self.capacity:
+            raise InputError(f"{self._length + 1} tokens exceed the package's context of {self.capacity}")
+        return self._call("decode" if "decode" in self.functions else "main", [token_id], 1)[0]
+
+
+class CoreMLEncoder:
+    backend = "coreml"
+
+    def __init__(self, package: Path, meta: dict[str, str], use_coreml: bool | None = None):
+        self.config: BertConfig = _config(meta)
+        self.meta = meta
+        self.lengths = sorted(int(n) for n in meta["seq_lens"].split(","))
+        self.inputs = json.loads(meta["interface"])["main"]["inputs"]
+        self.runner = _runner(package, ["main"], use_coreml)
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+               token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        batch, seq = input_ids.shape
+        fitting = [n for n in self.lengths if n >= seq]
+        if not fitting:
+            raise InputError(f"{seq} tokens exceed the package's longest sequence length {self.lengths[-1]}")
+        length = fitting[0]
+        types = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        rows: dict[str, list[np.ndarray]] = {}
+        for b in range(batch):  # the package takes batch 1
+            feed = {INPUT_IDS: input_ids[b], ATTENTION_MASK: attention_mask[b], TOKEN_TYPE_IDS: types[b]}
+            padded = {name: np.pad(np.asarray(v, dtype=np.int32), (0, length - seq))[None]
+                      for name, v in feed.items() if name in self.inputs}
+            out = self.runner.predict("main", padded)
+            rows.setdefault("hidden", []).append(out[HIDDEN][0, :, 0, :seq].T)
+            for key, name in (("pooled", POOLED), ("sentence_embedding", SENTENCE_EMBEDDING)):
+                if name in out:
+                    rows.setdefault(key, []).append(out[name][0])
+            if "mlm_logits_0" in out:
+                rows.setdefault("mlm_logits", []).append(_chunks(out, "mlm_logits")[:seq])
+        return {key: np.stack(parts).astype(np.float32) for key, parts in rows.items()}
+
+
+def load_package(package: str | Path, use_coreml: bool | None = None):
+    """A `CausalLM` (GPT-2) or `Encoder` (BERT family) over a package written by `convert --to coreml`."""
+    package = Path(package)
+    meta = read_metadata(package)
+    cls = CoreMLCausalLM if json.loads(meta["config"])["family"] == "gpt2" else CoreMLEncoder
+    return cls(package, meta, use_coreml)
+
+
+def load(checkpoint, dtype: str = "fp16", capacity: int | None = None):
+    raise OndeviceError("the coreml backend runs a converted package: "
+                        "use 'ondevice verify PATH.mlpackage --reference CHECKPOINT'")
