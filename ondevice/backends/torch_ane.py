@@ -44,6 +44,18 @@ class TorchCausalLM:
     def trim(self, length: int) -> None:
         self.cache.trim(length)
 
+    @torch.inference_mode()
+    def branch_logits(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """Logits (N, V) after each of N equally long continuations of the cached context, in one batch;
+        the cache itself is left as it was."""
+        needed = self.length + len(sequences[0])
+        if needed > self.capacity:
+            raise InputError(f"{needed} tokens exceed the KV cache capacity of {self.capacity}")
+        ids = torch.tensor([list(s) for s in sequences], dtype=torch.long)
+        branch = self.cache.branch(len(sequences), ids.shape[1])
+        logits = self.model(ids, branch)  # (N, V, 1, S)
+        return logits[:, :, 0, -1].float().numpy()
+
 
 class TorchEncoder:
     backend = "torch-ane"

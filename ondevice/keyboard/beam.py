@@ -1,0 +1,102 @@
+"""Top-k whole words after a context, by beam search over subword tokens.
+
+A word's probability is that of its tokens times the probability that the word ends there (the next
+token is not a continuation), summed over every tokenization that spells it. Beams are expanded one
+token depth at a time in one batched call; a beam is dropped once it cannot beat the k-th word found,
+so with an unbounded beam width the search is exact."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ondevice.keyboard.words import TokenClasses
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    word: str
+    probability: float
+
+
+@dataclass
+class _Beam:
+    logp: float
+    tokens: tuple[int, ...]
+    text: str  # the word so far, without its leading space
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _logsumexp(values: np.ndarray) -> float:
+    top = values.max()
+    return float(top + np.log(np.exp(values - top).sum()))
+
+
+def search_words(
+    root_logprobs: np.ndarray,
+    expand: Callable[[Sequence[Sequence[int]]], np.ndarray],
+    classes: TokenClasses,
+    partial: str = "",
+    bare_start: bool = False,
+    k: int = 3,
+    beam_width: int | None = 8,
+    max_tokens: int = 4,
+) -> list[Suggestion]:
+    """root_logprobs: log-probabilities (V,) of the token after the context; expand(sequences) returns
+    logits (N, V) after each equally long continuation. `partial` constrains words to start with it
+    (case-insensitively); `beam_width=None` keeps every beam that can still win (exact)."""
+    boundary = ~classes.continues_word
+    found: dict[str, list] = {}  # lower-case word -> [total probability, best spelling, its probability]
+    frontier, logprobs = [_Beam(0.0, (), "")], root_logprobs[None, :]
+
+    def kth_best() -> float:
+        if len(found) < k:
+            return -math.inf
+        return math.log(sorted((v[0] for v in found.values()), reverse=True)[k - 1])
+
+    for depth in range(max_tokens + 1):
+        children: list[_Beam] = []
+        for beam, lp in zip(frontier, logprobs, strict=True):
+            if beam.text and len(beam.text) >= len(partial):
+                p = math.exp(beam.logp + _logsumexp(lp[boundary]))
+                entry = found.setdefault(beam.text.lower(), [0.0, beam.text, 0.0])
+                entry[0] += p
+                if p > entry[2]:
+                    entry[1:] = [beam.text, p]
+            if depth == max_tokens:
+                continue
+            children += _expand_beam(beam, lp, classes, partial, bare_start, beam_width)
+        floor = kth_best()
+        children = [c for c in children if c.logp > floor]  # extending a beam only lowers its probability
+        if beam_width is not None and len(children) > beam_width:
+            children = sorted(children, key=lambda c: c.logp, reverse=True)[:beam_width]
+        if not children:
+            break
+        frontier, logprobs = children, log_softmax(expand([c.tokens for c in children]))
+
+    ranked = sorted(found.values(), key=lambda v: v[0], reverse=True)[:k]
+    return [Suggestion(spelling, total) for total, spelling, _ in ranked]
+
+
+def _expand_beam(beam: _Beam, lp: np.ndarray, classes: TokenClasses, partial: str, bare_start: bool,
+                 beam_width: int | None) -> list[_Beam]:
+    if beam.text:
+        kind, mask, remaining = "continue", classes.continues_word, partial[len(beam.text):]
+    elif bare_start:
+        kind, mask, remaining = "bare", classes.starts_bare, partial
+    else:
+        kind, mask, remaining = "start", classes.starts_word, " " + partial if partial else ""
+    # Constrained by typed letters: only tokens that agree with them; otherwise every token of the kind.
+    candidates = np.asarray(classes.compatible(kind, remaining), dtype=np.int64) if remaining else np.flatnonzero(mask)
+    if beam_width is not None and len(candidates) > beam_width:
+        candidates = candidates[np.argpartition(lp[candidates], -beam_width)[-beam_width:]]
+    strip = 0 if beam.text or bare_start else 1  # a spaced word-start token carries the word's leading space
+    return [_Beam(beam.logp + float(lp[t]), (*beam.tokens, int(t)), beam.text + classes.strings[t][strip:])
+            for t in candidates]

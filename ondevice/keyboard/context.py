@@ -1,0 +1,66 @@
+"""Keystroke-by-keystroke reuse of a causal LM's KV cache.
+
+Each keystroke re-tokenizes the context, keeps the cached tokens that still agree with it (the
+longest common prefix) and runs the model only on what is new; typing inside a word leaves the
+context unchanged, so it costs no model call at all. Backspace and edits rewind the cache to the
+point where the text diverges.
+
+Context policy: at most `max_tokens` tokens. When the context grows past that, it is cut back to the
+most recent half (whole tokens, at cut points fixed by the token count), so the cache is rebuilt once
+every `max_tokens / 2` tokens rather than on every keystroke. Text before the cut is never seen; a
+text that starts within the window is preceded by the end-of-text token the model was trained with."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ondevice.keyboard.beam import log_softmax
+from ondevice.runtime import CausalLM
+
+# Characters of context tokenized per token kept: generous, so that the window holds max_tokens tokens.
+_CHARS_PER_TOKEN = 12
+
+
+class ContextCache:
+    def __init__(self, lm: CausalLM, tokenizer, start_token: int, max_tokens: int):
+        self.lm, self.tokenizer, self.start_token, self.max_tokens = lm, tokenizer, start_token, max_tokens
+        self.ids: list[int] = []
+        self.root: np.ndarray | None = None
+        self.tokens_computed = 0  # how many tokens the model has run on: the cost reuse saves
+
+    def token_ids(self, context: str) -> list[int]:
+        window = self.max_tokens * _CHARS_PER_TOKEN
+        from_start = len(context) <= window
+        if not from_start:
+            # A char window whose start moves in fixed steps keeps the tokenization stable between keystrokes.
+            step = window // 2
+            start = ((len(context) - window) // step + 1) * step
+            space = context.find(" ", start)
+            context = context[space + 1 if space >= 0 else start :]
+        ids = ([self.start_token] if from_start else []) + (self.tokenizer.encode(context).ids if context else [])
+        if len(ids) > self.max_tokens:
+            half = self.max_tokens // 2
+            cut = ((len(ids) - self.max_tokens) // half + 1) * half
+            ids = ids[cut:]
+        return ids or [self.start_token]
+
+    def root_logprobs(self, context: str) -> np.ndarray:
+        """Log-probabilities of the token after `context`, running the model only on new tokens."""
+        ids = self.token_ids(context)
+        common = 0
+        for a, b in zip(self.ids, ids, strict=False):
+            if a != b:
+                break
+            common += 1
+        if common == len(ids) == len(self.ids) and self.root is not None:
+            return self.root
+        common = min(common, len(ids) - 1)  # the last token must run to give the next token's logits
+        self.lm.trim(common)
+        logits = self.lm.prefill(ids[common:])[-1]
+        self.tokens_computed += len(ids) - common
+        self.ids, self.root = ids, log_softmax(logits.astype(np.float64))
+        return self.root
+
+    def reset(self) -> None:
+        self.lm.trim(0)
+        self.ids, self.root = [], None

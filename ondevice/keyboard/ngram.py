@@ -1,0 +1,75 @@
+"""The baseline every figure is compared with: a word n-gram model with stupid backoff
+(Brants et al., 2007), built from the same training text as the neural model."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+from ondevice.keyboard.beam import Suggestion
+from ondevice.keyboard.words import WORD, split_partial
+
+_TOKENS = re.compile(rf"{WORD.pattern}|\d+|[^\w\s]")
+_START = "<s>"
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKENS.findall(text)
+
+
+class NGramModel:
+    def __init__(self, order: int = 3, backoff: float = 0.4):
+        self.order, self.backoff = order, backoff
+        self.next_counts: dict[tuple[str, ...], Counter] = defaultdict(Counter)
+        self.by_frequency: list[str] = []  # real words, most frequent first (the unigram level)
+        self.unigrams: Counter = Counter()
+
+    @classmethod
+    def train(cls, lines: Iterable[str], order: int = 3) -> NGramModel:
+        model = cls(order)
+        for line in lines:
+            history = [_START] * (order - 1) + tokens(line)
+            for i in range(order - 1, len(history)):
+                word = history[i]
+                if not WORD.fullmatch(word):
+                    continue
+                model.unigrams[word] += 1
+                for n in range(1, order):
+                    model.next_counts[tuple(history[i - n : i])][word] += 1
+        model.by_frequency = [w for w, _ in model.unigrams.most_common()]
+        return model
+
+    def suggest(self, text: str, k: int = 3) -> list[Suggestion]:
+        context, partial, _ = split_partial(text)
+        history = ([_START] * (self.order - 1) + tokens(context))[-(self.order - 1):]
+        prefix = partial.lower()
+        scores: dict[str, tuple[float, str]] = {}
+        weight = 1.0
+        for n in range(self.order - 1, 0, -1):
+            counts = self.next_counts.get(tuple(history[-n:]))
+            if counts:
+                total = sum(counts.values())
+                for word, count in counts.most_common():
+                    if word.lower().startswith(prefix):
+                        self._add(scores, word, weight * count / total)
+            if len(scores) >= k:
+                break
+            weight *= self.backoff
+        if len(scores) < k:
+            total = sum(self.unigrams.values()) or 1
+            for word in self.by_frequency:
+                if word.lower().startswith(prefix):
+                    self._add(scores, word, weight * self.unigrams[word] / total)
+                    if len(scores) >= k:
+                        break
+        ranked = sorted(scores.values(), reverse=True)[:k]
+        if partial[:1].isupper():
+            return [Suggestion(w[:1].upper() + w[1:], s) for s, w in ranked]
+        return [Suggestion(w, s) for s, w in ranked]
+
+    @staticmethod
+    def _add(scores: dict[str, tuple[float, str]], word: str, score: float) -> None:
+        key = word.lower()
+        if key not in scores or score > scores[key][0]:
+            scores[key] = (score, word)

@@ -1,0 +1,1 @@
+"""Reproducible training of the bundled predictive-text model (not part of the installed package)."""

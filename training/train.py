@@ -1,0 +1,143 @@
+"""Train the bundled keyboard model, from the Debian package to a Hugging Face checkpoint, in one command:
+
+    python -m training.train --out ondevice/models/keyboard-gpt2
+
+Recipe: a byte-level BPE tokenizer (8192 tokens) trained with `tokenizers` on the training split,
+then a GPT-2 (4 layers, width 256, 4 heads, 128 positions: iOS 17's keyboard model is a 6-layer,
+width-512 GPT-2; ours is scaled to a 1M-token corpus, a 25 MB budget and a 2-core CPU hour) trained
+with AdamW on random 128-token windows, on one CPU thread by default (a shared 2-core machine loses
+far more to threads waiting on each other than it gains). Deterministic for a given seed and torch
+build. Runs on CUDA when asked (`--device cuda`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from training.corpus import build_corpus
+
+EOT = "<|endoftext|>"
+RECIPE = dict(vocab_size=8192, n_positions=128, n_embd=256, n_layer=4, n_head=4, dropout=0.1,
+              steps=1400, batch=32, lr=1e-3, warmup=100, weight_decay=0.1, seed=1234)
+
+
+def train_tokenizer(lines: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(lines, trainer)
+    return tokenizer
+
+
+def token_stream(tokenizer, lines: list[str]) -> torch.Tensor:
+    """Every paragraph preceded by <|endoftext|>, as at inference, so the model learns text starts."""
+    eot = tokenizer.token_to_id(EOT)
+    ids: list[int] = []
+    for encoding in tokenizer.encode_batch(lines):
+        ids.append(eot)
+        ids.extend(encoding.ids)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def learning_rate(step: int, recipe: dict) -> float:
+    if step < recipe["warmup"]:
+        return recipe["lr"] * (step + 1) / recipe["warmup"]
+    progress = (step - recipe["warmup"]) / max(1, recipe["steps"] - recipe["warmup"])
+    return recipe["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def mean_loss(model, stream: torch.Tensor, window: int, batches: int, batch: int, device: str) -> float:
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(batches):
+        starts = torch.randint(0, len(stream) - window - 1, (batch,), generator=gen)
+        x = torch.stack([stream[s : s + window] for s in starts]).to(device)
+        losses.append(model(x, labels=x).loss.item())
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int | None) -> dict:
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    recipe = dict(RECIPE, steps=steps or RECIPE["steps"])
+    torch.manual_seed(recipe["seed"])
+    provenance = build_corpus(work, html_root)
+    train_lines = (work / "train.txt").read_text().splitlines()
+    heldout_lines = (work / "heldout.txt").read_text().splitlines()
+
+    tokenizer = train_tokenizer(train_lines, recipe["vocab_size"])
+    train_ids, heldout_ids = token_stream(tokenizer, train_lines), token_stream(tokenizer, heldout_lines)
+    eot = tokenizer.token_to_id(EOT)
+    config = GPT2Config(vocab_size=recipe["vocab_size"], n_positions=recipe["n_positions"], n_embd=recipe["n_embd"],
+                        n_layer=recipe["n_layer"], n_head=recipe["n_head"], resid_pdrop=recipe["dropout"],
+                        embd_pdrop=recipe["dropout"], attn_pdrop=recipe["dropout"], bos_token_id=eot,
+                        eos_token_id=eot)
+    model = GPT2LMHeadModel(config).to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe["lr"], betas=(0.9, 0.95))
+    window, gen = recipe["n_positions"], torch.Generator().manual_seed(recipe["seed"])
+    started, log = time.time(), []
+    bar = tqdm(range(recipe["steps"]), desc="training", unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, recipe)
+        starts = torch.randint(0, len(train_ids) - window - 1, (recipe["batch"],), generator=gen)
+        x = torch.stack([train_ids[s : s + window] for s in starts]).to(device)
+        loss = model(x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % 300 == 0 or step + 1 == recipe["steps"]:
+            log.append({"step": step + 1, "train_loss": round(loss.item(), 4),
+                        "heldout_loss": round(mean_loss(model, heldout_ids, window, 8, 16, device), 4),
+                        "minutes": round((time.time() - started) / 60, 1)})
+            tqdm.write(json.dumps(log[-1]))
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().half().cpu().save_pretrained(out)  # fp16 on disk: 5.3M parameters in ~11 MB
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOT, eos_token=EOT, unk_token=EOT,
+                                   pad_token=EOT)
+    fast.save_pretrained(out)
+    metadata = {"recipe": recipe, "corpus": provenance, "train_tokens": len(train_ids),
+                "heldout_tokens": len(heldout_ids), "parameters": sum(p.numel() for p in model.parameters()),
+                "device": device, "torch": torch.__version__, "log": log,
+                "minutes": round((time.time() - started) / 60, 1)}
+    (out / "training.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return metadata
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("ondevice/models/keyboard-gpt2"))
+    parser.add_argument("--work", type=Path, default=Path("build/keyboard-corpus"),
+                        help="where the corpus (train.txt, heldout.txt) is written")
+    parser.add_argument("--html-root", type=Path, default=None,
+                        help="an already unpacked python3.11-doc html directory (default: apt-get download it)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=None, help=f"default {RECIPE['steps']}")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(json.dumps(train(args.out, args.work, args.html_root, args.device, args.steps), indent=2))
+
+
+if __name__ == "__main__":
+    main()
