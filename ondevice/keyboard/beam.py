@@ -2,8 +2,10 @@
 
 A word's probability is that of its tokens times the probability that the word ends there (the next
 token is not a continuation), summed over every tokenization that spells it. Beams are expanded one
-token depth at a time in one batched call; a beam is dropped once it cannot beat the k-th word found,
-so with an unbounded beam width the search is exact."""
+token depth at a time in one batched call. With a beam width, at most that many beams survive a
+depth, and a beam whose probability is already below the k-th word found is dropped (it cannot
+become a new top-k word, though it may have been a rarer spelling of one). With `beam_width=None`
+every spelling of up to `max_tokens` tokens is scored: exact, for verification on small models."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def search_words(
 ) -> list[Suggestion]:
     """root_logprobs: log-probabilities (V,) of the token after the context; expand(sequences) returns
     logits (N, V) after each equally long continuation. `partial` constrains words to start with it
-    (case-insensitively); `beam_width=None` keeps every beam that can still win (exact)."""
+    (case-insensitively); `beam_width=None` enumerates every word of up to `max_tokens` tokens (exact)."""
     boundary = ~classes.continues_word
     found: dict[str, list] = {}  # lower-case word -> [total probability, best spelling, its probability]
     frontier, logprobs = [_Beam(0.0, (), "")], root_logprobs[None, :]
@@ -73,9 +75,9 @@ def search_words(
             if depth == max_tokens:
                 continue
             children += _expand_beam(beam, lp, classes, partial, bare_start, beam_width)
-        floor = kth_best()
-        children = [c for c in children if c.logp > floor]  # extending a beam only lowers its probability
-        if beam_width is not None and len(children) > beam_width:
+        if beam_width is not None:
+            floor = kth_best()
+            children = [c for c in children if c.logp > floor]  # extending a beam only lowers its probability
             children = sorted(children, key=lambda c: c.logp, reverse=True)[:beam_width]
         if not children:
             break
