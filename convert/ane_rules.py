@@ -122,6 +122,10 @@ def weight_bytes_by_dtype(spec, weights: Path) -> dict[str, int]:
             for op in block.operations:
                 for value in op.attributes.values():
                     visit(value)
+                for argument in op.inputs.values():  # iOS 18 constexpr ops bind blob values directly
+                    for binding in argument.arguments:
+                        if binding.WhichOneof("binding") == "value":
+                            visit(binding.value)
     totals: Counter = Counter()
     with open(weights, "rb") as f:
         for offset, dtype in records.items():

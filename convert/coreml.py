@@ -229,13 +229,14 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
     else:
         module = GPT2WithIOCache(model)
         shape = cache_shape(model, plan.context)
-        caches = [ct.TensorType(n, shape=shape, dtype=np.float16) for n in (KEY_CACHE, VALUE_CACHE)]
+        caches = [ct.TensorType(n, shape=shape, dtype=out_dtype) for n in (KEY_CACHE, VALUE_CACHE)]
         names = [*names, KEY_CACHE_OUT, VALUE_CACHE_OUT]
-        empty = torch.zeros(shape, dtype=torch.float16)
+        # Two distinct tensors: torch.export treats one tensor passed twice as one aliased input.
+        empty_keys, empty_values = torch.zeros(shape), torch.zeros(shape)
 
     def example(seq: int) -> tuple:
         ids, pos = torch.zeros(1, seq, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-        return (ids, pos) if plan.kv_cache == "state" else (ids, pos, empty, empty)
+        return (ids, pos) if plan.kv_cache == "state" else (ids, pos, empty_keys, empty_values)
 
     def extra_inputs() -> list:
         return [position] if plan.kv_cache == "state" else [position, *caches]

@@ -65,11 +65,11 @@ class GPT2WithIOCache(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position: torch.Tensor, key_cache: torch.Tensor,
                 value_cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        dtype = self.model.tok_embed.weight.dtype
-        cache = StaticKVCache(key_cache.to(dtype), value_cache.to(dtype), position)
+        # Unlike state, an io cache may be fp32: it keeps the package's precision.
+        cache = StaticKVCache(key_cache, value_cache, position)
         hidden = self.model.hidden_states(input_ids, cache)
         logits = self.model.lm_head.forward_chunks(hidden)
-        return (*logits, cache.new_keys.to(CACHE_DTYPE), cache.new_values.to(CACHE_DTYPE))
+        return (*logits, cache.new_keys, cache.new_values)
 
 
 class BertForExport(nn.Module):

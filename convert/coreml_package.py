@@ -90,10 +90,12 @@ def read_metadata(package: Path) -> dict[str, str]:
     """The `ondevice.*` metadata of a package written by `convert_to_coreml`, keys without the prefix."""
     import coremltools as ct
 
+    from google.protobuf.message import DecodeError
+
     spec = ct.proto.Model_pb2.Model()
     try:
         spec.ParseFromString(root_model_path(package).read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, DecodeError) as exc:
         raise ConversionError(f"{package}: cannot read the model spec ({exc})") from None
     meta = {k.removeprefix("ondevice."): v for k, v in spec.description.metadata.userDefined.items()
             if k.startswith("ondevice.")}

@@ -100,7 +100,9 @@ def _cast(op, env):
 
 
 _REDUCTIONS = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max, "reduce_min": np.min,
-               "reduce_prod": np.prod}
+               "reduce_prod": np.prod,
+               "reduce_l2_norm": lambda x, axis, keepdims: np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims)),
+               "reduce_sum_square": lambda x, axis, keepdims: np.sum(x * x, axis=axis, keepdims=keepdims)}
 
 
 @_kernel(*_REDUCTIONS)
@@ -110,6 +112,19 @@ def _reduce(op, env):
     axes = None if axes is None else tuple(int(a) for a in np.atleast_1d(axes))
     keep = bool(_v(op, "keep_dims", env)) if op.inputs.get("keep_dims") is not None else False
     return _REDUCTIONS[op.op_type](_v(op, "x", env), axis=axes, keepdims=keep)
+
+
+@_kernel("batch_norm")
+def _batch_norm(op, env):
+    # Emitted when a pass fuses our layer norm's elementwise tail (iOS 16/17 targets); channel axis 1.
+    x = _v(op, "x", env)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean, var = _v(op, "mean", env).reshape(shape), _v(op, "variance", env).reshape(shape)
+    gamma, beta = _v(op, "gamma", env), _v(op, "beta", env)
+    eps = float(_v(op, "epsilon", env)) if op.inputs.get("epsilon") is not None else 1e-5
+    out = (x - mean) / np.sqrt(var + eps)
+    out = out if gamma is None else out * gamma.reshape(shape)
+    return out if beta is None else out + beta.reshape(shape)
 
 
 @_kernel("shape")
@@ -157,7 +172,7 @@ class MilProgram:
                                   f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
         self.spec = spec
         self.functions = self.program.functions
-        self._consts: dict[str, np.ndarray] = {}
+        self._consts: dict[int, np.ndarray] = {}
 
     def function_inputs(self, function: str) -> dict[str, object]:
         return dict(self.functions[function].inputs)
@@ -206,11 +221,11 @@ class MilProgram:
     def _run(self, op, env: dict, state: dict | None) -> None:
         kind = op.op_type
         if kind == "const" or kind.startswith("constexpr_"):
-            key = op.outputs[0].name
-            if key not in self._consts:
+            # Cached per op (not per name: two functions may use one name for different constants).
+            if id(op) not in self._consts:
                 value = op.outputs[0].val if kind == "const" else op.materialized_val_inference()
-                self._consts[key] = value
-            env[key] = self._consts[key]
+                self._consts[id(op)] = _as_declared(value, op.outputs[0])
+            env[op.outputs[0].name] = self._consts[id(op)]
             return
         if kind == "read_state":
             env[op.outputs[0].name] = state[op.inputs["input"].name].copy()

@@ -114,7 +114,8 @@ class CoreMLCausalLM:
             self.state = None if self.io_cache else self.runner.make_state()
             if self.io_cache:
                 shape = (self.config.num_layers, self.config.hidden_size, 1, self.capacity)
-                self.caches = {KEY_CACHE: np.zeros(shape, np.float16), VALUE_CACHE: np.zeros(shape, np.float16)}
+                dtype = np.float16 if self.meta["precision"] == "fp16" else np.float32
+                self.caches = {KEY_CACHE: np.zeros(shape, dtype), VALUE_CACHE: np.zeros(shape, dtype)}
         self._length = length
 
     def _call(self, function: str, ids: list[int], real: int) -> np.ndarray:

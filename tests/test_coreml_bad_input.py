@@ -1,0 +1,104 @@
+"""Core ML conversion, inspect and verify refuse bad input with one clear line and write nothing."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from convert.coreml import CoreMLOptions, convert_to_coreml
+from convert.errors import ConversionError
+from ondevice.cli import app
+
+
+def _listing(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (CoreMLOptions(target="iOS17"), "KV cache 'state' needs iOS18/macOS15"),
+        (CoreMLOptions(target="macOS14", kv_cache="io", compress="int4"), "int4 per-block quantization needs iOS18"),
+        (CoreMLOptions(target="iOS12"), "unknown deployment target 'iOS12'"),
+        (CoreMLOptions(compress="int2"), "unknown compression 'int2'"),
+        (CoreMLOptions(dtype="bf16"), "precision 'bf16' is not available for Core ML"),
+        (CoreMLOptions(kv_cache="paged"), "unknown KV cache style 'paged'"),
+        (CoreMLOptions(context=500), "context 500 must be in 2..160"),
+        (CoreMLOptions(context=32, seq_lens=(64,)), "prefill length 64 exceeds the context of 32"),
+        (CoreMLOptions(seq_lens=(8, 16)), "GPT-2 takes one prefill length"),
+    ],
+)
+def test_refused_before_writing(gpt2_dir, tmp_path, options, message):
+    with pytest.raises(ConversionError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        convert_to_coreml(gpt2_dir, tmp_path / "out.mlpackage", options, progress=False)
+    assert _listing(tmp_path) == []
+
+
+def test_encoder_length_beyond_positions(bert_dir, tmp_path):
+    with pytest.raises(ConversionError, match="sequence length 4096 exceeds the model's 160 positions"):
+        convert_to_coreml(bert_dir, tmp_path / "out.mlpackage", CoreMLOptions(seq_lens=(4096,)), progress=False)
+    assert _listing(tmp_path) == []
+
+
+def test_cli_refuses_existing_output_and_bad_target(gpt2_dir, tmp_path):
+    existing = tmp_path / "model.mlpackage"
+    existing.mkdir()
+    (existing / "keep").write_text("mine")
+    runner = CliRunner()
+    result = runner.invoke(app, ["convert", str(gpt2_dir), "--to", "coreml", "--out", str(existing)])
+    assert result.exit_code == 2
+    assert "already exists (pass --overwrite to replace it)" in result.output
+    assert (existing / "keep").read_text() == "mine"
+    result = runner.invoke(app, ["convert", str(gpt2_dir), "--to", "coreml", "--out", str(tmp_path / "new.mlpackage"),
+                                 "--target", "iOS17"])
+    assert result.exit_code == 2
+    assert "error: KV cache 'state' needs iOS18/macOS15" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert _listing(tmp_path) == ["model.mlpackage"]
+
+
+def test_failed_conversion_leaves_nothing(gpt2_dir, tmp_path, monkeypatch):
+    """A failure after conversion started (here: in the metadata stage) removes the partial package."""
+    import convert.coreml as coreml
+
+    def broken(*args, **kwargs):
+        raise ConversionError("simulated failure while writing metadata")
+
+    monkeypatch.setattr(coreml, "write_package_extras", broken)
+    with pytest.raises(ConversionError, match="simulated failure"):
+        convert_to_coreml(gpt2_dir, tmp_path / "out.mlpackage", CoreMLOptions(context=16, seq_lens=(4,)),
+                          progress=False)
+    assert _listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty_dir", "bad_manifest", "bad_spec", "no_metadata"])
+def test_corrupt_package_inspect_and_verify(gpt2_dir, tmp_path, damage):
+    package = tmp_path / "broken.mlpackage"
+    if damage != "missing":
+        package.mkdir()
+    if damage == "bad_manifest":
+        (package / "Manifest.json").write_text("{not json")
+    if damage in ("bad_spec", "no_metadata"):
+        (package / "Manifest.json").write_text(
+            '{"fileFormatVersion": "1.0.0", "rootModelIdentifier": "A", "itemInfoEntries": '
+            '{"A": {"path": "com.apple.CoreML/model.mlmodel", "author": "x", "name": "model.mlmodel"}}}')
+        spec = package / "Data" / "com.apple.CoreML" / "model.mlmodel"
+        spec.parent.mkdir(parents=True)
+        if damage == "bad_spec":
+            spec.write_bytes(b"\x00garbage\xff" * 10)
+        else:
+            import coremltools as ct
+
+            spec.write_bytes(ct.proto.Model_pb2.Model(specificationVersion=9).SerializeToString())
+    runner = CliRunner()
+    for args in (["inspect", str(package)], ["verify", str(package), "--reference", str(gpt2_dir)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output, result.exception)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and "broken.mlpackage" in lines[0], result.output
+
+
+def test_verify_package_needs_reference(tmp_path):
+    result = CliRunner().invoke(app, ["verify", str(tmp_path / "x.mlpackage")])
+    assert result.exit_code == 2
+    assert "needs --reference CHECKPOINT" in result.output
