@@ -55,18 +55,27 @@ def one_line_errors(command):
 @app.command()
 @one_line_errors
 def verify(
-    checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, bundled name, or cached model id.")],
+    checkpoint: Annotated[str, typer.Argument(
+        help="Checkpoint directory, bundled name, or cached model id; or a PATH.mlpackage (with --reference).")],
     backend: Annotated[str, typer.Option(help="Backend to check against the transformers CPU reference.")] = (
         "torch-ane"
     ),
     seq_len: Annotated[int | None, typer.Option(help="Tokens per input (default: 64, capped by positions).")] = None,
     dtype: Annotated[Precision, typer.Option(help="Precision of the backend under test.")] = Precision.fp32,
     seed: Annotated[int, typer.Option(help="Seed of the random token ids.")] = 0,
+    reference: Annotated[str | None, typer.Option(
+        help="For a .mlpackage: the checkpoint it was converted from (the transformers reference).")] = None,
 ) -> None:
-    """Compare a backend with the transformers CPU reference on the same random token ids."""
+    """Compare a backend (or a Core ML package) with the transformers CPU reference on the same random token ids."""
     from ondevice.verify import verify as run_verify
+    from ondevice.verify import verify_package
 
-    report = run_verify(checkpoint, backend=backend, seq_len=seq_len, dtype=dtype.value, seed=seed)
+    if checkpoint.rstrip("/").endswith(".mlpackage"):
+        if reference is None:
+            raise OndeviceError(f"{checkpoint}: verifying a package needs --reference CHECKPOINT")
+        report = verify_package(checkpoint, reference, seq_len=seq_len, seed=seed)
+    else:
+        report = run_verify(checkpoint, backend=backend, seq_len=seq_len, dtype=dtype.value, seed=seed)
     tol = report.tolerance
     table = Table(
         title=f"{report.model_type} · {report.backend} {report.dtype} vs transformers CPU fp32 · "
@@ -262,6 +271,52 @@ def type_(
     from ondevice.keyboard.terminal import run_terminal
 
     run_terminal(Predictor(model, backend=backend))
+
+
+@app.command()
+@one_line_errors
+def inspect(
+    package: Annotated[Path, typer.Argument(help="A Core ML package (PATH.mlpackage).")],
+) -> None:
+    """Inputs, outputs, states, functions, op histogram, weight bytes and ANE rule violations of a package."""
+    from convert.ane_rules import compute_plan, inspect_package
+
+    report = inspect_package(package)
+    meta = report.metadata
+    console.print(f"{package}: {meta['architecture']} · {meta['precision']} · compression {meta['compression']} · "
+                  f"kv cache {meta['kv_cache']} · target {meta['deployment_target']} · seq_lens {meta['seq_lens']}"
+                  + (f" · context {meta['context']}" if meta.get("context") else ""), highlight=False, soft_wrap=True)
+    for name, fn in report.functions.items():
+        console.print(f"function [bold]{name}[/bold]", highlight=False)
+        for label, features in (("input", fn.inputs), ("state", fn.states), ("output", fn.outputs)):
+            for feature in features:
+                console.print(f"  {label:6} {feature}", highlight=False)
+        ops = ", ".join(f"{op} {n}" for op, n in fn.ops.most_common() if op != "const")
+        console.print(f"  ops ({sum(fn.ops.values()) - fn.ops['const']} + {fn.ops['const']} const): {ops}",
+                      highlight=False, soft_wrap=True)
+    weights = ", ".join(f"{dtype} {n / 2**20:.2f} MiB" for dtype, n in sorted(report.weight_bytes.items()))
+    console.print(f"weights: {weights or 'none'}", highlight=False)
+    if report.violations:
+        from collections import Counter
+
+        console.print(f"[red]ANE rule violations: {len(report.violations)}[/red]")
+        for (fn_name, rule), count in Counter((v.function, v.rule) for v in report.violations).items():
+            first = next(v for v in report.violations if (v.function, v.rule) == (fn_name, rule))
+            console.print(f"  [{fn_name}] {rule}: {count} tensor(s), e.g. {first.op} ({first.op_type}) {first.detail}",
+                          highlight=False, soft_wrap=True)
+    else:
+        console.print("[green]ANE rule violations: none[/green]")
+    plan = compute_plan(package)
+    if isinstance(plan, str):
+        console.print(plan, highlight=False, soft_wrap=True)
+    else:
+        from collections import Counter
+
+        devices = Counter(device for _, _, device in plan)
+        ane = sum(n for d, n in devices.items() if "NeuralEngine" in d)
+        share = 100 * ane / max(len(plan), 1)
+        console.print(f"compute plan: {ane}/{len(plan)} ops prefer the Neural Engine ({share:.0f}%); "
+                      + ", ".join(f"{d} {n}" for d, n in devices.most_common()), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

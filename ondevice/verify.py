@@ -100,3 +100,42 @@ def _verify_encoder(report: VerifyReport, ours, reference, rng) -> None:
         if a.ndim == 3:  # per-token outputs: compare real tokens only
             a, b = a[valid], b[valid]
         report.comparisons.append(compare(name, a, b))
+
+
+# Compressed packages carry quantisation error on top of fp16 rounding. Bounds are the error measured
+# on our tiny random-init GPT-2 (2 layers, 64 wide, initializer_range 0.2: an adverse case, every
+# weight matters) with a margin; tests/test_coreml_convert.py states each measured figure.
+COMPRESSED_TOLERANCES = {
+    "int8": Tolerance(rel_max_abs=5e-2, cosine=0.999),  # measured 2.9e-2, 0.99969
+    "palettize6": Tolerance(rel_max_abs=0.15, cosine=0.99),  # measured 0.104, 0.99611
+    "int4": Tolerance(rel_max_abs=0.5, cosine=0.9),  # measured 0.427, 0.92785
+    "palettize4": Tolerance(rel_max_abs=0.6, cosine=0.9),  # measured 0.490, 0.93825
+}
+
+
+def verify_package(package: str, reference: str | Checkpoint, seq_len: int | None = None, seed: int = 0,
+                   greedy_steps: int = 16, use_coreml: bool | None = None) -> VerifyReport:
+    """Like `verify`, for a written Core ML package (Core ML on a Mac, the numpy evaluator elsewhere)."""
+    from ondevice.backends.coreml import load_package
+
+    ckpt = reference if isinstance(reference, Checkpoint) else load_checkpoint(reference)
+    ours = load_package(package, use_coreml=use_coreml)
+    if type(ours.config) is not type(ckpt.config) or ours.config.vocab_size != ckpt.config.vocab_size:
+        raise InputError(f"{package} was converted from a {ours.meta['architecture']} model that does not match "
+                         f"the reference {ckpt.directory}")
+    precision, compression = ours.meta["precision"], ours.meta["compression"]
+    # Core ML state is always fp16, so an fp32 package with a state cache holds fp16 keys and values.
+    stored = "fp16" if ours.meta.get("kv_cache") == "state" else precision
+    tolerance = COMPRESSED_TOLERANCES.get(compression, TOLERANCES[stored])
+    is_gpt2 = isinstance(ckpt.config, GPT2Config)
+    longest = ours.capacity - greedy_steps if is_gpt2 else max(ours.lengths)
+    seq_len = seq_len or min(DEFAULT_SEQ_LEN, longest)
+    check_seq_len(seq_len, longest, "the package's context minus greedy steps" if is_gpt2 else "the package's seq_lens")
+    backend = f"coreml ({ours.runner.device})" + (f", {compression}" if compression != "none" else "")
+    report = VerifyReport(str(ckpt.directory), ckpt.model_type, backend, precision, seq_len, tolerance)
+    rng = np.random.default_rng(seed)
+    if is_gpt2:
+        _verify_causal_lm(report, ours, load_reference(ckpt), rng, greedy_steps)
+    else:
+        _verify_encoder(report, ours, load_reference(ckpt), rng)
+    return report
