@@ -90,9 +90,12 @@ def load_tokenizer(directory: Path):
     """The checkpoint's own tokenizer (transformers' AutoTokenizer), or InputError if it has none."""
     if not any((directory / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt")):
         raise InputError(f"{directory}: no tokenizer files (tokenizer.json, vocab.json); pass token ids with --ids")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     try:
+        if (directory / "tokenizer.json").is_file() and not (directory / "tokenizer_config.json").is_file():
+            # a bare tokenizers file: AutoTokenizer would pick a class by model_type and ignore it
+            return PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"))
         return AutoTokenizer.from_pretrained(str(directory))
     except (OSError, ValueError) as exc:
         raise InputError(f"{directory}: tokenizer cannot be loaded ({str(exc).splitlines()[0]})") from exc
