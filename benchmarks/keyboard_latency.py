@@ -1,0 +1,122 @@
+"""Per-keystroke latency of predictive text, and what KV-cache reuse buys, in one run.
+
+    python -m benchmarks.keyboard_latency [--model keyboard-gpt2] [--backend torch-ane] [--lines 40]
+
+1. Replays held-out text one key at a time (every prefix of every paragraph) through one Predictor
+   and reports p50/p95 of the time each keystroke's suggestions take.
+2. At a 64-token context: types 24 more keys after a 64-token prefix, (a) reusing the cache as the
+   engine does, (b) recomputing the whole context on every keystroke, and reports (b)/(a).
+Timings hold for the machine named in the output only; the ratio is the portable figure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from ondevice.keyboard import Predictor
+from ondevice.keyboard.report import read_lines
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _time(predictor: Predictor, text: str, reset: bool = False) -> float:
+    if reset:
+        predictor.context.reset()
+    started = time.perf_counter()
+    predictor.suggest(text)
+    return (time.perf_counter() - started) * 1e3
+
+
+def replay(predictor: Predictor, lines: list[str]) -> list[float]:
+    times = []
+    for line in lines:
+        predictor.context.reset()
+        times += [_time(predictor, line[:i]) for i in range(1, len(line) + 1)]
+    return times
+
+
+def reuse_vs_recompute(predictor: Predictor, lines: list[str], context_tokens: int = 64, keys: int = 24):
+    reuse, recompute = [], []
+    for line in lines:
+        ids = predictor.tokenizer.encode(line)
+        if len(ids.ids) < context_tokens + 8:
+            continue
+        start = ids.offsets[context_tokens][0]  # character where the 65th token begins
+        prefix, typed = line[:start], line[start : start + keys]
+        predictor.context.reset()
+        predictor.suggest(prefix)
+        reuse += [_time(predictor, prefix + typed[:i]) for i in range(1, len(typed) + 1)]
+        recompute += [_time(predictor, prefix + typed[:i], reset=True) for i in range(1, len(typed) + 1)]
+    return reuse, recompute
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="keyboard-gpt2")
+    parser.add_argument("--backend", default="torch-ane")
+    parser.add_argument("--text", type=Path, default=None, help="held-out text (default: the bundled model's)")
+    parser.add_argument("--lines", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    predictor = Predictor(args.model, backend=args.backend, max_context_tokens=96)
+    text = args.text or predictor.checkpoint_dir / "heldout.txt"
+    lines = read_lines(text, args.lines)
+    predictor.suggest("Warm up the model. ")
+    keystrokes = replay(Predictor(args.model, backend=args.backend), lines)
+    reuse, recompute = reuse_vs_recompute(predictor, read_lines(text))
+    result = {
+        "benchmark": "keyboard_latency", "model": str(args.model), "backend": args.backend, "precision": "fp32",
+        "machine": {"cpu": platform.processor() or platform.machine(), "system": platform.platform(),
+                    "python": platform.python_version()},
+        "keystrokes": len(keystrokes),
+        "keystroke_p50_ms": float(np.percentile(keystrokes, 50)),
+        "keystroke_p95_ms": float(np.percentile(keystrokes, 95)),
+        "context_tokens": 64, "reuse_keystrokes": len(reuse),
+        "reuse_mean_ms": float(np.mean(reuse)), "recompute_mean_ms": float(np.mean(recompute)),
+        "reuse_p95_ms": float(np.percentile(reuse, 95)), "recompute_p95_ms": float(np.percentile(recompute, 95)),
+    }
+    result["reuse_speedup"] = result["recompute_mean_ms"] / result["reuse_mean_ms"]
+
+    table = Table(title=f"predictive text · {args.backend} fp32 · batch 1 · {result['machine']['cpu']}")
+    for column in ("measure", "value"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row(f"keystroke latency p50 ({len(keystrokes)} keys)", f"{result['keystroke_p50_ms']:.2f} ms")
+    table.add_row("keystroke latency p95", f"{result['keystroke_p95_ms']:.2f} ms")
+    table.add_row(f"64-token context, reuse cache (mean of {len(reuse)})", f"{result['reuse_mean_ms']:.2f} ms")
+    table.add_row("64-token context, recompute each keystroke (mean)", f"{result['recompute_mean_ms']:.2f} ms")
+    table.add_row("cache reuse speed-up (recompute / reuse)", f"{result['reuse_speedup']:.1f}x")
+    Console().print(table)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "keyboard_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    _plot(keystrokes, reuse, recompute, args.out / "keyboard_latency.png")
+
+
+def _plot(keystrokes: list[float], reuse: list[float], recompute: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.hist(keystrokes, bins=60, color="tab:blue")
+    left.axvline(np.percentile(keystrokes, 95), color="k", linestyle="--", label="p95")
+    left.set(title="per-keystroke latency, held-out replay", xlabel="ms", ylabel="keystrokes")
+    left.legend()
+    right.boxplot([reuse, recompute], tick_labels=["reuse cache", "recompute"])
+    right.set(title="64-token context", ylabel="ms per keystroke", yscale="log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
