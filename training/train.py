@@ -12,8 +12,11 @@ build. Runs on CUDA when asked (`--device cuda`)."""
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -120,6 +123,9 @@ def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int
                 "device": device, "torch": torch.__version__, "log": log,
                 "minutes": round((time.time() - started) / 60, 1)}
     (out / "training.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    # Beside the model: the n-gram baseline's training text and the held-out text of its evaluation.
+    (out / "train.txt.gz").write_bytes(gzip.compress((work / "train.txt").read_bytes(), mtime=0))
+    shutil.copyfile(work / "heldout.txt", out / "heldout.txt")
     return metadata
 
 
@@ -133,10 +139,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=None, help=f"default {RECIPE['steps']}")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation and model card")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(json.dumps(train(args.out, args.work, args.html_root, args.device, args.steps), indent=2))
+    if not args.no_eval:
+        from training.model_card import main as write_model_card
+
+        sys.argv = [sys.argv[0], str(args.out)]
+        write_model_card()
 
 
 if __name__ == "__main__":
