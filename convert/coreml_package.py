@@ -89,7 +89,6 @@ def write_package_extras(package: Path, ckpt, plan, interface: dict) -> None:
 def read_metadata(package: Path) -> dict[str, str]:
     """The `ondevice.*` metadata of a package written by `convert_to_coreml`, keys without the prefix."""
     import coremltools as ct
-
     from google.protobuf.message import DecodeError
 
     spec = ct.proto.Model_pb2.Model()
