@@ -37,3 +37,19 @@ def test_verify_fails_with_exit_1_when_a_bound_is_broken(gpt2_dir, monkeypatch):
     result = CliRunner().invoke(app, ["verify", str(gpt2_dir), "--seq-len", "7"])
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.stdout
+
+
+def test_verify_an_mlx_export_against_its_source(gpt2_dir, bert_dir, tmp_path):
+    export = tmp_path / "gpt2-q8"
+    assert CliRunner().invoke(app, ["convert", str(gpt2_dir), "--to", "mlx", "--out", str(export),
+                                    "--quantize", "8", "--dtype", "fp32"]).exit_code == 0
+    result = CliRunner().invoke(app, ["verify", str(export), "--reference", str(gpt2_dir), "--seq-len", "16"])
+    assert result.exit_code == 0, result.output
+    assert "mlx export q8" in result.stdout and "bounds (q8): max |err| ≤ 0.08 × scale" in result.stdout
+    assert "not a bound for q8" in result.stdout
+    fp16 = tmp_path / "gpt2-fp16"
+    assert CliRunner().invoke(app, ["convert", str(gpt2_dir), "--to", "mlx", "--out", str(fp16)]).exit_code == 0
+    lossless = CliRunner().invoke(app, ["verify", str(fp16), "--reference", str(gpt2_dir), "--seq-len", "16"])
+    assert lossless.exit_code == 0 and "greedy tokens: 16/16 match" in lossless.stdout, lossless.output
+    mismatched = CliRunner().invoke(app, ["verify", str(export), "--reference", str(bert_dir)])
+    assert mismatched.exit_code == 2 and "differs from the reference" in mismatched.stderr
