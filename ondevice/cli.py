@@ -99,7 +99,7 @@ def verify(
         same = sum(a == b for a, b in zip(report.greedy_ours, report.greedy_reference, strict=True))
         verdict = "[green]match[/green]" if report.greedy_match else "[red]DIFFER[/red]"
         if not report.greedy_required:
-            verdict += f" (reported; not a bound for {report.dtype})"
+            verdict += " (reported: exact agreement is required of lossless formats only)"
         console.print(f"greedy tokens: {same}/{steps} {verdict}")
         if not report.greedy_match:
             console.print(f"  ours:      {report.greedy_ours}\n  reference: {report.greedy_reference}")
