@@ -100,7 +100,7 @@ def verify(
         verdict = "[green]match[/green]" if report.greedy_match else "[red]DIFFER[/red]"
         if not report.greedy_required:
             verdict += " (reported: exact agreement is required of lossless formats only)"
-        console.print(f"greedy tokens: {same}/{steps} {verdict}")
+        console.print(f"greedy tokens: {same}/{steps} {verdict}", soft_wrap=True)
         if not report.greedy_match:
             console.print(f"  ours:      {report.greedy_ours}\n  reference: {report.greedy_reference}")
     console.print("[green]PASS[/green]" if report.passed else "[red]FAIL[/red]")
