@@ -28,7 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _time(predictor: Predictor, text: str, reset: bool = False) -> float:
     if reset:
-        predictor.context.reset()
+        predictor.reset()
     started = time.perf_counter()
     predictor.suggest(text)
     return (time.perf_counter() - started) * 1e3
@@ -37,7 +37,7 @@ def _time(predictor: Predictor, text: str, reset: bool = False) -> float:
 def replay(predictor: Predictor, lines: list[str]) -> list[float]:
     times = []
     for line in lines:
-        predictor.context.reset()
+        predictor.reset()
         times += [_time(predictor, line[:i]) for i in range(1, len(line) + 1)]
     return times
 
@@ -50,7 +50,7 @@ def reuse_vs_recompute(predictor: Predictor, lines: list[str], context_tokens: i
             continue
         start = ids.offsets[context_tokens][0]  # character where the 65th token begins
         prefix, typed = line[:start], line[start : start + keys]
-        predictor.context.reset()
+        predictor.reset()
         predictor.suggest(prefix)
         reuse += [_time(predictor, prefix + typed[:i]) for i in range(1, len(typed) + 1)]
         recompute += [_time(predictor, prefix + typed[:i], reset=True) for i in range(1, len(typed) + 1)]

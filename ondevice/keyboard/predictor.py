@@ -68,6 +68,12 @@ class Predictor:
         return found
 
 
+    def reset(self) -> None:
+        """Forget everything cached: the next suggestion is computed from scratch."""
+        self.context.reset()
+        self._expansions.clear()
+        self._expansions_context = []
+
     def _expand(self, sequences) -> np.ndarray:
         """Logits after each continuation of the current context, computing only those not seen since the
         context last changed (all in one batch: within one search depth they have equal length)."""

@@ -33,7 +33,7 @@ def evaluate_file(predictor: Predictor, path: Path, limit: int | None = None,
     if not baseline_text.is_file():
         raise InputError(f"{baseline_text}: no training text for the n-gram baseline (pass --baseline-text)")
     baseline = NGramModel.train(read_lines(baseline_text))
-    predictor.context.reset()
+    predictor.reset()
     model = evaluate("model", predictor.suggest, lines, k=predictor.k)
     ngram = evaluate("n-gram", lambda text: baseline.suggest(text, predictor.k), lines, k=predictor.k)
     return {"eval_file": str(path), "lines": len(lines), "backend": predictor.lm.backend,

@@ -1,0 +1,49 @@
+"""The bundled keyboard model: complete, small, faithful to transformers, and as good as its model card says.
+
+CI re-runs the model card's fixed evaluation subset and fails if next-word Acc@3 or KSR@3 falls more
+than 2 points below the recorded figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ondevice.keyboard import Predictor
+from ondevice.keyboard.report import evaluate_file
+from ondevice.models import keyboard_gpt2_path
+from ondevice.verify import verify
+
+BUNDLE = keyboard_gpt2_path()
+ALLOWED_DROP = 0.02
+
+
+def test_bundle_is_complete_and_within_25_mb():
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "train.txt.gz", "heldout.txt",
+                 "training.json", "evaluation.json", "MODEL_CARD.md"):
+        assert (BUNDLE / name).is_file(), name
+    assert (BUNDLE / "model.safetensors").stat().st_size <= 25 * 2**20
+
+
+def test_bundled_model_matches_transformers():
+    report = verify("keyboard-gpt2", seq_len=64)
+    assert report.passed, report.comparisons
+
+
+@pytest.fixture(scope="module")
+def subset_evaluation():
+    recorded = json.loads((BUNDLE / "evaluation.json").read_text())
+    live = evaluate_file(Predictor("keyboard-gpt2"), BUNDLE / "heldout.txt", recorded["ci_subset_lines"])
+    return recorded["ci_subset"], live
+
+
+def test_quality_has_not_regressed_from_the_model_card(subset_evaluation):
+    recorded, live = subset_evaluation
+    for metric in ("next_word_acc3", "ksr3"):
+        assert live["model"][metric] >= recorded["model"][metric] - ALLOWED_DROP, metric
+
+
+def test_model_beats_the_ngram_baseline_and_saves_keystrokes(subset_evaluation):
+    _, live = subset_evaluation
+    assert live["model"]["next_word_acc3"] > live["ngram"]["next_word_acc3"]
+    assert live["model"]["ksr3"] >= 0.40
