@@ -99,7 +99,7 @@ def _words(suggestions) -> list[str]:
 def test_cache_reuse_gives_the_suggestions_of_recomputing_and_saves_work(keyboard_dir):
     reused, fresh = Predictor(keyboard_dir), Predictor(keyboard_dir)
     for text in _typed("The model runs on the phone, the tablet and"):
-        fresh.context.reset()
+        fresh.reset()  # forget the context cache and the memoised beam expansions
         a, b = reused.suggest(text), fresh.suggest(text)
         assert _words(a) == _words(b), text
         np.testing.assert_allclose([s.probability for s in a], [s.probability for s in b], rtol=1e-4)
