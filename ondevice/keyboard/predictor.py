@@ -13,6 +13,7 @@ import torch
 
 from convert.checkpoint import load_checkpoint
 from convert.configs import GPT2Config
+from convert.coreml_package import TOKENIZER_DIR
 from convert.errors import InputError
 from ondevice.backends import load_backend
 from ondevice.keyboard.beam import Suggestion, search_words
@@ -28,25 +29,33 @@ class Predictor:
     def __init__(self, model: str | Path = DEFAULT_MODEL, backend: str = "torch-ane", k: int = 3,
                  max_context_tokens: int = 64, beam_width: int | None = 8, max_word_tokens: int = 4,
                  dtype: str = "fp32", threads: int | None = 1):
-        checkpoint = load_checkpoint(model)
+        """model: a checkpoint (directory, bundled name, cached id), or with backend="coreml" a package
+        written by `ondevice convert --to coreml` (its tokenizer travels inside it)."""
         if backend == "torch-ane" and threads:
             # One keystroke runs a few single-token forwards of a small model: splitting such tiny ops over
             # threads costs more than it saves (measured 10-30 ms per keystroke on one thread, ~1 s on
             # two when the other core was busy).
             torch.set_num_threads(threads)
-        if not isinstance(checkpoint.config, GPT2Config):
-            raise InputError(f"{checkpoint.directory}: predictive text needs a causal LM, not {checkpoint.model_type}")
-        self.checkpoint_dir = checkpoint.directory
-        self.tokenizer = _load_tokenizer(checkpoint.directory)
         self.k, self.beam_width, self.max_word_tokens = k, beam_width, max_word_tokens
-        max_context_tokens = min(max_context_tokens, checkpoint.config.max_positions - max_word_tokens)
-        self.lm = load_backend(backend, checkpoint, dtype=dtype, capacity=max_context_tokens + max_word_tokens)
-        vocab = checkpoint.config.vocab_size
-        specials = set(self.tokenizer.get_added_tokens_decoder()) | {checkpoint.config.bos_token_id,
-                                                                     checkpoint.config.eos_token_id}
+        if backend == "coreml":
+            self.lm, directory = _coreml_package(model), Path(model) / TOKENIZER_DIR
+            max_context_tokens = min(max_context_tokens, self.lm.capacity - max_word_tokens)
+        else:
+            checkpoint = load_checkpoint(model)
+            if not isinstance(checkpoint.config, GPT2Config):
+                raise InputError(f"{checkpoint.directory}: predictive text needs a causal LM, not "
+                                 f"{checkpoint.model_type}")
+            directory = checkpoint.directory
+            max_context_tokens = min(max_context_tokens, checkpoint.config.max_positions - max_word_tokens)
+            self.lm = load_backend(backend, checkpoint, dtype=dtype, capacity=max_context_tokens + max_word_tokens)
+        config = self.lm.config
+        self.checkpoint_dir = directory
+        self.tokenizer = _load_tokenizer(directory)
+        vocab = config.vocab_size
+        specials = set(self.tokenizer.get_added_tokens_decoder()) | {config.bos_token_id, config.eos_token_id}
         start = self.tokenizer.token_to_id(END_OF_TEXT)
         if start is None:
-            start = checkpoint.config.bos_token_id if checkpoint.config.bos_token_id is not None else 0
+            start = config.bos_token_id if config.bos_token_id is not None else 0
         self.classes = TokenClasses.from_strings([self.tokenizer.decode([i]) for i in range(vocab)], specials)
         self.context = ContextCache(self.lm, self.tokenizer, start, max_context_tokens)
         # Logits after each word-continuation tried since the context last changed: typing inside a word keeps
@@ -86,6 +95,21 @@ class Predictor:
 
 
 _MAX_EXPANSIONS = 4096  # ~130 MB of fp32 logits at an 8k vocabulary, at worst
+
+
+def _coreml_package(package: str | Path):
+    """A converted GPT-2 package as a `CausalLM`: Core ML itself on a Mac, our numpy evaluator of its ML
+    program elsewhere (exact, but far too slow for live typing: for checks, not for use)."""
+    from ondevice.backends.coreml import load_package
+
+    path = Path(package)
+    if path.suffix != ".mlpackage" or not path.is_dir():
+        raise InputError(f"{package}: the coreml backend runs a converted package: pass --model PATH.mlpackage "
+                         "(written by 'ondevice convert CHECKPOINT --to coreml')")
+    lm = load_package(path)
+    if not isinstance(lm.config, GPT2Config):
+        raise InputError(f"{package}: predictive text needs a causal LM package, not an encoder")
+    return lm
 
 
 def _load_tokenizer(directory: Path):
