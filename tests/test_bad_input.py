@@ -152,3 +152,8 @@ def test_shard_index_naming_a_missing_shard(tmp_path, gpt2_dir):
 
 def test_unknown_backend(gpt2_dir):
     assert_one_line_error(run_cli("verify", str(gpt2_dir), "--backend", "tpu"), "unknown backend 'tpu'")
+
+
+def test_coreml_backend_on_a_checkpoint_says_how_to_get_a_package(gpt2_dir):
+    assert_one_line_error(run_cli("verify", str(gpt2_dir), "--backend", "coreml"),
+                          "the coreml backend runs a converted package")

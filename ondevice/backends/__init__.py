@@ -12,6 +12,7 @@ from convert.errors import OndeviceError
 BACKENDS = {
     "torch-ane": "ondevice.backends.torch_ane",
     "mlx": "ondevice.backends.mlx",
+    "coreml": "ondevice.backends.coreml",  # runs converted packages; given a checkpoint, says how to get one
 }
 
 
