@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ondevice.keyboard import Predictor
-from ondevice.keyboard.report import evaluate_file
+from ondevice.keyboard.report import evaluate_file, load_baseline
 
 CI_SUBSET_LINES = 40
 
@@ -23,8 +23,9 @@ def evaluate_bundle(directory: Path) -> dict:
     predictor = Predictor(directory)
     heldout = directory / "heldout.txt"
     started = time.time()
-    full = evaluate_file(predictor, heldout)
-    subset = evaluate_file(Predictor(directory), heldout, CI_SUBSET_LINES)
+    baseline = load_baseline(predictor)  # built once, used for both evaluations
+    full = evaluate_file(predictor, heldout, baseline=baseline)
+    subset = evaluate_file(Predictor(directory), heldout, CI_SUBSET_LINES, baseline=baseline)
     return {"full": full, "ci_subset": subset, "ci_subset_lines": CI_SUBSET_LINES,
             "minutes": round((time.time() - started) / 60, 1)}
 

@@ -26,13 +26,18 @@ def read_lines(path: Path, limit: int | None = None) -> list[str]:
     return lines[:limit] if limit else lines
 
 
-def evaluate_file(predictor: Predictor, path: Path, limit: int | None = None,
-                  baseline_text: Path | None = None) -> dict:
-    lines = read_lines(path, limit)
+def load_baseline(predictor: Predictor, baseline_text: Path | None = None) -> NGramModel:
+    """The n-gram baseline, built from the model's training text (or `baseline_text`)."""
     baseline_text = baseline_text or predictor.checkpoint_dir / BASELINE_TEXT
     if not baseline_text.is_file():
         raise InputError(f"{baseline_text}: no training text for the n-gram baseline (pass --baseline-text)")
-    baseline = NGramModel.train(read_lines(baseline_text))
+    return NGramModel.train(read_lines(baseline_text))
+
+
+def evaluate_file(predictor: Predictor, path: Path, limit: int | None = None,
+                  baseline_text: Path | None = None, baseline: NGramModel | None = None) -> dict:
+    lines = read_lines(path, limit)
+    baseline = baseline or load_baseline(predictor, baseline_text)
     predictor.reset()
     model = evaluate("model", predictor.suggest, lines, k=predictor.k)
     ngram = evaluate("n-gram", lambda text: baseline.suggest(text, predictor.k), lines, k=predictor.k)
