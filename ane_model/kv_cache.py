@@ -47,8 +47,10 @@ class KVCache:
         """A new cache of `batch` rows, each a copy of this one's valid prefix, with room for `extra` more
         tokens: lets several continuations of one context be scored in one batched forward."""
 
-        def grow(buffer: torch.Tensor) -> torch.Tensor:  # pad() writes a new tensor: the rows are copies
-            return torch.nn.functional.pad(buffer[:1, ..., : self.length].expand(batch, -1, -1, -1), (0, extra))
+        def grow(buffer: torch.Tensor) -> torch.Tensor:  # new rows, each a copy; the `extra` slots are written later
+            rows = buffer.new_empty((batch, *buffer.shape[1:3], self.length + extra))
+            rows[..., : self.length] = buffer[:1, ..., : self.length]
+            return rows
 
         branched = KVCache.__new__(KVCache)
         branched.keys = [grow(k) for k in self.keys]

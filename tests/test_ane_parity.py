@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from ane_model import KVCache, build_model
+from ane_model.cpu_fused import FusedAttention, FusedConv1x1, FusedLayerNorm, fuse_for_cpu
 from convert import load_checkpoint
 from ondevice.backends.torch_ane import TorchCausalLM, TorchEncoder
-from ondevice.parity import TOLERANCES, compare
+from ondevice.parity import TOLERANCES, compare, greedy_agreement
 from ondevice.reference import ReferenceCausalLM, ReferenceEncoder
 from ondevice.runtime import greedy_tokens
 from tests.checkpoints import make_bert, make_distilbert, make_gpt2
@@ -104,10 +105,48 @@ def test_gpt2_fp16_within_stated_bounds(gpt2):
     result = compare("logits", TorchCausalLM(ckpt.config, ckpt.weights, dtype="fp16").prefill(ids),
                      reference.prefill(ids))
     assert result.within(FP16), result
-    # fp16 keeps greedy decoding on these checkpoints: measured 32/32 on every shape above.
+    # Greedy along the reference's path: every step agrees except where the reference's top two logits are
+    # closer than one fp16 spacing. Measured: 32/32 on two shapes; on the 5-head shape step 16 has a margin
+    # of 0.0005 at logits of 6.5 (fp16 spacing 0.0039), which fp16 cannot resolve: 31/32 and one tie.
     prompt = _ids(ckpt.config.vocab_size, 12, seed=9)
-    ours = greedy_tokens(TorchCausalLM(ckpt.config, ckpt.weights, dtype="fp16"), prompt, 32)
-    assert ours == greedy_tokens(reference, prompt, 32)
+    agreement = greedy_agreement(TorchCausalLM(ckpt.config, ckpt.weights, dtype="fp16"), reference, prompt, 32)
+    assert agreement.clear_misses == 0 and agreement.ties <= 1, agreement
+
+
+def _fused_and_plain(ckpt):
+    plain, fused = build_model(ckpt.config, ckpt.weights), fuse_for_cpu(build_model(ckpt.config, ckpt.weights))
+    kinds = {type(m) for m in fused.modules()}
+    assert {FusedAttention, FusedConv1x1, FusedLayerNorm} <= kinds  # the fused forms are the ones that run
+    return plain, fused
+
+
+def test_cpu_fused_gpt2_equals_the_ane_layout_it_runs(gpt2):
+    """The torch backend runs the ANE-layout modules through fused CPU kernels (ane_model/cpu_fused.py):
+    the same function to fp32 rounding, for a batch of 3 and through the KV cache."""
+    ckpt, _ = gpt2
+    plain, fused = _fused_and_plain(ckpt)
+    ids = torch.tensor([_ids(ckpt.config.vocab_size, 20, seed=s) for s in range(3)])
+    with torch.inference_mode():
+        result = compare("logits", fused(ids).numpy(), plain(ids).numpy())
+        cache = KVCache(ckpt.config.num_layers, ckpt.config.hidden_size, 20, batch=3)
+        stepped = torch.cat([fused(ids[:, :12], cache)] + [fused(ids[:, t : t + 1], cache) for t in range(12, 20)], -1)
+    assert result.within(FP32), result
+    assert compare("cached", stepped.numpy(), plain(ids).detach().numpy()).within(FP32)
+
+
+def test_branch_logits_equal_one_continuation_at_a_time(gpt2):
+    ckpt, _ = gpt2
+    lm = TorchCausalLM(ckpt.config, ckpt.weights)
+    context = _ids(ckpt.config.vocab_size, 30, seed=6)
+    continuations = [_ids(ckpt.config.vocab_size, 3, seed=s) for s in range(5)]
+    lm.prefill(context)
+    batched = lm.branch_logits(continuations)
+    assert lm.length == 30  # the batch left the cache as it was
+    one_by_one = []
+    for continuation in continuations:
+        one_by_one.append(lm.prefill(continuation)[-1])
+        lm.trim(30)
+    assert compare("branch", batched, np.stack(one_by_one)).within(FP32)
 
 
 def _encoder_inputs(cfg, batch: int, seq: int, seed: int = 0):
@@ -142,6 +181,23 @@ def test_encoder_outputs_match_reference_fp32(encoder, seq_len):
     assert "hidden" in names
     assert ("mlm_logits" in names) == ckpt.config.has_mlm_head
     assert ("pooled" in names) == ckpt.config.has_pooler
+
+
+def test_cpu_fused_encoder_equals_the_ane_layout_it_runs(encoder):
+    ckpt, _ = encoder
+    plain, fused = _fused_and_plain(ckpt)
+    ids, mask, types = _encoder_inputs(ckpt.config, batch=3, seq=16, seed=2)
+    args = [torch.as_tensor(ids), torch.as_tensor(mask), None if types is None else torch.as_tensor(types)]
+    with torch.inference_mode():
+        got, want = fused(*args), plain(*args)
+    valid = torch.as_tensor(mask, dtype=torch.bool)
+    for name in ("hidden", "mlm_logits"):
+        if getattr(want, name) is not None:
+            a, b = (getattr(out, name)[:, :, 0, :].transpose(1, 2)[valid] for out in (got, want))
+            assert compare(name, a.numpy(), b.numpy()).within(FP32), name
+    for name in ("pooled", "sentence_embedding"):
+        if getattr(want, name) is not None:
+            assert compare(name, getattr(got, name).numpy(), getattr(want, name).numpy()).within(FP32), name
 
 
 def test_encoder_fp16_within_stated_bounds(encoder):

@@ -1,4 +1,5 @@
-"""Backend: our ANE-layout torch models, run by torch on the CPU (the same graph Core ML converts)."""
+"""Backend: our ANE-layout torch models, run by torch on the CPU: the model code Core ML converts, with
+each spelled-out ANE operation run as one fused CPU kernel (ane_model/cpu_fused.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 
 from ane_model import GPT2, BertEncoder, KVCache
+from ane_model.cpu_fused import fuse_for_cpu
 from convert.checkpoint import Checkpoint
 from convert.configs import BertConfig, GPT2Config
 from convert.errors import InputError
@@ -22,7 +24,7 @@ class TorchCausalLM:
                  capacity: int | None = None):
         self.config = config
         self.dtype = DTYPES[dtype]
-        self.model = GPT2.from_canonical(config, weights).to(self.dtype)
+        self.model = fuse_for_cpu(GPT2.from_canonical(config, weights).to(self.dtype))
         self.capacity = min(capacity or config.max_positions, config.max_positions)
         self.cache = KVCache(config.num_layers, config.hidden_size, self.capacity, dtype=self.dtype)
 
@@ -53,8 +55,8 @@ class TorchCausalLM:
             raise InputError(f"{needed} tokens exceed the KV cache capacity of {self.capacity}")
         ids = torch.tensor([list(s) for s in sequences], dtype=torch.long)
         branch = self.cache.branch(len(sequences), ids.shape[1])
-        logits = self.model(ids, branch)  # (N, V, 1, S)
-        return logits[:, :, 0, -1].float().numpy()
+        hidden = self.model.hidden_states(ids, branch)  # (N, C, 1, S)
+        return self.model.lm_head(hidden[..., -1:])[:, :, 0, 0].float().numpy()  # the head at the last position only
 
 
 class TorchEncoder:
@@ -63,7 +65,7 @@ class TorchEncoder:
     def __init__(self, config: BertConfig, weights: dict[str, torch.Tensor], dtype: str = "fp32"):
         self.config = config
         self.dtype = DTYPES[dtype]
-        self.model = BertEncoder.from_canonical(config, weights).to(self.dtype)
+        self.model = fuse_for_cpu(BertEncoder.from_canonical(config, weights).to(self.dtype))
 
     @torch.inference_mode()
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray,
