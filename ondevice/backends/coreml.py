@@ -55,14 +55,16 @@ class _Evaluator:
 
 
 class _CoreML:
-    """Runs functions through Core ML itself (macOS only): one MLModel per function, one MLState."""
+    """Runs functions through Core ML itself (macOS only): one MLModel per function, one MLState.
 
-    device = "Core ML (CPU_AND_NE)"
+    compute_units: a `ct.ComputeUnit` name (CPU_ONLY, CPU_AND_GPU, CPU_AND_NE, ALL), so that benchmarks
+    can put the same package on each device."""
 
-    def __init__(self, package: Path, functions: list[str]):
+    def __init__(self, package: Path, functions: list[str], compute_units: str = "CPU_AND_NE"):
         import coremltools as ct
 
-        self.models = {name: ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_AND_NE,
+        self.device = f"Core ML ({compute_units})"
+        self.models = {name: ct.models.MLModel(str(package), compute_units=ct.ComputeUnit[compute_units],
                                                function_name=None if name == "main" else name)
                        for name in functions}
 
@@ -75,11 +77,11 @@ class _CoreML:
         return model.predict(inputs) if state is None else model.predict(inputs, state=state)
 
 
-def _runner(package: Path, functions: list[str], use_coreml: bool | None):
+def _runner(package: Path, functions: list[str], use_coreml: bool | None, compute_units: str = "CPU_AND_NE"):
     use_coreml = sys.platform == "darwin" if use_coreml is None else use_coreml
     if use_coreml and sys.platform != "darwin":
         raise OndeviceError("Core ML prediction needs macOS; use the numpy evaluator on this system")
-    return _CoreML(package, functions) if use_coreml else _Evaluator(package)
+    return _CoreML(package, functions, compute_units) if use_coreml else _Evaluator(package)
 
 
 def _chunks(outputs: dict[str, np.ndarray], prefix: str) -> np.ndarray:
@@ -91,13 +93,14 @@ def _chunks(outputs: dict[str, np.ndarray], prefix: str) -> np.ndarray:
 class CoreMLCausalLM:
     backend = "coreml"
 
-    def __init__(self, package: Path, meta: dict[str, str], use_coreml: bool | None = None):
+    def __init__(self, package: Path, meta: dict[str, str], use_coreml: bool | None = None,
+                 compute_units: str = "CPU_AND_NE"):
         self.config: GPT2Config = _config(meta)
         self.meta = meta
         self.capacity = int(meta["context"])
         self.chunk = int(meta["seq_lens"])
         self.functions = meta["functions"].split(",")
-        self.runner = _runner(package, self.functions, use_coreml)
+        self.runner = _runner(package, self.functions, use_coreml, compute_units)
         self.io_cache = meta["kv_cache"] == "io"
         self._length = 0
         self.trim(0)
@@ -156,12 +159,13 @@ class CoreMLCausalLM:
 class CoreMLEncoder:
     backend = "coreml"
 
-    def __init__(self, package: Path, meta: dict[str, str], use_coreml: bool | None = None):
+    def __init__(self, package: Path, meta: dict[str, str], use_coreml: bool | None = None,
+                 compute_units: str = "CPU_AND_NE"):
         self.config: BertConfig = _config(meta)
         self.meta = meta
         self.lengths = sorted(int(n) for n in meta["seq_lens"].split(","))
         self.inputs = json.loads(meta["interface"])["main"]["inputs"]
-        self.runner = _runner(package, ["main"], use_coreml)
+        self.runner = _runner(package, ["main"], use_coreml, compute_units)
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -186,12 +190,14 @@ class CoreMLEncoder:
         return {key: np.stack(parts).astype(np.float32) for key, parts in rows.items()}
 
 
-def load_package(package: str | Path, use_coreml: bool | None = None):
-    """A `CausalLM` (GPT-2) or `Encoder` (BERT family) over a package written by `convert --to coreml`."""
+def load_package(package: str | Path, use_coreml: bool | None = None, compute_units: str = "CPU_AND_NE"):
+    """A `CausalLM` (GPT-2) or `Encoder` (BERT family) over a package written by `convert --to coreml`.
+
+    compute_units (Core ML only): CPU_ONLY, CPU_AND_GPU, CPU_AND_NE (default) or ALL."""
     package = Path(package)
     meta = read_metadata(package)
     cls = CoreMLCausalLM if json.loads(meta["config"])["family"] == "gpt2" else CoreMLEncoder
-    return cls(package, meta, use_coreml)
+    return cls(package, meta, use_coreml, compute_units)
 
 
 def load(checkpoint, dtype: str = "fp16", capacity: int | None = None):

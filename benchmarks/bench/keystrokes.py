@@ -1,0 +1,90 @@
+"""Predictive text as users feel it: per-keystroke latency (p50, p95) replaying held-out text one key at
+a time, and what KV-cache reuse buys at a 64-token context. The replay itself is
+`benchmarks.keyboard_latency`'s, so both benchmarks measure the same thing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench.measure import Stats
+from benchmarks.bench.records import Target, failed, record, skipped
+from benchmarks.keyboard_latency import replay, reuse_vs_recompute
+
+CONTEXT_TOKENS = 64  # the engine's default context cap: the reuse ratio is measured right at it
+KEYS_AFTER_CONTEXT = 24
+
+
+def heldout_lines(directory: Path) -> list[str]:
+    """The checkpoint's own held-out text where it ships one (the bundled keyboard-gpt2 does), else the
+    bundled model's: text the model did not see, either way."""
+    from ondevice.keyboard.report import read_lines
+    from ondevice.models import keyboard_gpt2_path
+
+    own = Path(directory) / "heldout.txt"
+    return read_lines(own if own.is_file() else Path(keyboard_gpt2_path()) / "heldout.txt")
+
+
+def _lines_for(lines: list[str], keystrokes: int) -> list[str]:
+    """Whole paragraphs, in order, until about `keystrokes` keys (at least one paragraph)."""
+    chosen, total = [], 0
+    for line in lines:
+        if total >= keystrokes:
+            break
+        line = line[: keystrokes - total] if not chosen or total + len(line) <= keystrokes else line
+        chosen.append(line)
+        total += len(line)
+    return chosen
+
+
+def keystroke_records(target: Target, directory: str, backend: str, dtype: str, keystrokes: int,
+                      reuse_lines: int, threads: int | None) -> list[dict]:
+    from convert.errors import InputError
+    from ondevice.keyboard import Predictor
+
+    try:
+        predictor = Predictor(directory, backend=backend, dtype=dtype, threads=threads or 1)
+    except InputError as exc:  # e.g. a random checkpoint saved without a tokenizer
+        why = f"predictive text cannot run: {exc}"
+        return [skipped(target, why, kind=kind) for kind in ("keystroke_p50", "keystroke_p95", "cache_reuse_ratio")]
+    lines = heldout_lines(Path(directory))
+    records = []
+    try:
+        predictor.suggest("Warm up the model. ")
+        times = replay(predictor, _lines_for(lines, keystrokes))
+        spread = Stats.of(times)
+        for kind, q in (("keystroke_p50", 50), ("keystroke_p95", 95)):
+            records.append(record(target, kind, float(np.percentile(times, q)), batch=1,
+                                  stats=Stats(float(np.percentile(times, q)), spread.p10, spread.p90, len(times))))
+    except Exception as exc:
+        records.append(failed(target, exc, kind="keystroke_p50"))
+    records.append(_reuse_ratio(target, directory, backend, dtype, lines, reuse_lines, threads))
+    return records
+
+
+def _reuse_ratio(target: Target, directory: str, backend: str, dtype: str, lines: list[str], reuse_lines: int,
+                 threads: int | None) -> dict:
+    """recompute / reuse: mean time per keystroke typed after a 64-token context, rebuilding the whole
+    context every time against keeping the KV cache as the engine does."""
+    from ondevice.keyboard import Predictor
+
+    try:
+        predictor = Predictor(directory, backend=backend, dtype=dtype, threads=threads or 1,
+                              max_context_tokens=CONTEXT_TOKENS + 32)
+        if predictor.context.max_tokens < CONTEXT_TOKENS + KEYS_AFTER_CONTEXT:
+            return skipped(target, f"the model's {predictor.lm.config.max_positions} positions leave no room for "
+                           f"{KEYS_AFTER_CONTEXT} keys after a {CONTEXT_TOKENS}-token context",
+                           kind="cache_reuse_ratio", seq_len=CONTEXT_TOKENS)
+        long_enough = [line for line in lines
+                       if len(predictor.tokenizer.encode(line).ids) >= CONTEXT_TOKENS + 8][:reuse_lines]
+        if not long_enough:
+            return skipped(target, f"no held-out paragraph of {CONTEXT_TOKENS + 8}+ tokens", kind="cache_reuse_ratio",
+                           seq_len=CONTEXT_TOKENS)
+        predictor.suggest("Warm up the model. ")
+        reuse, recompute = reuse_vs_recompute(predictor, long_enough, CONTEXT_TOKENS, KEYS_AFTER_CONTEXT)
+        return record(target, "cache_reuse_ratio", float(np.mean(recompute) / np.mean(reuse)), seq_len=CONTEXT_TOKENS,
+                      batch=1, reuse_ms=float(np.mean(reuse)), recompute_ms=float(np.mean(recompute)),
+                      keystrokes=len(reuse))
+    except Exception as exc:
+        return failed(target, exc, kind="cache_reuse_ratio", seq_len=CONTEXT_TOKENS)

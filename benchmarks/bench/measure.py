@@ -1,0 +1,73 @@
+"""Timing and memory helpers: warm-up, repeats, median and spread, interleaving, peak RSS.
+
+Every timing is the median of repeats after a warm-up (first calls allocate, compile kernels and fill
+caches); the spread is p10-p90 of the same repeats, so a reader sees how noisy the median is."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of repeated measurements of one quantity (seconds, tokens/s, ...)."""
+
+    median: float
+    p10: float
+    p90: float
+    repeats: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stats:
+        v = np.asarray(values, dtype=np.float64)
+        return cls(float(np.median(v)), float(np.percentile(v, 10)), float(np.percentile(v, 90)), len(v))
+
+    def scaled(self, factor: float) -> Stats:
+        """The same statistics in another unit (e.g. seconds -> milliseconds)."""
+        return Stats(self.median * factor, self.p10 * factor, self.p90 * factor, self.repeats)
+
+
+def seconds(fn: Callable[[], object]) -> float:
+    """Wall time of one call."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int, warmup: int = 1) -> dict[str, Stats]:
+    """Run each measurement `warmup` times, then `repeats` rounds of all of them, alternating their order
+    every round, so that drift of a noisy machine (another job, thermal state) falls on all alike.
+
+    Each callable returns its own measurement (seconds, tokens/s, ...)."""
+    names = list(runs)
+    for _ in range(warmup):
+        for name in names:
+            runs[name]()
+    values: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            values[name].append(runs[name]())
+    return {name: Stats.of(v) for name, v in values.items()}
+
+
+def peak_rss_bytes() -> int:
+    """High-water resident memory of this process so far.
+
+    Linux: VmHWM of /proc/self/status, not ru_maxrss, which survives fork and exec and so would report
+    the parent's peak in a child it started. macOS: ru_maxrss (bytes there; a spawned child starts anew)."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024  # kB
+        except OSError:
+            pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

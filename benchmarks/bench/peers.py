@@ -1,0 +1,146 @@
+"""Peers measured in the same run, on the same weights and inputs: mlx-lm's GPT-2 against our MLX GPT-2,
+and Apple's `ane_transformers` DistilBERT against our Core ML DistilBERT (Mac only).
+
+Fairness: both sides load the same files, take the same prompt and the same number of tokens, get the
+same warm-up, and their repeats alternate (ours, theirs, theirs, ours, ...) in one process so that drift
+of a busy machine falls on both; the figure is the ratio of medians."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench.measure import interleaved, seconds
+from benchmarks.bench.records import Target, failed, record, skipped
+from benchmarks.bench.runners import PROMPT_TOKENS, coreml_unavailable, device_of, weight_bytes
+from benchmarks.mlx_decode_vs_mlx_lm import time_mlx_lm, time_ours
+
+MLX_LM = "mlx_lm"
+ANE_TRANSFORMERS = "ane_transformers"
+ANE_UNITS = "CPU_AND_NE"
+DISTILBERT = "distilbert-base-random"  # what the ane_transformers records are about
+
+
+def mlx_lm_records(job: dict) -> list[dict]:
+    """mlx-lm cannot read a transformers-5 `save_pretrained` GPT-2 directory, so both sides load our MLX
+    export of the checkpoint (mlx-lm's own weight names), the same file."""
+    ours = Target(job["model"], "mlx", device_of("mlx"), job["precision"], source="mlx-export")
+    theirs = Target(job["model"], MLX_LM, ours.device, job["precision"], source="mlx-export")
+    try:
+        import mlx.core as mx
+        import mlx_lm  # noqa: F401
+        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.utils import load_model
+    except ImportError as exc:
+        return [skipped(theirs, f"mlx-lm is not installed ({exc})")]
+    from convert.checkpoint import load_checkpoint
+    from convert.mlx_checkpoint import load_mlx_checkpoint
+    from convert.mlx_export import export_mlx, mlx_lm_compatible
+    from ondevice.backends.mlx import load
+
+    checkpoint = load_checkpoint(job["checkpoint"])
+    if not mlx_lm_compatible(checkpoint.config):
+        return [skipped(theirs, "mlx-lm's GPT-2 needs a tied head, a 4x MLP and the tanh GELU")]
+    Path(job["export_dir"]).parent.mkdir(parents=True, exist_ok=True)
+    export = export_mlx(checkpoint, Path(job["export_dir"]), dtype=job["precision"], overwrite=True, progress=False)
+    lm = load(load_mlx_checkpoint(export), dtype=None)
+    model = load_model(Path(export))[0]
+    cfg = checkpoint.config
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, size=max([*job["seq_lens"], PROMPT_TOKENS])).tolist()
+
+    def prefill_theirs(n: int) -> float:
+        def run() -> None:
+            logits = model(mx.array([ids[:n]]), cache=make_prompt_cache(model))
+            np.array(logits[0].astype(mx.float32), copy=False)  # as ours: (S, V) logits handed over as numpy
+
+        return seconds(run)
+
+    def prefill_ours(n: int) -> float:
+        lm.trim(0)
+        return seconds(lambda: lm.prefill(ids[:n]))
+
+    records = []
+    cases = [("prefill", n) for n in job["seq_lens"]] + [("decode", PROMPT_TOKENS)] * (job["decode_tokens"] > 0)
+    for kind, n in cases:
+        try:
+            if kind == "prefill":
+                runs = {"ours": lambda n=n: prefill_ours(n), "theirs": lambda n=n: prefill_theirs(n)}
+            else:
+                prompt, tokens = ids[:PROMPT_TOKENS], job["decode_tokens"]
+                runs = {"ours": lambda p=prompt, t=tokens: time_ours(lm, p, t),
+                        "theirs": lambda p=prompt, t=tokens: time_mlx_lm(model, p, t)}
+            stats = interleaved(runs, job["repeats"], warmup=job["warmup"])
+            scale = 1e3 if kind == "prefill" else 1.0
+            a, b = stats["ours"].scaled(scale), stats["theirs"].scaled(scale)
+            speed = b.median / a.median if kind == "prefill" else a.median / b.median
+            extra = {"tokens": job["decode_tokens"], "weight_bytes": weight_bytes(job["checkpoint"], job["precision"])
+                     } if kind == "decode" else {}
+            records.append(record(ours, kind, stats=a, seq_len=n, batch=1, vs_peer={"peer": MLX_LM, "ratio": speed},
+                                  **extra))
+            records.append(record(theirs, kind, stats=b, seq_len=n, batch=1, **extra))
+        except Exception as exc:
+            records.append(failed(theirs, exc, kind=kind, seq_len=n, batch=1))
+    return records
+
+
+def ane_transformers_records(job: dict) -> list[dict]:
+    """Apple's reference DistilBERT (`ane_transformers.huggingface.distilbert`) under Core ML, against ours
+    converted from the same random-init DistilBERT (made here with transformers, never downloaded).
+    Its package pins old torch and transformers, so it installs on few set-ups: where it does not, or
+    off macOS, the record says why."""
+    theirs = Target(DISTILBERT, ANE_TRANSFORMERS, ANE_UNITS, "fp16", source="coreml-package")
+    why = coreml_unavailable()
+    if why:
+        return [skipped(theirs, why)]
+    try:
+        import ane_transformers  # noqa: F401
+        from ane_transformers.huggingface import distilbert as ane_distilbert
+    except Exception as exc:
+        return [skipped(theirs, f"ane_transformers does not import here ({type(exc).__name__}: {exc})")]
+    import coremltools as ct
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from benchmarks.bench.runners import convert_package
+    from ondevice.backends.coreml import load_package
+
+    ours = Target(DISTILBERT, "coreml", ANE_UNITS, "fp16", source="coreml-package")
+    work = Path(job["cache_dir"])
+    directory = work / DISTILBERT
+    if not (directory / "config.json").is_file():
+        torch.manual_seed(0)
+        DistilBertForSequenceClassification(DistilBertConfig()).eval().save_pretrained(directory)
+    baseline = DistilBertForSequenceClassification.from_pretrained(directory, return_dict=False, torchscript=True)
+    apple = ane_distilbert.DistilBertForSequenceClassification(baseline.config).eval()
+    apple.load_state_dict(baseline.state_dict())
+    records = []
+    for n in job["seq_lens"]:
+        try:
+            ids = torch.randint(1, baseline.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(0))
+            mask = torch.ones_like(ids)
+            traced = torch.jit.trace(apple, (ids, mask))
+            package = ct.convert(traced, convert_to="mlprogram", compute_units=ct.ComputeUnit[ANE_UNITS],
+                                 inputs=[ct.TensorType("input_ids", shape=(1, n), dtype=np.int32),
+                                         ct.TensorType("attention_mask", shape=(1, n), dtype=np.int32)])
+            feed = {"input_ids": ids.numpy().astype(np.int32), "attention_mask": mask.numpy().astype(np.int32)}
+            path = convert_package(str(directory), work / f"{DISTILBERT}-{n}.mlpackage", "none", [n], False, 512)
+            encoder = load_package(path, use_coreml=True, compute_units=ANE_UNITS)
+            runs = {"ours": lambda e=encoder, f=feed: seconds(lambda: e.encode(f["input_ids"], f["attention_mask"])),
+                    "theirs": lambda p=package, f=feed: seconds(lambda: p.predict(f))}
+            stats = interleaved(runs, job["repeats"], warmup=job["warmup"])
+            a, b = stats["ours"].scaled(1e3), stats["theirs"].scaled(1e3)
+            records.append(record(ours, "encode", stats=a, seq_len=n, batch=1,
+                                  vs_peer={"peer": ANE_TRANSFORMERS, "ratio": b.median / a.median}))
+            records.append(record(theirs, "encode", stats=b, seq_len=n, batch=1))
+        except Exception as exc:
+            records.append(failed(theirs, exc, kind="encode", seq_len=n, batch=1))
+    return records
+
+
+def peer_unavailable(peer: str) -> str | None:
+    """Why a peer cannot run on this machine at all, decided in the parent without starting a process."""
+    if peer == ANE_TRANSFORMERS and sys.platform != "darwin":
+        return "ane_transformers runs its DistilBERT through Core ML, which needs macOS"
+    return None

@@ -1,0 +1,231 @@
+"""The harness's parent process: plan the jobs, run each in a fresh child process, gather the records,
+and write bench.json, bench.md and bench.png.
+
+    ondevice bench [--model M ...] [--backends ...] [--seq-lens ...] [--quick] [--out DIR]"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from benchmarks.bench.machine import describe_machine, short_machine
+from benchmarks.bench.records import Target, failed, record, skipped
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+ROOT = Path(__file__).resolve().parents[2]
+BACKENDS = ("reference", "torch-ane", "mlx", "coreml")
+PEERS = ("mlx_lm", "ane_transformers")
+GENERATED = "gpt2-124m-random"  # GPT-2 small's shapes, random init: made here, never downloaded
+FULL_MODELS = ("keyboard-gpt2", GENERATED, "all-MiniLM-L6-v2")
+QUICK_MODELS = ("keyboard-gpt2", "all-MiniLM-L6-v2")
+FULL_SEQ_LENS = (16, 64, 128, 256, 512)
+QUICK_SEQ_LENS = (16, 64)
+COREML_COMPRESSIONS = ("none", "int8")
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("ONDEVICE_BENCH_CACHE", Path.home() / ".cache" / "ondevice" / "bench"))
+
+
+@dataclass
+class BenchOptions:
+    """What to run; None means the default of the mode (full, or --quick: small models, fewer repeats)."""
+
+    models: list[str] | None = None
+    backends: list[str] | None = None  # backends and peers, by name
+    seq_lens: list[int] | None = None
+    quick: bool = False
+    out: Path = RESULTS
+    threads: int | None = None
+    repeats: int | None = None
+    batch: int = 1
+    precision: str = "fp32"  # of torch-ane and mlx (the reference is fp32; Core ML fp16 and int8)
+    decode_tokens: int | None = None
+    keystrokes: int | None = None  # about how many keys of held-out text to replay
+    reuse_lines: int | None = None  # paragraphs typed after a 64-token context for the cache-reuse ratio
+    bandwidth_mib: int | None = None
+    cache_dir: Path = field(default_factory=default_cache)
+    isolate: bool = True  # each (model, backend) in a fresh process: cold loads and per-backend peak memory
+    job_timeout_s: float = 3600.0  # the full run of a 124M model on MLX's CPU backend takes ~30 min
+
+    def resolved(self) -> BenchOptions:
+        q = self.quick
+        return replace(
+            self,
+            models=list(self.models or (QUICK_MODELS if q else FULL_MODELS)),
+            backends=list(self.backends or (*BACKENDS, *PEERS)),
+            seq_lens=sorted(set(self.seq_lens or (QUICK_SEQ_LENS if q else FULL_SEQ_LENS))),
+            repeats=self.repeats or (3 if q else 7),
+            decode_tokens=self.decode_tokens if self.decode_tokens is not None else (32 if q else 64),
+            keystrokes=self.keystrokes if self.keystrokes is not None else (150 if q else 2000),
+            reuse_lines=self.reuse_lines if self.reuse_lines is not None else (1 if q else 8),
+            bandwidth_mib=self.bandwidth_mib or (256 if q else 1024),
+        )
+
+
+def resolve_model(spec: str, cache_dir: Path) -> tuple[str, Path]:
+    """(name shown in the tables, checkpoint directory) for a bundled name, the generated GPT-2, or a dir."""
+    from convert.locate import resolve_checkpoint
+
+    if spec == GENERATED:
+        from transformers.utils import logging as hf_logging
+
+        from benchmarks.mlx_decode_vs_mlx_lm import make_checkpoint
+
+        hf_logging.disable_progress_bar()  # keep the terminal to our progress bar and tables
+        return spec, make_checkpoint(cache_dir / GENERATED)
+    directory = resolve_checkpoint(spec)
+    return (directory.name if Path(spec).expanduser().is_dir() else spec), directory
+
+
+def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
+    """(jobs to run, records known without running anything: backends that cannot run here)."""
+    from benchmarks.bench.peers import ANE_TRANSFORMERS, MLX_LM, peer_unavailable
+    from benchmarks.bench.runners import COMPUTE_UNITS, clip_seq_lens, coreml_unavailable
+    from convert.checkpoint import read_model_config
+
+    unknown = [b for b in options.backends if b not in (*BACKENDS, *PEERS)]
+    if unknown:
+        from convert.errors import InputError
+
+        raise InputError(f"unknown backend(s) {', '.join(unknown)} (choose from {', '.join((*BACKENDS, *PEERS))})")
+    common = {key: getattr(options, key) for key in ("batch", "repeats", "decode_tokens", "keystrokes", "reuse_lines",
+                                                       "threads", "precision")}
+    common |= {"warmup": 1, "compare_reference": "reference" in options.backends, "cache_dir": str(options.cache_dir)}
+    jobs, known = [], []
+    for spec in options.models:
+        name, directory = resolve_model(spec, options.cache_dir)
+        _, config = read_model_config(directory)
+        base = common | {"model": name, "checkpoint": str(directory),
+                         "seq_lens": clip_seq_lens(options.seq_lens, config.max_positions)}
+        for backend in options.backends:
+            if backend in ("reference", "torch-ane", "mlx"):
+                precision = "fp32" if backend == "reference" else options.precision
+                jobs.append(base | {"job": "backend", "backend": backend, "precision": precision})
+            elif backend == "coreml":
+                why = coreml_unavailable()
+                if why:
+                    known.append(skipped(Target(name, "coreml", "+".join(COMPUTE_UNITS), "fp16",
+                                                "+".join(COREML_COMPRESSIONS), "coreml-package"), why))
+                    continue
+                for compression in COREML_COMPRESSIONS:
+                    package = options.cache_dir / "coreml" / f"{name}-{compression}.mlpackage"
+                    jobs.append(base | {"job": "convert", "compression": compression, "package": str(package),
+                                        "precision": "fp16"})
+                    jobs += [base | {"job": "backend", "backend": "coreml", "precision": "fp16",
+                                     "compression": compression, "package": str(package), "compute_units": units}
+                             for units in COMPUTE_UNITS]
+            elif backend == MLX_LM and config.is_causal:
+                export = options.cache_dir / "mlx" / f"{name}-mlx-{options.precision}"
+                jobs.append(base | {"job": MLX_LM, "backend": MLX_LM, "export_dir": str(export)})
+    if ANE_TRANSFORMERS in options.backends:
+        from benchmarks.bench.peers import DISTILBERT
+
+        why = peer_unavailable(ANE_TRANSFORMERS)
+        target = Target(DISTILBERT, ANE_TRANSFORMERS, "CPU_AND_NE", "fp16", source="coreml-package")
+        if why:
+            known.append(skipped(target, why))
+        else:
+            jobs.append(common | {"job": ANE_TRANSFORMERS, "backend": ANE_TRANSFORMERS, "model": DISTILBERT,
+                                  "seq_lens": clip_seq_lens(options.seq_lens, 512)})
+    return jobs, known
+
+
+def _child_env(threads: int | None) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+            env[var] = str(threads)
+    return env
+
+
+def run_isolated(job: dict, timeout_s: float, threads: int | None) -> list[dict]:
+    """Run one job in a fresh interpreter; a crash or a time-out is an error record, not the end of the run."""
+    target = Target(job.get("model", "-"), job.get("backend", job["job"]), job.get("compute_units") or "-",
+                    job.get("precision", "-"), job.get("compression", "none"))
+    with tempfile.TemporaryDirectory(prefix="ondevice-bench-") as tmp:
+        job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "records.json"
+        job_path.write_text(json.dumps(job))
+        try:
+            # close_fds=False lets macOS start the child with posix_spawn rather than fork + exec, so its
+            # ru_maxrss starts from zero instead of from this process's (Linux reads VmHWM, reset at exec).
+            done = subprocess.run([sys.executable, "-m", "benchmarks.bench.worker", str(job_path), str(out_path)],
+                                  capture_output=True, text=True, timeout=timeout_s, env=_child_env(threads),
+                                  close_fds=sys.platform != "darwin")
+        except subprocess.TimeoutExpired:
+            return [failed(target, TimeoutError(f"timed out after {timeout_s:.0f} s"))]
+        if out_path.is_file():
+            return json.loads(out_path.read_text())
+        lines = [line for line in (done.stderr or "").splitlines() if line.strip()]
+        return [failed(target, RuntimeError(f"worker exited {done.returncode}: {lines[-1] if lines else ''}"))]
+
+
+def _finish(records: list[dict], machine: dict) -> list[dict]:
+    """Add to every record what it needs to be read alone, and the figures computed across records."""
+    line = short_machine(machine)
+    bandwidth = next((r["value"] for r in records if r["kind"] == "memory_bandwidth" and r["status"] == "ok"), None)
+    reference = {(r["model"], r["kind"]): r["value"] for r in records
+                 if r["backend"] == "reference" and r["status"] == "ok" and r["kind"] in ("load_cold", "load_warm")}
+    for r in records:
+        r["machine"] = line
+        if r["status"] != "ok":
+            continue
+        if r["kind"] == "decode" and r.get("weight_bytes") and bandwidth:
+            r["achieved_bytes_per_s"] = r["weight_bytes"] * r["value"]
+            r["bandwidth_fraction"] = r["achieved_bytes_per_s"] / bandwidth
+        ref = reference.get((r["model"], r["kind"]))
+        if ref and r["backend"] != "reference" and r["source"] == "checkpoint":
+            r["vs_reference"] = ref / r["value"]  # across processes: loads cannot interleave
+    return records
+
+
+def run_bench(options: BenchOptions, console: Console | None = None) -> Path:
+    """Run the benchmark; return the output directory holding bench.json, bench.md and bench.png."""
+    from benchmarks.bench import report
+    from benchmarks.bench.bandwidth import measure_bandwidth
+
+    console = console or Console()
+    options = options.resolved()
+    jobs, records = plan(options)  # bad input fails here, before anything is measured or written
+    options.out.mkdir(parents=True, exist_ok=True)
+    machine = describe_machine()
+    host = Target("-", "machine", "cpu", "-")
+    try:
+        bw = measure_bandwidth(options.bandwidth_mib, repeats=3 if options.quick else 5, threads=options.threads)
+        records.insert(0, record(host, "memory_bandwidth", bw["bytes_per_s"], array_bytes=bw["array_bytes"],
+                                 threads=bw["threads"], repeats=bw["repeats"], note="best of the repeats"))
+    except Exception as exc:
+        records.insert(0, failed(host, exc, kind="memory_bandwidth"))
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("bench", total=len(jobs))
+        for job in jobs:
+            what = " ".join(filter(None, (job["model"], job.get("backend") or job["job"], job.get("compression"),
+                                          job.get("compute_units"), "convert" if job["job"] == "convert" else None)))
+            progress.update(task, description=what)
+            if options.isolate:
+                records += run_isolated(job, options.job_timeout_s, options.threads)
+            else:
+                from benchmarks.bench.worker import run_job
+
+                records += run_job(job)
+            progress.advance(task)
+    records = _finish(records, machine)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+    report.write_json(options.out / "bench.json", machine, settings, records)
+    (options.out / "bench.md").write_text(report.markdown(machine, settings, records))
+    try:
+        report.plot(options.out / "bench.png", records)
+    except ImportError as exc:
+        console.print(f"no plot: {exc} (pip install matplotlib)", style="yellow")
+    report.print_tables(console, machine, settings, records)
+    console.print(f"wrote {options.out / 'bench.json'}, bench.md, bench.png", highlight=False, soft_wrap=True)
+    return options.out

@@ -1,0 +1,144 @@
+"""Loading each backend and the measurements every backend shares: prefill, decode and encode are
+written once against the runtime interface (`ondevice.runtime`), so the reference, torch-ane, MLX and
+Core ML run the very same code on the very same token ids."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench.measure import seconds
+from benchmarks.mlx_decode_vs_mlx_lm import time_ours as decode_tokens_per_s
+
+OURS = ("torch-ane", "mlx")
+COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+PROMPT_TOKENS = 16  # decode starts after a prompt of this length
+
+
+def coreml_unavailable() -> str | None:
+    """Why Core ML cannot run packages here, or None where it can (macOS with coremltools' native proxy)."""
+    if sys.platform != "darwin":
+        return "Core ML prediction needs macOS; coremltools on Linux cannot run packages"
+    try:
+        from coremltools.libcoremlpython import _MLModelProxy  # noqa: F401
+    except ImportError as exc:
+        return f"coremltools has no Core ML runtime in this environment ({exc})"
+    return None
+
+
+def import_backend(backend: str) -> None:
+    """Import what a backend's load needs, so the runtime baseline (RSS before loading) includes it."""
+    import transformers  # noqa: F401
+
+    import convert.checkpoint  # noqa: F401
+    import ondevice.reference
+
+    if backend == "mlx":
+        import ondevice.backends.mlx
+    elif backend == "torch-ane":
+        import ondevice.backends.torch_ane
+    elif backend == "coreml":
+        import coremltools  # noqa: F401
+
+        import ondevice.backends.coreml  # noqa: F401
+
+
+def loader(backend: str, checkpoint: str, dtype: str, package: str | None = None,
+           compute_units: str | None = None) -> Callable[[], object]:
+    """A function from files on disk to a ready model: reading the checkpoint is part of every load."""
+    from convert.checkpoint import load_checkpoint
+
+    if backend == "reference":
+        from ondevice.reference import load_reference
+
+        return lambda: load_reference(load_checkpoint(checkpoint))
+    if backend == "coreml":
+        from ondevice.backends.coreml import load_package
+
+        return lambda: load_package(package, use_coreml=True, compute_units=compute_units)
+    from ondevice.backends import load_backend
+
+    return lambda: load_backend(backend, load_checkpoint(checkpoint), dtype=dtype)
+
+
+def device_of(backend: str, compute_units: str | None = None) -> str:
+    if backend == "mlx":
+        import mlx.core as mx
+
+        return str(mx.default_device())
+    if backend == "coreml":
+        return compute_units or "CPU_AND_NE"
+    return "cpu"
+
+
+def weight_bytes(checkpoint_dir: str, precision: str) -> int:
+    """Parameters x bytes per parameter: what one decoded token reads (tied tensors counted once)."""
+    from convert.checkpoint import load_checkpoint
+
+    weights = load_checkpoint(checkpoint_dir).weights
+    unique = {t.untyped_storage().data_ptr(): t.numel() for t in weights.values()}
+    return int(sum(unique.values()) * BYTES_PER_PARAMETER[precision])
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed measurement, runnable on any model of the family: `run(model)` returns a value in
+    `unit` (seconds for latencies, tokens/s for decode)."""
+
+    kind: str  # prefill, decode, encode
+    seq_len: int
+    batch: int
+    run: Callable[[object], float]
+
+
+def causal_cases(vocab: int, seq_lens: list[int], decode_tokens: int, seed: int = 0) -> list[Case]:
+    ids = np.random.default_rng(seed).integers(0, vocab, size=max([*seq_lens, PROMPT_TOKENS])).tolist()
+
+    def prefill(n: int) -> Callable[[object], float]:
+        def run(lm) -> float:
+            lm.trim(0)
+            return seconds(lambda: lm.prefill(ids[:n]))
+
+        return run
+
+    cases = [Case("prefill", n, 1, prefill(n)) for n in seq_lens]
+    if decode_tokens > 0:
+        prompt = ids[:PROMPT_TOKENS]
+        cases.append(Case("decode", PROMPT_TOKENS, 1, lambda lm: decode_tokens_per_s(lm, prompt, decode_tokens)))
+    return cases
+
+
+def encoder_cases(vocab: int, seq_lens: list[int], batch: int, seed: int = 0) -> list[Case]:
+    rng = np.random.default_rng(seed)
+
+    def encode(n: int) -> Callable[[object], float]:
+        ids = rng.integers(1, vocab, size=(batch, n))
+        mask = np.ones_like(ids)
+        return lambda enc: seconds(lambda: enc.encode(ids, mask))
+
+    return [Case("encode", n, batch, encode(n)) for n in seq_lens]
+
+
+def clip_seq_lens(seq_lens: list[int], max_positions: int) -> list[int]:
+    """Sequence lengths the model can take: longer ones are clipped to its positions (deduplicated)."""
+    return sorted({min(n, max_positions) for n in seq_lens})
+
+
+def convert_package(checkpoint: str, out: Path, compression: str, seq_lens: list[int], is_causal: bool,
+                    max_positions: int) -> Path:
+    """`ondevice convert --to coreml` as a library call: fp16, the given compression; GPT-2 with a
+    context long enough for the longest prefill and a 64-token prefill chunk, encoders with every
+    benchmarked length enumerated."""
+    from convert.coreml import CoreMLOptions, convert_to_coreml
+
+    if is_causal:
+        context = min(max_positions, max(max(seq_lens), 128))
+        options = CoreMLOptions(dtype="fp16", seq_lens=(min(64, context),), context=context, compress=compression)
+    else:
+        options = CoreMLOptions(dtype="fp16", seq_lens=tuple(seq_lens), compress=compression)
+    return convert_to_coreml(checkpoint, out, options, overwrite=True, progress=False)
