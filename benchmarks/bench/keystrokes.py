@@ -82,9 +82,12 @@ def _reuse_ratio(target: Target, directory: str, backend: str, dtype: str, lines
             return skipped(target, f"no held-out paragraph of {CONTEXT_TOKENS + 8}+ tokens", kind="cache_reuse_ratio",
                            seq_len=CONTEXT_TOKENS)
         predictor.suggest("Warm up the model. ")
-        reuse, recompute = reuse_vs_recompute(predictor, long_enough, CONTEXT_TOKENS, KEYS_AFTER_CONTEXT)
-        return record(target, "cache_reuse_ratio", float(np.mean(recompute) / np.mean(reuse)), seq_len=CONTEXT_TOKENS,
-                      batch=1, reuse_ms=float(np.mean(reuse)), recompute_ms=float(np.mean(recompute)),
-                      keystrokes=len(reuse))
+        times = reuse_vs_recompute(predictor, long_enough, CONTEXT_TOKENS, KEYS_AFTER_CONTEXT)
+        reuse, recompute = float(np.mean(times.reuse)), float(np.mean(times.recompute))
+        context_reuse, context_recompute = float(np.mean(times.reuse_context)), float(np.mean(times.recompute_context))
+        return record(target, "cache_reuse_ratio", recompute / reuse, seq_len=CONTEXT_TOKENS, batch=1,
+                      reuse_ms=reuse, recompute_ms=recompute, keystrokes=len(times.reuse),
+                      context_reuse_ms=context_reuse, context_recompute_ms=context_recompute,
+                      context_ratio=context_recompute / context_reuse)
     except Exception as exc:
         return failed(target, exc, kind="cache_reuse_ratio", seq_len=CONTEXT_TOKENS)

@@ -76,7 +76,8 @@ def model_tables(records: list[dict]) -> list[tuple[str, list[str], list[list[st
             keys = [by_kind.get(k) for k in ("keystroke_p50", "keystroke_p95")]
             cells.append(" / ".join(_num(k["value"]) for k in keys) if all(keys) else "")
             reuse = by_kind.get("cache_reuse_ratio")
-            cells.append(f"{reuse['value']:.1f}x" if reuse else "")
+            context = f" (context {reuse['context_ratio']:.1f}x)" if reuse and "context_ratio" in reuse else ""
+            cells.append(f"{reuse['value']:.1f}x{context}" if reuse else "")
             peak, base = by_kind.get("peak_memory"), by_kind.get("runtime_baseline_memory")
             cells.append(f"{peak['value'] / 2**20:.0f} ({base['value'] / 2**20:.0f})" if peak and base else "")
             cells.append("; ".join(notes))
