@@ -83,8 +83,10 @@ package with `apt-get download`, builds the corpus, trains tokenizer and model, 
 card). AdamW (betas 0.9/0.95, weight decay {recipe['weight_decay']}), peak learning rate {recipe['lr']},
 {recipe['warmup']} warm-up steps then cosine to 10%, {recipe['steps']} steps of {recipe['batch']} x
 {recipe['n_positions']}-token windows, dropout {recipe['dropout']}, seed {recipe['seed']}; every paragraph is
-preceded by `<|endoftext|>`, as the engine does at the start of a text. Took {training['minutes']} minutes
-on {training['device']} ({training['torch']}), one thread, on a shared 2-core machine.
+preceded by `<|endoftext|>`, as the engine does at the start of a text; forward passes under
+{recipe.get('autocast') or 'no'} autocast (weights, optimiser state and loss in fp32).
+Took {training['minutes']} minutes on {training['device']} ({training['torch']}),
+{training.get('threads', 1)} thread(s), on a 2-core machine.
 
 | step | train loss | held-out loss | minutes |
 |---|---|---|---|

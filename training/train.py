@@ -5,9 +5,12 @@
 Recipe: a byte-level BPE tokenizer (8192 tokens) trained with `tokenizers` on the training split,
 then a GPT-2 (4 layers, width 256, 4 heads, 128 positions: iOS 17's keyboard model is a 6-layer,
 width-512 GPT-2; ours is scaled to a 1M-token corpus, a 25 MB budget and a 2-core CPU hour) trained
-with AdamW on random 128-token windows, on one CPU thread by default (a shared 2-core machine loses
-far more to threads waiting on each other than it gains). Deterministic for a given seed and torch
-build. Runs on CUDA when asked (`--device cuda`)."""
+with AdamW on random 128-token windows. The forward pass runs under bf16 autocast (weights, optimiser
+and loss stay fp32): on a CPU with AMX (this machine's) a step takes 0.64 s instead of 0.90 s, which
+buys 3000 steps within the hour: 32 minutes alone on this 2-core machine with two threads (the
+default); `--threads 1` when other jobs share the machine (two threads waiting on each other behind a
+third job ran 3-5 s a step here). Deterministic for a given seed and torch build. Runs on CUDA when
+asked (`--device cuda`)."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from training.corpus import build_corpus
 
 EOT = "<|endoftext|>"
 RECIPE = dict(vocab_size=8192, n_positions=128, n_embd=256, n_layer=4, n_head=4, dropout=0.1,
-              steps=1400, batch=32, lr=1e-3, warmup=100, weight_decay=0.1, seed=1234)
+              steps=3000, batch=32, lr=1e-3, warmup=100, weight_decay=0.1, seed=1234, autocast="bf16")
 
 
 def train_tokenizer(lines: list[str], vocab_size: int):
@@ -72,7 +75,7 @@ def mean_loss(model, stream: torch.Tensor, window: int, batches: int, batch: int
     return sum(losses) / len(losses)
 
 
-def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int | None) -> dict:
+def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int | None, threads: int = 2) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     recipe = dict(RECIPE, steps=steps or RECIPE["steps"])
@@ -101,7 +104,8 @@ def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int
             group["lr"] = learning_rate(step, recipe)
         starts = torch.randint(0, len(train_ids) - window - 1, (recipe["batch"],), generator=gen)
         x = torch.stack([train_ids[s : s + window] for s in starts]).to(device)
-        loss = model(x, labels=x).loss
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=recipe["autocast"] == "bf16"):
+            loss = model(x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -120,7 +124,7 @@ def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int
     fast.save_pretrained(out)
     metadata = {"recipe": recipe, "corpus": provenance, "train_tokens": len(train_ids),
                 "heldout_tokens": len(heldout_ids), "parameters": sum(p.numel() for p in model.parameters()),
-                "device": device, "torch": torch.__version__, "log": log,
+                "device": device, "threads": threads, "torch": torch.__version__, "log": log,
                 "minutes": round((time.time() - started) / 60, 1)}
     (out / "training.json").write_text(json.dumps(metadata, indent=2) + "\n")
     # Beside the model: the n-gram baseline's training text and the held-out text of its evaluation.
@@ -138,12 +142,12 @@ def main() -> None:
                         help="an already unpacked python3.11-doc html directory (default: apt-get download it)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=None, help=f"default {RECIPE['steps']}")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation and model card")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(json.dumps(train(args.out, args.work, args.html_root, args.device, args.steps), indent=2))
+    print(json.dumps(train(args.out, args.work, args.html_root, args.device, args.steps, args.threads), indent=2))
     if not args.no_eval:
         from training.model_card import main as write_model_card
 
