@@ -58,30 +58,37 @@ class GreedyAgreement:
     agreed: int
     ties: int  # disagreements where the reference's top two logits are closer than `resolution` can tell apart
     clear_misses: int  # disagreements anywhere else: a real error
+    miss_margins: tuple[float, ...] = ()  # the reference's top-two logit margin at each disagreement
 
     def __str__(self) -> str:
         return f"greedy {self.agreed}/{self.steps} (ties {self.ties}, clear misses {self.clear_misses})"
 
 
-def greedy_agreement(ours, reference, prompt: list[int], steps: int, resolution=np.float16) -> GreedyAgreement:
+def greedy_agreement(ours, reference, prompt: list[int], steps: int, resolution=np.float16,
+                     tie_margin: float | None = None) -> GreedyAgreement:
     """Teacher-forced greedy comparison along the reference's own greedy path.
 
     Free-running greedy decoding turns one flipped near-tie into a different continuation, so an exact
     token match at reduced precision depends on whether the prompt happens to meet a tie. Here both
     models read the reference's tokens; a step where the argmaxes differ counts as a tie when the
     reference's top-two margin is below the spacing of `resolution` numbers at that magnitude (the two
-    logits may round to the same value), and as a clear miss otherwise."""
+    logits may round to the same value), and as a clear miss otherwise. Lossy weight compression moves
+    logits by more than rounding does: `tie_margin` then states the margin (in logits) below which the
+    reference's choice counts as a tie."""
     reference.trim(0)
     ours.trim(0)
     ref_logits, our_logits = reference.prefill(prompt)[-1], ours.prefill(prompt)[-1]
     agreed = ties = 0
+    margins: list[float] = []
     for step in range(steps):
         token = int(np.argmax(ref_logits))
         if int(np.argmax(our_logits)) == token:
             agreed += 1
         else:
             second, first = np.partition(ref_logits.astype(np.float64), -2)[-2:]
-            ties += bool(first - second < float(np.spacing(resolution(abs(first)))))
+            tie = float(np.spacing(resolution(abs(first)))) if tie_margin is None else tie_margin
+            ties += bool(first - second < tie)
+            margins.append(float(first - second))
         if step + 1 < steps:
             ref_logits, our_logits = reference.decode(token), ours.decode(token)
-    return GreedyAgreement(steps, agreed, ties, steps - agreed - ties)
+    return GreedyAgreement(steps, agreed, ties, steps - agreed - ties, tuple(margins))

@@ -112,8 +112,8 @@ def _verify_encoder(report: VerifyReport, ours, reference, rng) -> None:
 COMPRESSED_TOLERANCES = {
     "int8": Tolerance(rel_max_abs=5e-2, cosine=0.999),  # measured 2.9e-2, 0.99969
     "palettize6": Tolerance(rel_max_abs=0.15, cosine=0.99),  # measured 0.104, 0.99611
-    "int4": Tolerance(rel_max_abs=0.5, cosine=0.9),  # measured 0.427, 0.92785
-    "palettize4": Tolerance(rel_max_abs=0.6, cosine=0.9),  # measured 0.490, 0.93825
+    "int4": Tolerance(rel_max_abs=0.5, cosine=0.9),  # measured 0.410, 0.95442 (tables at int8)
+    "palettize4": Tolerance(rel_max_abs=0.6, cosine=0.9),  # measured 0.385, 0.94974 (tables at 6 bits)
 }
 
 
