@@ -50,8 +50,10 @@ def test_predict_eval_compares_with_the_ngram_baseline(keyboard_dir, tmp_path):
         assert 0 <= summary[side]["ksr3"] <= 1 and summary[side]["latency_p95_ms"] > 0
 
 
-def test_predict_bad_input(keyboard_dir, bert_dir, tmp_path):
+def test_predict_bad_input(keyboard_dir, bert_dir, gpt2_dir, tmp_path):
     assert_one_line_error(run("predict", "hi", "--model", str(bert_dir)), "needs a causal LM")
+    # A GPT-2 saved without a tokenizer (transformers 5 would hand back an empty one, and no suggestions).
+    assert_one_line_error(run("predict", "hi", "--model", str(gpt2_dir)), "no tokenizer files")
     assert_one_line_error(run("predict", "--model", str(keyboard_dir), "--eval", str(tmp_path / "none.txt")),
                           "none.txt", "cannot be read")
     empty = tmp_path / "empty.txt"

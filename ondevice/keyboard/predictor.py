@@ -116,6 +116,9 @@ def _load_tokenizer(directory: Path):
     """The checkpoint's fast tokenizer (tokenizer.json, or GPT-2's vocab.json + merges.txt)."""
     from transformers import AutoTokenizer
 
+    if not (directory / "tokenizer.json").is_file() and not (directory / "vocab.json").is_file():
+        # transformers 5 returns an empty tokenizer for a directory without one, rather than failing.
+        raise InputError(f"{directory}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
     try:
         return AutoTokenizer.from_pretrained(directory).backend_tokenizer
     except (OSError, ValueError) as exc:
