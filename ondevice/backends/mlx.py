@@ -22,7 +22,7 @@ GROUP_SIZES = (32, 64, 128)  # what MLX's affine quantization accepts
 
 
 def _numpy(x: mx.array) -> np.ndarray:
-    return np.array(x.astype(mx.float32), copy=False)
+    return np.array(x if x.dtype == mx.float32 else x.astype(mx.float32), copy=False)
 
 
 class MLXCausalLM:
@@ -41,9 +41,11 @@ class MLXCausalLM:
     def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
         if len(token_ids) == 0:
             raise InputError("prefill needs at least one token")
-        logits = self.model(mx.array([list(token_ids)], dtype=mx.int32), self.cache)  # (1, S, V)
-        mx.eval(logits, self.cache.state())  # evaluate the step's cache writes with it: no graph build-up
-        return _numpy(logits[0])  # (S, V)
+        logits = self.model(mx.array([list(token_ids)], dtype=mx.int32), self.cache)[0]  # (S, V)
+        # Evaluating the logits evaluates this step's cache writes too (attention read them), so the
+        # lazy graph never outlives a step.
+        mx.eval(logits)
+        return _numpy(logits)
 
     def decode(self, token_id: int) -> np.ndarray:
         return self.prefill([token_id])[0]
