@@ -41,23 +41,30 @@ def seconds(fn: Callable[[], object]) -> float:
 
 
 def interleaved(runs: dict[str, Callable[[], float]], repeats: int, warmup: int = 1,
-                budget_s: float | None = None, min_repeats: int = 3) -> dict[str, Stats]:
+                budget_s: float | None = None, min_repeats: int = 3, min_time_s: float | None = None,
+                ) -> dict[str, Stats]:
     """Run each measurement `warmup` times, then `repeats` rounds of all of them, alternating their order
     every round, so that drift of a noisy machine (another job, thermal state) falls on all alike.
 
     With `budget_s`, rounds stop early once `min_repeats` are done and the rounds have taken longer than
-    that (a 512-token prefill of a 124M model on MLX's CPU backend takes a minute a round): the record
-    keeps the number of repeats actually run. Each callable returns its own measurement."""
+    that (a 512-token prefill of a 124M model on MLX's CPU backend takes a minute a round). With
+    `min_time_s`, quick measurements go on past `repeats` (up to 4x) until the rounds have taken that
+    long, so that a 0.3 s decode run is not summarised from a 2 s sample. Records keep the number of
+    repeats actually run. Each callable returns its own measurement."""
     names = list(runs)
     for _ in range(warmup):
         for name in names:
             runs[name]()
     values: dict[str, list[float]] = {name: [] for name in names}
-    started = time.perf_counter()
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else reversed(names):
+    started, rounds = time.perf_counter(), 0
+    while True:
+        for name in names if rounds % 2 == 0 else reversed(names):
             values[name].append(runs[name]())
-        if budget_s is not None and r + 1 >= min_repeats and time.perf_counter() - started > budget_s:
+        rounds += 1
+        elapsed = time.perf_counter() - started
+        if budget_s is not None and rounds >= min_repeats and elapsed > budget_s:
+            break
+        if rounds >= repeats and (min_time_s is None or elapsed >= min_time_s or rounds >= 4 * repeats):
             break
     return {name: Stats.of(v) for name, v in values.items()}
 

@@ -71,7 +71,8 @@ def mlx_lm_records(job: dict) -> list[dict]:
                 prompt, tokens = ids[:PROMPT_TOKENS], job["decode_tokens"]
                 runs = {"ours": lambda p=prompt, t=tokens: time_ours(lm, p, t),
                         "theirs": lambda p=prompt, t=tokens: time_mlx_lm(model, p, t)}
-            stats = interleaved(runs, job["repeats"], warmup=job["warmup"], budget_s=job.get("budget_s"))
+            stats = interleaved(runs, job["repeats"], warmup=job["warmup"], budget_s=job.get("budget_s"),
+                                min_time_s=job.get("min_time_s"))
             scale = 1e3 if kind == "prefill" else 1.0
             a, b = stats["ours"].scaled(scale), stats["theirs"].scaled(scale)
             speed = b.median / a.median if kind == "prefill" else a.median / b.median
@@ -129,7 +130,8 @@ def ane_transformers_records(job: dict) -> list[dict]:
             encoder = load_package(path, use_coreml=True, compute_units=ANE_UNITS)
             runs = {"ours": lambda e=encoder, f=feed: seconds(lambda: e.encode(f["input_ids"], f["attention_mask"])),
                     "theirs": lambda p=package, f=feed: seconds(lambda: p.predict(f))}
-            stats = interleaved(runs, job["repeats"], warmup=job["warmup"], budget_s=job.get("budget_s"))
+            stats = interleaved(runs, job["repeats"], warmup=job["warmup"], budget_s=job.get("budget_s"),
+                                min_time_s=job.get("min_time_s"))
             a, b = stats["ours"].scaled(1e3), stats["theirs"].scaled(1e3)
             records.append(record(ours, "encode", stats=a, seq_len=n, batch=1,
                                   vs_peer={"peer": ANE_TRANSFORMERS, "ratio": b.median / a.median}))

@@ -47,6 +47,7 @@ class BenchOptions:
     threads: int | None = None
     repeats: int | None = None
     budget_s: float | None = 30.0  # per measurement: stop repeating past this once 3 repeats are done
+    min_time_s: float | None = 5.0  # per measurement: quick ones repeat (up to 4x) until they took this long
     batch: int = 1
     precision: str = "fp32"  # of torch-ane and mlx (the reference is fp32; Core ML fp16 and int8)
     decode_tokens: int | None = None
@@ -99,7 +100,7 @@ def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
 
         raise InputError(f"unknown backend(s) {', '.join(unknown)} (choose from {', '.join((*BACKENDS, *PEERS))})")
     common = {key: getattr(options, key) for key in ("batch", "repeats", "decode_tokens", "keystrokes", "reuse_lines",
-                                                       "threads", "precision", "budget_s")}
+                                                       "threads", "precision", "budget_s", "min_time_s")}
     common |= {"warmup": 1, "compare_reference": "reference" in options.backends, "cache_dir": str(options.cache_dir)}
     jobs, known = [], []
     for spec in options.models:

@@ -100,7 +100,8 @@ def run_backend(job: dict) -> list[dict]:
             runs = {"ours": lambda c=case: c.run(model)}
             if reference is not None:
                 runs["reference"] = lambda c=case: c.run(reference)
-            stats = interleaved(runs, job["repeats"], warmup=job["warmup"], budget_s=job.get("budget_s"))
+            stats = interleaved(runs, job["repeats"], warmup=job["warmup"], budget_s=job.get("budget_s"),
+                                min_time_s=job.get("min_time_s"))
             scale = 1.0 if case.kind == "decode" else 1e3  # seconds -> ms for latencies
             ours = stats["ours"].scaled(scale)
             extra = {}
