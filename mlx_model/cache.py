@@ -61,7 +61,3 @@ class KVCache:
         if not 0 <= length <= self.length:
             raise InputError(f"cannot trim a cache of {self.length} tokens to {length}")
         self.length = length
-
-    def state(self) -> list[mx.array]:
-        """The live buffers, for `mx.eval` after a step (keeps the lazy graph from growing)."""
-        return [b for b in self.keys + self.values if b is not None]
