@@ -33,7 +33,7 @@ class FusedConv1x1(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, S) -> (B, C', 1, S)
         batch, channels, _, seq = x.shape
         rows = x.permute(0, 3, 1, 2).reshape(batch * seq, channels)  # a view when x is positions-major
-        weight_t = self.weight[:, :, 0, 0].t()  # (C, C'), contiguous
+        weight_t = self.weight[:, :, 0, 0].t()  # (C, C'), rows contiguous
         y = rows @ weight_t if self.bias is None else torch.addmm(self.bias, rows, weight_t)
         return y.view(batch, seq, -1, 1).permute(0, 2, 3, 1)
 
@@ -83,4 +83,19 @@ def fuse_for_cpu(model: nn.Module) -> nn.Module:
             module.__class__ = FusedConv1x1
             transposed = module.weight.data[:, :, 0, 0].t().contiguous()  # (C, C') in memory
             module.weight.data = transposed.t()[:, :, None, None]  # the same values, shape (C', C, 1, 1)
+    for module in model.modules():
+        if isinstance(module, FusedAttention):
+            _pack_qkv(module)
     return model
+
+
+def _pack_qkv(attention: FusedAttention) -> None:
+    """Store q, k and v's (C, C) matrices side by side in one (C, 3C) buffer, `attention.qkv_weight`, each
+    conv's weight becoming a view of its third: a caller can project all three with one product (the
+    keyboard's branch scorer does) without a second copy of the weights."""
+    convs = (attention.q, attention.k, attention.v)
+    packed = torch.cat([conv.weight.data[:, :, 0, 0].t() for conv in convs], dim=1)
+    width = convs[0].out_channels
+    for j, conv in enumerate(convs):
+        conv.weight.data = packed[:, j * width : (j + 1) * width].t()[:, :, None, None]
+    attention.qkv_weight = packed

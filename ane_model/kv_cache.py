@@ -43,22 +43,6 @@ class KVCache:
     def advance(self, new_tokens: int) -> None:
         self.length += new_tokens
 
-    def branch(self, batch: int, extra: int) -> KVCache:
-        """A new cache of `batch` rows, each a copy of this one's valid prefix, with room for `extra` more
-        tokens: lets several continuations of one context be scored in one batched forward."""
-
-        def grow(buffer: torch.Tensor) -> torch.Tensor:  # new rows, each a copy; the `extra` slots are written later
-            rows = buffer.new_empty((batch, *buffer.shape[1:3], self.length + extra))
-            rows[..., : self.length] = buffer[:1, ..., : self.length]
-            return rows
-
-        branched = KVCache.__new__(KVCache)
-        branched.keys = [grow(k) for k in self.keys]
-        branched.values = [grow(v) for v in self.values]
-        branched.capacity = self.length + extra
-        branched.length = self.length
-        return branched
-
     def trim(self, length: int) -> None:
         """Rewind to the first `length` tokens; later slots are overwritten by the next decode."""
         if not 0 <= length <= self.length:

@@ -61,6 +61,14 @@ def branch_logits(lm: CausalLM, sequences: Sequence[Sequence[int]]) -> np.ndarra
     return np.stack(rows)
 
 
+def adopt_branch(lm: CausalLM, tokens: Sequence[int]) -> bool:
+    """Extend the cache by `tokens` from a branch the backend scored since the cache last changed
+    (`lm.adopt_branch`), without running the model; False, the cache untouched, where the backend keeps
+    no branches or no longer has this one."""
+    adopt = getattr(lm, "adopt_branch", None)
+    return bool(adopt is not None and adopt(tokens))
+
+
 def greedy_tokens(lm: CausalLM, prompt: Sequence[int], steps: int) -> list[int]:
     """Greedy continuation of `prompt` through the cache: one prefill, then single-token decodes."""
     lm.trim(0)

@@ -149,6 +149,48 @@ def test_branch_logits_equal_one_continuation_at_a_time(gpt2):
     assert compare("branch", batched, np.stack(one_by_one)).within(FP32)
 
 
+def test_branches_on_remembered_parents_equal_whole_continuations(gpt2):
+    """The word search extends beams one token at a time: a deeper branch runs its last token on top of
+    its parent's remembered keys and values, and must give the logits of running the whole continuation."""
+    ckpt, _ = gpt2
+    lm = TorchCausalLM(ckpt.config, ckpt.weights)
+    lm.prefill(_ids(ckpt.config.vocab_size, 25, seed=7))
+    paths = [_ids(ckpt.config.vocab_size, 3, seed=s) for s in range(4)]
+    for depth in (1, 2, 3):
+        lm.branch_logits([p[:depth] for p in paths])  # parents, then children on top of them
+    stepped = lm.branch_logits([p[:3] for p in paths])
+    lm.branches.forget()
+    whole = lm.branch_logits([p[:3] for p in paths])
+    one_by_one = []
+    for path in paths:
+        one_by_one.append(lm.prefill(path)[-1])
+        lm.trim(25)
+    assert compare("stepped", stepped, np.stack(one_by_one)).within(FP32)
+    assert compare("whole", whole, np.stack(one_by_one)).within(FP32)
+
+
+def test_adopting_a_branch_equals_prefilling_it(gpt2):
+    """When typed text turns a scored branch into context, its keys and values move into the cache: the
+    next logits must be those of prefilling the same tokens; a branch from before the cache changed is
+    never adopted."""
+    ckpt, _ = gpt2
+    vocab = ckpt.config.vocab_size
+    context, path, after = _ids(vocab, 20, seed=8), _ids(vocab, 2, seed=9), _ids(vocab, 3, seed=10)
+    adopted, prefilled = TorchCausalLM(ckpt.config, ckpt.weights), TorchCausalLM(ckpt.config, ckpt.weights)
+    adopted.prefill(context)
+    adopted.branch_logits([path[:1]])
+    adopted.branch_logits([path])
+    assert adopted.adopt_branch(path) and adopted.length == 22
+    prefilled.prefill(context + path)
+    assert compare("after", adopted.prefill(after), prefilled.prefill(after)).within(FP32)
+
+    adopted.trim(20)
+    adopted.branch_logits([path])
+    adopted.trim(19)
+    adopted.prefill(after[:1])  # back to 20 tokens, but no longer the context the branch continued
+    assert not adopted.adopt_branch(path) and adopted.length == 20
+
+
 def _encoder_inputs(cfg, batch: int, seq: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, cfg.vocab_size, size=(batch, seq))

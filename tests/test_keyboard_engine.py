@@ -106,6 +106,7 @@ def test_cache_reuse_gives_the_suggestions_of_recomputing_and_saves_work(keyboar
     recomputed = sum(len(fresh.context.token_ids(split_partial(t)[0])) for t in _typed("The model runs on the "
                                                                                          "phone, the tablet and"))
     assert reused.context.tokens_computed * 5 < recomputed
+    assert reused.context.tokens_adopted > 0  # words the search had scored became context without a forward
 
 
 def test_backspace_and_edits_rewind_the_cache(keyboard_dir):

@@ -13,6 +13,7 @@ from ane_model.cpu_fused import fuse_for_cpu
 from convert.checkpoint import Checkpoint
 from convert.configs import BertConfig, GPT2Config
 from convert.errors import InputError
+from ondevice.backends.torch_branches import SharedPrefixBranches
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -27,6 +28,7 @@ class TorchCausalLM:
         self.model = fuse_for_cpu(GPT2.from_canonical(config, weights).to(self.dtype))
         self.capacity = min(capacity or config.max_positions, config.max_positions)
         self.cache = KVCache(config.num_layers, config.hidden_size, self.capacity, dtype=self.dtype)
+        self.branches = SharedPrefixBranches(self.model, self.cache)
 
     @property
     def length(self) -> int:
@@ -37,6 +39,7 @@ class TorchCausalLM:
         if len(token_ids) == 0:
             raise InputError("prefill needs at least one token")
         ids = torch.tensor([list(token_ids)], dtype=torch.long)
+        self.branches.forget()
         logits = self.model(ids, self.cache)  # (1, V, 1, S)
         return logits[0, :, 0, :].T.float().numpy()  # (S, V)
 
@@ -44,19 +47,19 @@ class TorchCausalLM:
         return self.prefill([token_id])[0]
 
     def trim(self, length: int) -> None:
+        if length != self.cache.length:
+            self.branches.forget()
         self.cache.trim(length)
 
-    @torch.inference_mode()
     def branch_logits(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         """Logits (N, V) after each of N equally long continuations of the cached context, in one batch;
-        the cache itself is left as it was."""
-        needed = self.length + len(sequences[0])
-        if needed > self.capacity:
-            raise InputError(f"{needed} tokens exceed the KV cache capacity of {self.capacity}")
-        ids = torch.tensor([list(s) for s in sequences], dtype=torch.long)
-        branch = self.cache.branch(len(sequences), ids.shape[1])
-        hidden = self.model.hidden_states(ids, branch)  # (N, C, 1, S)
-        return self.model.lm_head(hidden[..., -1:])[:, :, 0, 0].float().numpy()  # the head at the last position only
+        the cache itself is left as it was (torch_branches.py)."""
+        return self.branches.logits(sequences)
+
+    def adopt_branch(self, tokens: Sequence[int]) -> bool:
+        """Extend the cache by `tokens` from the keys and values of the branch that scored them, when it is
+        still remembered; False otherwise (then prefill them)."""
+        return self.branches.adopt(tokens)
 
 
 class TorchEncoder:

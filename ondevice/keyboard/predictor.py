@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from convert.checkpoint import load_checkpoint
@@ -19,7 +18,6 @@ from ondevice.backends import load_backend
 from ondevice.keyboard.beam import Suggestion, search_words
 from ondevice.keyboard.context import ContextCache
 from ondevice.keyboard.words import TokenClasses, split_partial
-from ondevice.runtime import branch_logits
 
 DEFAULT_MODEL = "keyboard-gpt2"
 END_OF_TEXT = "<|endoftext|>"
@@ -58,43 +56,20 @@ class Predictor:
             start = config.bos_token_id if config.bos_token_id is not None else 0
         self.classes = TokenClasses.from_strings([self.tokenizer.decode([i]) for i in range(vocab)], specials)
         self.context = ContextCache(self.lm, self.tokenizer, start, max_context_tokens)
-        # Logits after each word-continuation tried since the context last changed: typing inside a word keeps
-        # the context, and each keystroke's search re-visits most of the previous keystroke's beams.
-        self._expansions: dict[tuple[int, ...], np.ndarray] = {}
-        self._expansions_context: list[int] = []
 
     def suggest(self, text: str, k: int | None = None) -> list[Suggestion]:
         context, partial, bare = split_partial(text)
         root = self.context.root_logprobs(context)
-        if self.context.ids != self._expansions_context:
-            self._expansions.clear()
-            self._expansions_context = list(self.context.ids)
-        found = search_words(root, self._expand, self.classes, partial=partial,
+        found = search_words(root, self.context.expand, self.classes, partial=partial,
                              bare_start=bare, k=k or self.k, beam_width=self.beam_width,
                              max_tokens=self.max_word_tokens)
         if partial[:1].isupper():  # the user's capital wins over the model's lower case
             found = [Suggestion(s.word[:1].upper() + s.word[1:], s.probability) for s in found]
         return found
 
-
     def reset(self) -> None:
         """Forget everything cached: the next suggestion is computed from scratch."""
         self.context.reset()
-        self._expansions.clear()
-        self._expansions_context = []
-
-    def _expand(self, sequences) -> np.ndarray:
-        """Logits after each continuation of the current context, computing only those not seen since the
-        context last changed (all in one batch: within one search depth they have equal length)."""
-        missing = [tuple(s) for s in sequences if tuple(s) not in self._expansions]
-        if missing:
-            if len(self._expansions) > _MAX_EXPANSIONS:
-                self._expansions.clear()
-            self._expansions.update(zip(missing, branch_logits(self.lm, missing), strict=True))
-        return np.stack([self._expansions[tuple(s)] for s in sequences])
-
-
-_MAX_EXPANSIONS = 4096  # ~130 MB of fp32 logits at an 8k vocabulary, at worst
 
 
 def _coreml_package(package: str | Path):
