@@ -55,6 +55,7 @@ class CoreMLOptions:
     target: str = "iOS18"
     kv_cache: str = "state"
     compress: str = "none"
+    calibration_text: Path | None = None  # int4, GPT-2: GPTQ on this text (the training text, not evaluation text)
 
 
 TARGET_NAMES = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
@@ -93,6 +94,11 @@ def plan_conversion(config, options: CoreMLOptions) -> Plan:
     if options.compress == "int4" and not ios18:
         raise ConversionError(f"int4 per-block quantization needs iOS18/macOS15 (constexpr_blockwise_shift_scale); "
                               f"target is {options.target}")
+    if options.calibration_text is not None:
+        if options.compress != "int4" or not isinstance(config, GPT2Config):
+            raise ConversionError("calibration text applies to GPT-2 with --compress int4 only")
+        if not Path(options.calibration_text).is_file():
+            raise ConversionError(f"{options.calibration_text}: calibration text not found")
     if any(n < 1 for n in options.seq_lens):
         raise ConversionError(f"sequence lengths must be positive, got {list(options.seq_lens)}")
     if isinstance(config, GPT2Config):
@@ -132,7 +138,8 @@ def convert_to_coreml(checkpoint: str | Path | Checkpoint, out: str | Path, opti
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     plan = plan_conversion(ckpt.config, options)
     causal = isinstance(ckpt.config, GPT2Config)
-    stages = ["export + convert prefill", "export + convert decode"] if plan.multifunction else ["export + convert"]
+    stages = ["calibrate"] * (options.calibration_text is not None)
+    stages += ["export + convert prefill", "export + convert decode"] if plan.multifunction else ["export + convert"]
     stages += ["compress"] * (options.compress != "none") + ["write package", "metadata + tokenizer"]
     bar = tqdm(total=len(stages), desc="coreml", unit="stage", disable=not progress)
     try:
@@ -220,6 +227,13 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
     import coremltools as ct
 
     model = GPT2.from_canonical(ckpt.config, ckpt.weights)
+    if plan.options.calibration_text is not None:
+        from convert.coreml_calibrate import calibrate_int4, calibration_windows
+
+        bar.set_postfix_str("calibrate")
+        windows = calibration_windows(plan.options.calibration_text, ckpt.directory, ckpt.config.max_positions)
+        calibrate_int4(model, windows)  # the blocks' convs carry uint4 metadata that ct.convert honours
+        bar.update()
     names = logits_names("logits", len(model.lm_head.chunks))
     out_dtype = _float(plan.options.dtype)
     position = ct.TensorType(POSITION, shape=(1,), dtype=np.int32)
@@ -290,6 +304,7 @@ def describe_plan(plan: Plan) -> dict[str, str]:
         "context": "" if plan.context is None else str(plan.context),
         "precision": opts.dtype,
         "compression": opts.compress,
+        "calibration": "none" if opts.calibration_text is None else f"gptq:{Path(opts.calibration_text).name}",
         "kv_cache": plan.kv_cache or "none",
         "deployment_target": opts.target,
         "functions": "prefill,decode" if plan.multifunction else "main",

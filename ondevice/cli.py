@@ -134,6 +134,11 @@ def convert(
         str, typer.Option(help="Core ML, GPT-2: state (iOS 18+) or io (cache as inputs/outputs).")
     ] = "state",
     compress: Annotated[str, typer.Option(help="Core ML: none, int8, int4, palettize4, palettize6.")] = "none",
+    calibration_text: Annotated[
+        Path | None,
+        typer.Option(help="Core ML int4, GPT-2: GPTQ-calibrate the 4-bit weights on this text (one paragraph a "
+                     "line, .txt or .txt.gz): the training text, never text you evaluate on."),
+    ] = None,
     quantize: Annotated[int | None, typer.Option(help="MLX: Affine weight quantization bits: 4 or 8.")] = None,
     group_size: Annotated[int, typer.Option(help="MLX: Quantization group size.")] = 64,
 ) -> None:
@@ -148,6 +153,7 @@ def convert(
             target=target,
             kv_cache=kv_cache,
             compress=compress,
+            calibration_text=calibration_text,
         )
         written = convert_to_coreml(checkpoint, out, options, overwrite=overwrite)
     else:

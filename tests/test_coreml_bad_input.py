@@ -26,12 +26,24 @@ def _listing(directory):
         (CoreMLOptions(context=500), "context 500 must be in 2..160"),
         (CoreMLOptions(context=32, seq_lens=(64,)), "prefill length 64 exceeds the context of 32"),
         (CoreMLOptions(seq_lens=(8, 16)), "GPT-2 takes one prefill length"),
+        (CoreMLOptions(compress="int8", calibration_text=__file__), "calibration text applies to GPT-2 with "
+                                                                    "--compress int4 only"),
+        (CoreMLOptions(compress="int4", calibration_text="missing.txt"), "missing.txt: calibration text not found"),
     ],
 )
 def test_refused_before_writing(gpt2_dir, tmp_path, options, message):
     with pytest.raises(ConversionError, match=message.replace("(", r"\(").replace("+", r"\+")):
         convert_to_coreml(gpt2_dir, tmp_path / "out.mlpackage", options, progress=False)
     assert _listing(tmp_path) == []
+
+
+def test_calibration_text_too_short_for_a_window(gpt2_dir, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Too short.\n")
+    with pytest.raises(ConversionError, match=r"short\.txt: \d+ tokens, too few for one 160-token calibration window"):
+        convert_to_coreml(gpt2_dir, tmp_path / "out.mlpackage", CoreMLOptions(compress="int4", calibration_text=short),
+                          progress=False)
+    assert _listing(tmp_path) == ["short.txt"]
 
 
 def test_encoder_length_beyond_positions(bert_dir, tmp_path):
