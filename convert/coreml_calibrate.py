@@ -8,7 +8,7 @@ one. Same grid, same size (uint4 with a scale and zero point per block of 32 inp
 weights. On the bundled keyboard model (tests/test_coreml_four_bit.py) it kept 91-93 of 96 greedy
 decisions over three calibration seeds (min logit cosine >= 0.99974), where rounding keeps 89
 (0.99949); over every position of the held-out text, it changes about 3.2% of top-1 predictions where
-rounding changes 4.8%, at 2.4x lower KL divergence from the unquantized model.
+rounding changes 4.8%, at 2.3x lower KL divergence from the unquantized model.
 
 How the result reaches Core ML: coremltools' GPTQ leaves each quantized conv with on-grid weights and
 its compression metadata (buffers named `_COREML_/weight/...`); `ct.convert` reads them from the
