@@ -72,7 +72,9 @@ def calibrate_int4(model: GPT2, windows: list[torch.Tensor], block_size: int = B
 
     logging.getLogger("coremltools.optimize.torch").setLevel(logging.WARNING)  # one line per layer otherwise
     # coremltools' GPTQ defaults otherwise (dampening 0.01, columns in order): activation order,
-    # symmetric scales and 32-column processing groups measured no better on held-out training text.
+    # symmetric scales and 32-column processing groups measured no better on held-out training text,
+    # and on the 96 greedy decisions blocks of 16 kept 93, activation order 93, both together 91: the
+    # spread of calibration seeds (91-93), every change at a reference margin under 0.06 logits.
     layer_config = ModuleGPTQConfig(weight_dtype="uint4", granularity="per_block", block_size=block_size,
                                     quantization_scheme="affine")
     config = LayerwiseCompressorConfig(global_config=layer_config, calibration_nsamples=len(windows))
