@@ -10,7 +10,7 @@ __all__ = ["GPT2", "BertEncoder", "BertOutputs", "KVCache", "build_model"]
 
 def build_model(config, weights):
     """The ANE-layout model for a canonical config."""
-    from convert.configs import GPT2Config
+    from canonical.gpt2 import GPT2Config
 
     model_cls = GPT2 if isinstance(config, GPT2Config) else BertEncoder
     return model_cls.from_canonical(config, weights)

@@ -19,8 +19,8 @@ from ane_model.layers import (
     load_canonical,
     padding_mask,
 )
-from convert.configs import BertConfig
-from convert.errors import InputError
+from canonical.bert import BertConfig
+from canonical.errors import InputError
 
 
 class BertOutputs(NamedTuple):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from convert.errors import InputError
+from canonical.errors import InputError
 
 
 class KVCache:

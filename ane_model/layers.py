@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convert.configs import Activation
-from convert.errors import CheckpointError
+from canonical.config import Activation
+from canonical.errors import CheckpointError
 
 # Additive mask value: large enough that exp() underflows to 0, small enough to stay finite in fp16.
 MASK_VALUE = -1e4

@@ -1,18 +1,5 @@
-"""The border with the outside world: Hugging Face checkpoints in, canonical configs and weights out
-(and, later, Core ML packages and MLX weights written). Only this package knows Hugging Face names."""
+"""The border with the outside world. Only this package knows Hugging Face key names and config fields:
+it reads checkpoints into canonical configs and weights (`checkpoint.py`, `hf_*.py`), keeps the family
+registry (`registry.py`), and writes Core ML packages and MLX directories (`coreml*.py`, `mlx_export.py`).
 
-from convert.checkpoint import Checkpoint, load_checkpoint
-from convert.configs import BertConfig, GPT2Config, ModelConfig
-from convert.errors import CheckpointError, ConversionError, InputError, OndeviceError
-
-__all__ = [
-    "BertConfig",
-    "Checkpoint",
-    "CheckpointError",
-    "ConversionError",
-    "GPT2Config",
-    "InputError",
-    "ModelConfig",
-    "OndeviceError",
-    "load_checkpoint",
-]
+Importing the package imports nothing else: each command pays only for the modules it uses."""

@@ -1,7 +1,7 @@
 """Hugging Face activation names -> our canonical ones. Unknown names are an error, not a guess."""
 
-from convert.configs import Activation
-from convert.errors import CheckpointError
+from canonical.config import Activation
+from canonical.errors import CheckpointError
 
 _HF_ACTIVATIONS: dict[str, Activation] = {
     "gelu": "gelu",

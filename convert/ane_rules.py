@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convert.errors import ConversionError
+from canonical.errors import ConversionError
 
 ANE_MAX_DIM = 16384  # rule 7: the ANE rejects larger dimensions
 # Ops with no ANE implementation: Core ML runs them on the CPU (or GPU), splitting the graph.

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from convert.errors import ConversionError
+from canonical.errors import ConversionError
 
 
 def _remove(path: Path) -> None:

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import torch
 
-from convert.configs import BertConfig, GPT2Config, ModelConfig
-from convert.errors import CheckpointError
+from canonical.bert import BertConfig
+
+from canonical.config import ModelConfig
+
+from canonical.gpt2 import GPT2Config
+from canonical.errors import CheckpointError
 from convert.hf_bert import bert_config, bert_weights
 from convert.hf_common import read_config_json
 from convert.hf_gpt2 import gpt2_config, gpt2_weights

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ane_model import GPT2, BertEncoder
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
-from convert.configs import GPT2Config
+from canonical.gpt2 import GPT2Config
 from convert.coreml_compress import COMPRESSIONS, compress
 from convert.coreml_modules import (
     ATTENTION_MASK,
@@ -38,7 +38,7 @@ from convert.coreml_modules import (
     logits_names,
 )
 from convert.coreml_package import write_package_extras
-from convert.errors import ConversionError
+from canonical.errors import ConversionError
 
 PRECISIONS = ("fp16", "fp32")
 KV_CACHES = ("state", "io")

@@ -31,7 +31,7 @@ from torch import nn
 
 from ane_model import GPT2
 from ane_model.layers import causal_mask
-from convert.errors import ConversionError
+from canonical.errors import ConversionError
 
 CALIBRATION_WINDOWS = 128
 BLOCK_SIZE = 32  # input channels per scale and zero point, as the uncalibrated int4 scheme uses

@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from convert.errors import ConversionError
+from canonical.errors import ConversionError
 
 AUTHOR = "ondevice-transformers"
 TOKENIZER_DIR = Path("Data") / AUTHOR / "tokenizer"

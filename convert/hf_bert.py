@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from convert.activations import canonical_activation
-from convert.configs import BertConfig
-from convert.errors import CheckpointError
+from canonical.bert import BertConfig
+from canonical.errors import CheckpointError
 from convert.hf_common import CheckpointTensors, check_heads, config_int
 from convert.weights import RawWeights
 
@@ -98,7 +98,7 @@ def bert_config(config: dict, model_type: str, directory: Path) -> BertConfig:
         vocab_size=config_int(config, "vocab_size", 30522),
         max_positions=config_int(config, "max_position_embeddings", 512),
         pad_token_id=config.get("pad_token_id") or 0,
-        source_architecture="distilbert" if model_type == "distilbert" else "bert",
+        dialect="distilbert" if model_type == "distilbert" else "bert",
         pooling=pooling,
         normalize=normalize,
         **fields,
@@ -107,7 +107,7 @@ def bert_config(config: dict, model_type: str, directory: Path) -> BertConfig:
 
 def bert_weights(cfg: BertConfig, raw: RawWeights) -> tuple[BertConfig, dict[str, torch.Tensor]]:
     """Canonical weights, and the config completed with which optional heads the checkpoint has."""
-    distil = cfg.source_architecture == "distilbert"
+    distil = cfg.dialect == "distilbert"
     names = _DISTILBERT_NAMES if distil else _BERT_NAMES
     summary = (
         f"{'n_layers' if distil else 'num_hidden_layers'}={cfg.num_layers}, "

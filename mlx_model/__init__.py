@@ -13,7 +13,7 @@ def build_model(config, weights, dtype=None, bits=None, group_size=64, packed=Fa
     to `bits` in groups of `group_size`, or already quantized when `packed`)."""
     import mlx.core as mx
 
-    from convert.configs import GPT2Config
+    from canonical.gpt2 import GPT2Config
 
     model_cls = GPT2 if isinstance(config, GPT2Config) else BertEncoder
     return model_cls.from_canonical(config, weights, dtype or mx.float32, bits, group_size, packed)

@@ -9,8 +9,8 @@ from typing import NamedTuple
 import mlx.core as mx
 import mlx.nn as nn
 
-from convert.configs import BertConfig
-from convert.errors import InputError
+from canonical.bert import BertConfig
+from canonical.errors import InputError
 from mlx_model.layers import ACTIVATIONS, MLP, Attention, build, padding_mask
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from convert.errors import InputError
+from canonical.errors import InputError
 
 STEP = 256
 

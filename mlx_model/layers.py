@@ -3,7 +3,7 @@ attention runs on `(B, H, S, D)` through `mx.fast.scaled_dot_product_attention`,
 `nn.LayerNorm`, which calls `mx.fast.layer_norm`.
 
 These mirror `ane_model/layers.py` name for name (`attn.q`, `mlp.fc1`, `attn_norm`, ...), so both
-load the canonical weights of `convert/configs.py` without a mapping."""
+load the canonical weights of `canonical/` without a mapping."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from convert.configs import Activation
-from convert.errors import CheckpointError
+from canonical.config import Activation
+from canonical.errors import CheckpointError
 
 ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {
     "gelu": nn.gelu,  # the exact, erf-based GELU

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from convert.errors import OndeviceError
+from canonical.errors import OndeviceError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -183,7 +183,7 @@ def generate(
     """Continue a prompt on a backend, streaming the text (or token ids) as it is generated."""
     import time
 
-    from convert.errors import InputError
+    from canonical.errors import InputError
     from ondevice.generate import Sampling, TextStream, load_tokenizer, parse_ids
     from ondevice.generate import generate as run_generate
 
@@ -210,7 +210,7 @@ def generate(
 def _load_causal_lm(spec: str, backend: str, dtype: str | None):
     """A CausalLM from a Hugging Face checkpoint (any backend) or an exported MLX directory (mlx)."""
     from convert.checkpoint import load_checkpoint
-    from convert.errors import InputError
+    from canonical.errors import InputError
     from convert.mlx_checkpoint import is_mlx_checkpoint, load_mlx_checkpoint
     from ondevice.backends import load_backend
 
@@ -351,7 +351,7 @@ def bench(
 ) -> None:
     """Benchmark every backend and peer on the same models and inputs: table, bench.json, bench.md, bench.png."""
     from benchmarks.bench.run import RESULTS, BenchOptions, run_bench
-    from convert.errors import InputError
+    from canonical.errors import InputError
 
     def split(values: list[str] | None) -> list[str] | None:
         return [part.strip() for v in values for part in v.split(",") if part.strip()] if values else None

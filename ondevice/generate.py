@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.errors import InputError
+from canonical.errors import InputError
 from ondevice.runtime import CausalLM
 
 

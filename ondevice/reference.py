@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from convert.checkpoint import Checkpoint
-from convert.configs import BertConfig, GPT2Config
+from canonical.bert import BertConfig
+from canonical.gpt2 import GPT2Config
 
 
 def _quiet_from_pretrained(model_cls, directory):

@@ -13,7 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
-from convert.configs import BertConfig, GPT2Config
+from canonical.bert import BertConfig
+
+from canonical.gpt2 import GPT2Config
 
 
 class CausalLM(Protocol):

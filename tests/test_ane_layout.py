@@ -10,7 +10,7 @@ from torch import nn
 
 from ane_model import build_model
 from ane_model.layers import LayerNormANE, causal_mask, split_einsum_attention
-from convert import load_checkpoint
+from convert.checkpoint import load_checkpoint
 
 
 @settings(max_examples=40, deadline=None)

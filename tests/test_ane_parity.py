@@ -11,7 +11,7 @@ import torch
 
 from ane_model import KVCache, build_model
 from ane_model.cpu_fused import FusedAttention, FusedConv1x1, FusedLayerNorm, fuse_for_cpu
-from convert import load_checkpoint
+from convert.checkpoint import load_checkpoint
 from ondevice.backends.torch_ane import TorchCausalLM, TorchEncoder
 from ondevice.parity import TOLERANCES, compare, greedy_agreement
 from ondevice.reference import ReferenceCausalLM, ReferenceEncoder

@@ -12,7 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from convert import CheckpointError, InputError, load_checkpoint
+from canonical.errors import CheckpointError, InputError
+
+from convert.checkpoint import load_checkpoint
 from ondevice.cli import app
 
 

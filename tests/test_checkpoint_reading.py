@@ -9,7 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from convert import BertConfig, GPT2Config, load_checkpoint
+from canonical.bert import BertConfig
+
+from canonical.gpt2 import GPT2Config
+
+from convert.checkpoint import load_checkpoint
 from tests.checkpoints import make_bert, make_distilbert, make_gpt2
 
 
@@ -72,7 +76,7 @@ def test_bert_with_pooler_and_distilbert_with_mlm_head(tmp_path, distilbert_dir)
     assert bert.config.type_vocab_size == 2
 
     distil = load_checkpoint(distilbert_dir)
-    assert distil.config.source_architecture == "distilbert"
+    assert distil.config.dialect == "distilbert"
     assert distil.config.type_vocab_size == 0 and distil.config.has_mlm_head
     assert torch.equal(distil.weights["mlm.decoder.weight"], distil.weights["tok_embed.weight"])
 

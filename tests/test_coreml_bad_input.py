@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from convert.coreml import CoreMLOptions, convert_to_coreml
-from convert.errors import ConversionError
+from canonical.errors import ConversionError
 from ondevice.cli import app
 
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from convert.checkpoint import load_checkpoint
-from convert.errors import ConversionError, InputError
+from canonical.errors import ConversionError, InputError
 from convert.mlx_checkpoint import load_mlx_checkpoint
 from convert.mlx_export import export_mlx
 from ondevice.backends.mlx import load
@@ -126,7 +126,7 @@ def test_convert_bad_options(gpt2_dir, tmp_path, options, message):
 
 
 def test_not_an_mlx_directory(gpt2_dir):
-    from convert.errors import CheckpointError
+    from canonical.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="not an MLX directory"):
         load_mlx_checkpoint(gpt2_dir)

@@ -141,7 +141,7 @@ def test_trim_then_decode_equals_a_fresh_run(gpt2_dir, monkeypatch):
 
 
 def test_cache_refuses_overflow_and_bad_trim(gpt2_dir):
-    from convert.errors import InputError
+    from canonical.errors import InputError
 
     ckpt, _ = _pair(gpt2_dir)
     lm = load(ckpt, capacity=8)

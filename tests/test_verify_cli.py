@@ -6,7 +6,7 @@ import torch
 from typer.testing import CliRunner
 
 import ondevice.verify
-from convert import load_checkpoint
+from convert.checkpoint import load_checkpoint
 from ondevice.cli import app
 
 

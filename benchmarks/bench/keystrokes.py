@@ -40,7 +40,7 @@ def _lines_for(lines: list[str], keystrokes: int) -> list[str]:
 
 def keystroke_records(target: Target, directory: str, backend: str, dtype: str, keystrokes: int,
                       reuse_lines: int, threads: int | None) -> list[dict]:
-    from convert.errors import InputError
+    from canonical.errors import InputError
     from ondevice.keyboard import Predictor
 
     try:

@@ -96,7 +96,7 @@ def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
 
     unknown = [b for b in options.backends if b not in (*BACKENDS, *PEERS)]
     if unknown:
-        from convert.errors import InputError
+        from canonical.errors import InputError
 
         raise InputError(f"unknown backend(s) {', '.join(unknown)} (choose from {', '.join((*BACKENDS, *PEERS))})")
     common = {key: getattr(options, key) for key in ("batch", "repeats", "decode_tokens", "keystrokes", "reuse_lines",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 
 from convert.checkpoint import Checkpoint
-from convert.errors import OndeviceError
+from canonical.errors import OndeviceError
 
 BACKENDS = {
     "torch-ane": "ondevice.backends.torch_ane",

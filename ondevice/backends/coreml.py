@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.configs import BertConfig, GPT2Config
+from canonical.bert import BertConfig
+
+from canonical.gpt2 import GPT2Config
 from convert.coreml_modules import (
     ATTENTION_MASK,
     HIDDEN,
@@ -28,7 +30,7 @@ from convert.coreml_modules import (
     VALUE_CACHE_OUT,
 )
 from convert.coreml_package import read_metadata
-from convert.errors import InputError, OndeviceError
+from canonical.errors import InputError, OndeviceError
 
 
 def _config(meta: dict[str, str]):

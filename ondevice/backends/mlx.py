@@ -12,8 +12,9 @@ import mlx.core as mx
 import numpy as np
 
 from convert.checkpoint import Checkpoint
-from convert.configs import BertConfig, GPT2Config
-from convert.errors import InputError
+from canonical.bert import BertConfig
+from canonical.gpt2 import GPT2Config
+from canonical.errors import InputError
 from convert.mlx_checkpoint import MLXCheckpoint
 from mlx_model import KVCache, build_model
 from mlx_model.layers import DTYPES

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ane_model import GPT2, KVCache
-from convert.errors import InputError
+from canonical.errors import InputError
 
 # Branches remembered since the cache last changed: a keystroke adds at most a few dozen.
 _MAX_REMEMBERED = 1024

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from convert.checkpoint import load_checkpoint
-from convert.configs import GPT2Config
+from canonical.gpt2 import GPT2Config
 from convert.coreml_package import TOKENIZER_DIR
-from convert.errors import InputError
+from canonical.errors import InputError
 from ondevice.backends import load_backend
 from ondevice.keyboard.beam import Suggestion, search_words
 from ondevice.keyboard.context import ContextCache

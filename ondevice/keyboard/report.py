@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from convert.errors import InputError
+from canonical.errors import InputError
 from ondevice.keyboard.evaluate import evaluate
 from ondevice.keyboard.ngram import NGramModel
 from ondevice.keyboard.predictor import Predictor

@@ -1,0 +1,90 @@
+"""What every canonical config offers the rest of the code, whatever its family, and how a config is
+written into (and read back from) the JSON that converted packages and MLX directories carry.
+
+Each family's config is a frozen dataclass in its own module of this package (`canonical/gpt2.py`,
+...), with the class variables `family` and `is_causal` and the attention geometry below. Code that
+must branch asks `is_causal` or the family registry (`convert/registry.py`), never a config class."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from typing import ClassVar, Literal, Protocol, runtime_checkable
+
+from canonical.errors import CheckpointError
+
+Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
+
+
+@runtime_checkable
+class ModelConfig(Protocol):
+    family: ClassVar[str]  # the registry's name of the family: gpt2, bert, llama
+    is_causal: ClassVar[bool]  # a causal LM (prefill, decode, KV cache) or an encoder
+    vocab_size: int
+    max_positions: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+
+    @property
+    def num_kv_heads(self) -> int: ...
+
+    @property
+    def head_dim(self) -> int: ...
+
+    @property
+    def kv_width(self) -> int:
+        """Channels of one layer's keys (and values) in a KV cache: num_kv_heads * head_dim."""
+        ...
+
+
+# Packages and MLX directories of format 1 record the family alone.
+_LEGACY_CLASSES = {"gpt2": "canonical.gpt2:GPT2Config", "bert": "canonical.bert:BertConfig"}
+
+
+def config_to_dict(config: ModelConfig) -> dict:
+    """The config's fields plus the family and the module of its class, enough to rebuild it."""
+    return {"family": config.family, "config_class": f"{type(config).__module__}:{type(config).__qualname__}",
+            **dataclasses.asdict(config)}
+
+
+def config_to_json(config: ModelConfig) -> str:
+    return json.dumps(config_to_dict(config))
+
+
+def config_from_dict(fields: dict, where: str) -> ModelConfig:
+    """Rebuild a config written by `config_to_dict`. The class is looked up by its recorded path, but only
+    inside this package: metadata never makes us import arbitrary code."""
+    fields = dict(fields)
+    path = fields.pop("config_class", None)
+    family = fields.pop("family", None)
+    if path is None:  # packages written before the class path was recorded name only the family
+        path = _LEGACY_CLASSES.get(family)
+    module_name, _, class_name = (path or "").partition(":")
+    if not module_name.startswith("canonical.") or not class_name.isidentifier():
+        raise CheckpointError(f"{where}: unknown config class {path!r}")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise CheckpointError(f"{where}: unknown config class {path!r}") from None
+    known = {f.name for f in dataclasses.fields(cls)}
+    try:
+        config = cls(**{k: _tuple_lists(v) for k, v in fields.items() if k in known})
+    except TypeError as exc:
+        raise CheckpointError(f"{where}: config does not fit {class_name} ({exc})") from None
+    if getattr(cls, "family", None) != family and family is not None:
+        raise CheckpointError(f"{where}: config class {path!r} is not of family {family!r}")
+    return config
+
+
+def config_from_json(text: str, where: str) -> ModelConfig:
+    try:
+        return config_from_dict(json.loads(text), where)
+    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{where}: unreadable config ({exc})") from None
+
+
+def _tuple_lists(value):
+    """JSON has no tuples; frozen configs keep sequences as tuples so they stay hashable."""
+    return tuple(_tuple_lists(v) for v in value) if isinstance(value, list) else value

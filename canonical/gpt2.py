@@ -1,0 +1,51 @@
+"""GPT-2's canonical config. Canonical weight names (every linear weight is `(out, in)`, as in `nn.Linear`)::
+
+    tok_embed.weight (V, C)        pos_embed.weight (P, C)
+    layers.{i}.attn_norm.{weight,bias}
+    layers.{i}.attn.{q,k,v,o}.{weight,bias}
+    layers.{i}.mlp_norm.{weight,bias}
+    layers.{i}.mlp.{fc1,fc2}.{weight,bias}
+    final_norm.{weight,bias}
+    lm_head.weight (V, C)   (the same tensor as tok_embed.weight when tied)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from canonical.config import Activation
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    vocab_size: int
+    max_positions: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    layer_norm_eps: float = 1e-5
+    activation: Activation = "gelu_tanh"
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    tie_word_embeddings: bool = True
+
+    family: ClassVar[str] = "gpt2"
+    is_causal: ClassVar[bool] = True
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_width(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return () if self.eos_token_id is None else (self.eos_token_id,)
