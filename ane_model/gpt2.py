@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ane_model.layers import MLP, Attention, ChunkedHead, LayerNormANE, causal_mask, load_canonical
-from canonical.gpt2 import GPT2Config
 from canonical.errors import InputError
+from canonical.gpt2 import GPT2Config
 
 
 class Block(nn.Module):

@@ -8,11 +8,9 @@ from pathlib import Path
 import torch
 
 from canonical.bert import BertConfig
-
 from canonical.config import ModelConfig
-
-from canonical.gpt2 import GPT2Config
 from canonical.errors import CheckpointError
+from canonical.gpt2 import GPT2Config
 from convert.hf_bert import bert_config, bert_weights
 from convert.hf_common import read_config_json
 from convert.hf_gpt2 import gpt2_config, gpt2_weights

@@ -18,9 +18,10 @@ import torch
 from tqdm import tqdm
 
 from ane_model import GPT2, BertEncoder
+from canonical.errors import ConversionError
+from canonical.gpt2 import GPT2Config
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
-from canonical.gpt2 import GPT2Config
 from convert.coreml_compress import COMPRESSIONS, compress
 from convert.coreml_modules import (
     ATTENTION_MASK,
@@ -38,7 +39,6 @@ from convert.coreml_modules import (
     logits_names,
 )
 from convert.coreml_package import write_package_extras
-from canonical.errors import ConversionError
 
 PRECISIONS = ("fp16", "fp32")
 KV_CACHES = ("state", "io")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from convert.activations import canonical_activation
 from canonical.bert import BertConfig
 from canonical.errors import CheckpointError
+from convert.activations import canonical_activation
 from convert.hf_common import CheckpointTensors, check_heads, config_int
 from convert.weights import RawWeights
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from convert.activations import canonical_activation
-from canonical.gpt2 import GPT2Config
 from canonical.errors import CheckpointError
+from canonical.gpt2 import GPT2Config
+from convert.activations import canonical_activation
 from convert.hf_common import CheckpointTensors, check_heads, config_int
 from convert.weights import RawWeights
 

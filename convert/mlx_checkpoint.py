@@ -20,11 +20,9 @@ from pathlib import Path
 import mlx.core as mx
 
 from canonical.bert import BertConfig
-
 from canonical.config import ModelConfig
-
-from canonical.gpt2 import GPT2Config
 from canonical.errors import CheckpointError
+from canonical.gpt2 import GPT2Config
 
 FORMAT_KEY = "ondevice_mlx"
 FORMAT_VERSION = 1

@@ -14,10 +14,10 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from rich.progress import Progress
 
+from canonical.errors import ConversionError
+from canonical.gpt2 import GPT2Config
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
-from canonical.gpt2 import GPT2Config
-from canonical.errors import ConversionError
 from convert.mlx_checkpoint import FORMAT_KEY, FORMAT_VERSION, WEIGHTS_FILE, to_mlx_lm_gpt2
 
 DTYPES = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import mlx.core as mx
 import mlx.nn as nn
 
-from canonical.gpt2 import GPT2Config
 from canonical.errors import InputError
+from canonical.gpt2 import GPT2Config
 from mlx_model.layers import MLP, Attention, build, causal_mask
 
 

@@ -209,8 +209,8 @@ def generate(
 
 def _load_causal_lm(spec: str, backend: str, dtype: str | None):
     """A CausalLM from a Hugging Face checkpoint (any backend) or an exported MLX directory (mlx)."""
-    from convert.checkpoint import load_checkpoint
     from canonical.errors import InputError
+    from convert.checkpoint import load_checkpoint
     from convert.mlx_checkpoint import is_mlx_checkpoint, load_mlx_checkpoint
     from ondevice.backends import load_backend
 

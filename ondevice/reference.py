@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from convert.checkpoint import Checkpoint
 from canonical.bert import BertConfig
 from canonical.gpt2 import GPT2Config
+from convert.checkpoint import Checkpoint
 
 
 def _quiet_from_pretrained(model_cls, directory):

@@ -14,7 +14,6 @@ from typing import Protocol
 import numpy as np
 
 from canonical.bert import BertConfig
-
 from canonical.gpt2 import GPT2Config
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from convert.checkpoint import Checkpoint, load_checkpoint
-from canonical.gpt2 import GPT2Config
 from canonical.errors import InputError
+from canonical.gpt2 import GPT2Config
+from convert.checkpoint import Checkpoint, load_checkpoint
 from ondevice.backends import load_backend
 from ondevice.parity import TOLERANCES, Comparison, Tolerance, compare
 from ondevice.reference import load_reference

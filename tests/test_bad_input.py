@@ -13,7 +13,6 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from canonical.errors import CheckpointError, InputError
-
 from convert.checkpoint import load_checkpoint
 from ondevice.cli import app
 

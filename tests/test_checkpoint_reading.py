@@ -10,9 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from canonical.bert import BertConfig
-
 from canonical.gpt2 import GPT2Config
-
 from convert.checkpoint import load_checkpoint
 from tests.checkpoints import make_bert, make_distilbert, make_gpt2
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from convert.coreml import CoreMLOptions, convert_to_coreml
 from canonical.errors import ConversionError
+from convert.coreml import CoreMLOptions, convert_to_coreml
 from ondevice.cli import app
 
 

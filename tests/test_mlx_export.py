@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from convert.checkpoint import load_checkpoint
 from canonical.errors import ConversionError, InputError
+from convert.checkpoint import load_checkpoint
 from convert.mlx_checkpoint import load_mlx_checkpoint
 from convert.mlx_export import export_mlx
 from ondevice.backends.mlx import load

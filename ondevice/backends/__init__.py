@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib
 
-from convert.checkpoint import Checkpoint
 from canonical.errors import OndeviceError
+from convert.checkpoint import Checkpoint
 
 BACKENDS = {
     "torch-ane": "ondevice.backends.torch_ane",

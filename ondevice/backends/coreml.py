@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from canonical.bert import BertConfig
-
+from canonical.errors import InputError, OndeviceError
 from canonical.gpt2 import GPT2Config
 from convert.coreml_modules import (
     ATTENTION_MASK,
@@ -30,7 +30,6 @@ from convert.coreml_modules import (
     VALUE_CACHE_OUT,
 )
 from convert.coreml_package import read_metadata
-from canonical.errors import InputError, OndeviceError
 
 
 def _config(meta: dict[str, str]):

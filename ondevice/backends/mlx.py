@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import mlx.core as mx
 import numpy as np
 
-from convert.checkpoint import Checkpoint
 from canonical.bert import BertConfig
-from canonical.gpt2 import GPT2Config
 from canonical.errors import InputError
+from canonical.gpt2 import GPT2Config
+from convert.checkpoint import Checkpoint
 from convert.mlx_checkpoint import MLXCheckpoint
 from mlx_model import KVCache, build_model
 from mlx_model.layers import DTYPES

@@ -10,10 +10,10 @@ import torch
 
 from ane_model import GPT2, BertEncoder, KVCache
 from ane_model.cpu_fused import fuse_for_cpu
-from convert.checkpoint import Checkpoint
 from canonical.bert import BertConfig
-from canonical.gpt2 import GPT2Config
 from canonical.errors import InputError
+from canonical.gpt2 import GPT2Config
+from convert.checkpoint import Checkpoint
 from ondevice.backends.torch_branches import SharedPrefixBranches
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}

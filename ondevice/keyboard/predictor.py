@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from convert.checkpoint import load_checkpoint
-from canonical.gpt2 import GPT2Config
-from convert.coreml_package import TOKENIZER_DIR
 from canonical.errors import InputError
+from canonical.gpt2 import GPT2Config
+from convert.checkpoint import load_checkpoint
+from convert.coreml_package import TOKENIZER_DIR
 from ondevice.backends import load_backend
 from ondevice.keyboard.beam import Suggestion, search_words
 from ondevice.keyboard.context import ContextCache
