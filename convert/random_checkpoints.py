@@ -1,0 +1,140 @@
+"""Random-init Hugging Face checkpoints made locally with `transformers` and `save_pretrained`: the
+reference of every parity test, the test checkpoint of each registered family, and the realistic shapes
+the benchmarks convert (GPT-2 124M, SmolLM2-135M, Qwen3-0.6B). Nothing is ever downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _save(model, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    return directory
+
+
+def make_gpt2(directory: Path, seed: int = 0, lm_head: bool = True, **overrides) -> Path:
+    """A GPT-2 checkpoint. `lm_head=False` saves the bare GPT2Model (no `transformer.` prefix, no head).
+
+    initializer_range defaults to 0.2 (GPT-2 uses 0.02) so that random logits are spread out and
+    greedy decoding does not collapse onto near-ties or one repeated token."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+    kwargs = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=211, n_positions=160, initializer_range=0.2,
+                  bos_token_id=0, eos_token_id=0)
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    config = GPT2Config(**kwargs)
+    return _save((GPT2LMHeadModel if lm_head else GPT2Model)(config).eval(), directory)
+
+
+def make_bert(directory: Path, seed: int = 0, head: str = "mlm", **overrides) -> Path:
+    """A BERT checkpoint; head: "mlm" (BertForMaskedLM), "pooler" (BertModel with pooler).
+
+    Encoders keep transformers' default initializer_range (0.02), the statistics of real checkpoints:
+    at 10x that scale the pooler's dense layer amplifies fp16 rounding of its input about 3x, a
+    property of the weights rather than of the implementation."""
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    kwargs = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=96,
+                  vocab_size=197, max_position_embeddings=160)
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    config = BertConfig(**kwargs)
+    model = BertForMaskedLM(config) if head == "mlm" else BertModel(config, add_pooling_layer=True)
+    return _save(model.eval(), directory)
+
+
+def make_distilbert(directory: Path, seed: int = 0, mlm: bool = True, **overrides) -> Path:
+    from transformers import DistilBertConfig, DistilBertForMaskedLM, DistilBertModel
+
+    kwargs = dict(n_layers=2, dim=64, n_heads=4, hidden_dim=96, vocab_size=197, max_position_embeddings=160)
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    config = DistilBertConfig(**kwargs)
+    return _save((DistilBertForMaskedLM if mlm else DistilBertModel)(config).eval(), directory)
+
+
+def make_gpt2_124m(directory: Path) -> Path:
+    """GPT-2 small's shapes (12 layers, 768 wide, 12 heads, 50,257 tokens, 1,024 positions), random init;
+    reused when `directory` already holds it."""
+    if (directory / "config.json").is_file():
+        return directory
+    return make_gpt2(directory, n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024,
+                     initializer_range=0.02, bos_token_id=50256, eos_token_id=50256)
+
+
+# The Llama-family dialects by Hugging Face model_type: config and model classes of transformers.
+_LLAMA_DIALECTS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+}
+
+
+def make_llama(directory: Path, dialect: str = "llama", seed: int = 0, dtype: torch.dtype = torch.float32,
+               config_style: str = "v5", shard_size: str | None = None, **overrides) -> Path:
+    """A Llama-family checkpoint (`dialect`: llama, mistral, qwen2, qwen3), saved with `save_pretrained`.
+
+    Defaults: 2 layers, width 48, 6 heads of 8 sharing 2 key/value heads (GQA 3:1), vocabulary 211,
+    initializer_range 0.2 (spread-out random logits, as for GPT-2). `rope_parameters` in the overrides
+    sets the RoPE (transformers 5 style). `config_style="v4"` rewrites the saved config.json the way the
+    hub's transformers-4 checkpoints spell it (`rope_theta` + `rope_scaling`, `torch_dtype`). `dtype`
+    saves the weights in bf16/fp16; `shard_size` (e.g. "20KB") writes sharded safetensors."""
+    import json
+
+    import transformers
+
+    config_name, model_name = _LLAMA_DIALECTS[dialect]
+    kwargs = dict(num_hidden_layers=2, hidden_size=48, num_attention_heads=6, num_key_value_heads=2,
+                  intermediate_size=64, vocab_size=211, max_position_embeddings=160, initializer_range=0.2,
+                  bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    if dialect in ("qwen2", "qwen3"):
+        kwargs["use_sliding_window"] = False
+    if dialect == "mistral":
+        kwargs["sliding_window"] = None
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_name)(**kwargs)
+    model = getattr(transformers, model_name)(config).eval().to(dtype)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, **({"max_shard_size": shard_size} if shard_size else {}))
+    if config_style == "v4":
+        path = directory / "config.json"
+        raw = json.loads(path.read_text())
+        rope = raw.pop("rope_parameters", None) or {}
+        raw["rope_theta"] = rope.pop("rope_theta", 10000.0)
+        if rope.get("rope_type", "default") != "default":
+            raw["rope_scaling"] = rope
+        else:
+            raw["rope_scaling"] = None
+        raw["torch_dtype"] = raw.pop("dtype", "float32")
+        raw["transformers_version"] = "4.46.0"
+        path.write_text(json.dumps(raw, indent=2))
+    return directory
+
+
+def make_smollm2_135m(directory: Path) -> Path:
+    """SmolLM2-135M's shapes (30 layers, width 576, 9 heads sharing 3 key/value heads, MLP 1,536, vocabulary
+    49,152, tied head, 8,192 positions, rope theta 100,000), random init; reused when already there."""
+    if (directory / "config.json").is_file():
+        return directory
+    return make_llama(directory, "llama", num_hidden_layers=30, hidden_size=576, num_attention_heads=9,
+                      num_key_value_heads=3, intermediate_size=1536, vocab_size=49152, max_position_embeddings=8192,
+                      initializer_range=0.02, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                      rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
+
+
+def make_qwen3_06b(directory: Path) -> Path:
+    """Qwen3-0.6B's shapes (28 layers, width 1,024, 16 heads of 128 sharing 8 key/value heads, MLP 3,072,
+    vocabulary 151,936, tied head, q/k norm, 40,960 positions), random init; reused when already there."""
+    if (directory / "config.json").is_file():
+        return directory
+    return make_llama(directory, "qwen3", num_hidden_layers=28, hidden_size=1024, num_attention_heads=16,
+                      num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
+                      max_position_embeddings=40960, initializer_range=0.02, tie_word_embeddings=True,
+                      bos_token_id=151643, eos_token_id=151645,
+                      rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
