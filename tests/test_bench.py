@@ -23,7 +23,7 @@ from tests.checkpoints import make_bert, make_gpt2
 def bench(tmp_path_factory):
     """One run: a tiny GPT-2 (with the bundled keyboard model's tokenizer, so that predictive text runs)
     and a tiny BERT, on the reference, torch-ane, mlx, coreml and the mlx_lm peer; each in its own process."""
-    from ondevice.models import keyboard_gpt2_path
+    from bundled_models import keyboard_gpt2_path
 
     root = tmp_path_factory.mktemp("bench")
     gpt2 = make_gpt2(root / "gpt2", vocab_size=8192, n_positions=160)

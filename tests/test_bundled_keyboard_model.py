@@ -11,7 +11,7 @@ import pytest
 
 from ondevice.keyboard import Predictor
 from ondevice.keyboard.report import evaluate_file
-from ondevice.models import keyboard_gpt2_path
+from bundled_models import keyboard_gpt2_path
 from ondevice.verify import verify
 
 BUNDLE = keyboard_gpt2_path()

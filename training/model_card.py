@@ -1,6 +1,6 @@
 """Evaluate a trained keyboard model on its held-out text and write evaluation.json + MODEL_CARD.md.
 
-    python -m training.model_card ondevice/models/keyboard-gpt2
+    python -m training.model_card bundled_models/keyboard-gpt2
 
 The full held-out split is evaluated (model and n-gram baseline), and so is the small fixed subset
 that CI re-runs (`CI_SUBSET_LINES` first lines): CI fails when its Acc@3 or KSR@3 falls more than 2
@@ -78,7 +78,7 @@ text works right after install with no download.
   ({training['train_tokens']:,} tokens), {corpus['heldout_words']:,} held-out words.
 
 ## Training
-One command: `python -m training.train --out ondevice/models/keyboard-gpt2` (downloads the Debian
+One command: `python -m training.train --out bundled_models/keyboard-gpt2` (downloads the Debian
 package with `apt-get download`, builds the corpus, trains tokenizer and model, evaluates, writes this
 card). AdamW (betas 0.9/0.95, weight decay {recipe['weight_decay']}), peak learning rate {recipe['lr']},
 {recipe['warmup']} warm-up steps then cosine to 10%, {recipe['steps']} steps of {recipe['batch']} x
@@ -93,7 +93,7 @@ Took {training['minutes']} minutes on {training['device']} ({training['torch']})
 {log}
 
 ## Evaluation
-`ondevice predict --eval ondevice/models/keyboard-gpt2/heldout.txt` on all {full['lines']} held-out
+`ondevice predict --eval bundled_models/keyboard-gpt2/heldout.txt` on all {full['lines']} held-out
 paragraphs ({full['model']['words']:,} words), torch-ane backend, k = 3, default beam (width 8, words of up to
 4 tokens), context capped at 64 tokens. The baseline is a word trigram model with stupid backoff
 built from the same training text. Latencies are per call of this machine's replay (2-core x86 CPU).

@@ -1,6 +1,6 @@
 """Train the bundled keyboard model, from the Debian package to a Hugging Face checkpoint, in one command:
 
-    python -m training.train --out ondevice/models/keyboard-gpt2
+    python -m training.train --out bundled_models/keyboard-gpt2
 
 Recipe: a byte-level BPE tokenizer (8192 tokens) trained with `tokenizers` on the training split,
 then a GPT-2 (4 layers, width 256, 4 heads, 128 positions: iOS 17's keyboard model is a 6-layer,
@@ -135,7 +135,7 @@ def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("ondevice/models/keyboard-gpt2"))
+    parser.add_argument("--out", type=Path, default=Path("bundled_models/keyboard-gpt2"))
     parser.add_argument("--work", type=Path, default=Path("build/keyboard-corpus"),
                         help="where the corpus (train.txt, heldout.txt) is written")
     parser.add_argument("--html-root", type=Path, default=None,

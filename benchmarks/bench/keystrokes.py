@@ -20,7 +20,7 @@ def heldout_lines(directory: Path) -> list[str]:
     """The checkpoint's own held-out text where it ships one (the bundled keyboard-gpt2 does), else the
     bundled model's: text the model did not see, either way."""
     from ondevice.keyboard.report import read_lines
-    from ondevice.models import keyboard_gpt2_path
+    from bundled_models import keyboard_gpt2_path
 
     own = Path(directory) / "heldout.txt"
     return read_lines(own if own.is_file() else Path(keyboard_gpt2_path()) / "heldout.txt")
