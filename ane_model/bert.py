@@ -30,7 +30,7 @@ class BertOutputs(NamedTuple):
     mlm_logits: torch.Tensor | None  # (B, V, 1, S)
 
 
-class Layer(nn.Module):
+class Block(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.attn = Attention(cfg.hidden_size, cfg.num_heads)
@@ -59,7 +59,7 @@ class MLMHead(nn.Module):
         return self.decoder.forward_chunks(self.norm(self.act(self.dense(x))))
 
 
-class BertEncoder(nn.Module):
+class BertModel(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.cfg = cfg
@@ -67,12 +67,12 @@ class BertEncoder(nn.Module):
         self.pos_embed = nn.Embedding(cfg.max_positions, cfg.hidden_size)
         self.type_embed = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.type_vocab_size else None
         self.embed_norm = LayerNormANE(cfg.hidden_size, cfg.layer_norm_eps)
-        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if cfg.has_pooler else None
         self.mlm = MLMHead(cfg) if cfg.has_mlm_head else None
 
     @classmethod
-    def from_canonical(cls, cfg: BertConfig, weights: dict[str, torch.Tensor]) -> BertEncoder:
+    def from_canonical(cls, cfg: BertConfig, weights: dict[str, torch.Tensor]) -> BertModel:
         model = cls(cfg)
         named = {k: v for k, v in weights.items() if not k.startswith("mlm.decoder.")}
         if model.mlm is not None:
@@ -110,6 +110,10 @@ class BertEncoder(nn.Module):
             sentence_embedding=self._sentence_embedding(x, attention_mask),
             mlm_logits=self.mlm(x) if self.mlm is not None else None,
         )
+
+    def mlm_logit_chunks(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """The MLM logits as the head's chunks (rule 7), for exports where one (B, V, 1, S) is too wide."""
+        return self.mlm.forward_chunks(hidden)
 
     def _sentence_embedding(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
         if self.cfg.pooling is None:

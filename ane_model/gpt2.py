@@ -23,7 +23,7 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class GPT2(nn.Module):
+class GPT2Model(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.cfg = cfg
@@ -34,7 +34,7 @@ class GPT2(nn.Module):
         self.lm_head = ChunkedHead(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     @classmethod
-    def from_canonical(cls, cfg: GPT2Config, weights: dict[str, torch.Tensor]) -> GPT2:
+    def from_canonical(cls, cfg: GPT2Config, weights: dict[str, torch.Tensor]) -> GPT2Model:
         model = cls(cfg)
         named = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
         load_canonical(model, named | model.lm_head.canonical_to_chunks("lm_head", weights))

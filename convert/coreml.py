@@ -1,44 +1,41 @@
 """Write a Core ML `.mlpackage` from a checkpoint: torch.export of the ANE-layout model, ct.convert,
 optional weight compression, metadata and tokenizer files, written atomically.
 
-GPT-2 on iOS 18+ becomes one multifunction package, `prefill` (S tokens) and `decode` (1 token),
-sharing one copy of the weights (rule 8). Before iOS 18 there is no multifunction and no state, so
-the cache is model input/output and one `main` function takes enumerated lengths {1, S}.
-Encoders take a fixed length or enumerated lengths (rule 7: static shapes)."""
+A causal LM (GPT-2, the Llama family) on iOS 18+ becomes one multifunction package, `prefill` (S tokens)
+and `decode` (1 token), sharing one copy of the weights (rule 8). Before iOS 18 there is no multifunction
+and no state, so the cache is model input/output and one `main` function takes enumerated lengths {1, S}.
+Encoders take a fixed length or enumerated lengths (rule 7: static shapes). The family's ANE-layout model
+comes from the registry."""
 
 from __future__ import annotations
 
-import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ane_model import GPT2, BertEncoder
 from canonical.errors import ConversionError
-from canonical.gpt2 import GPT2Config
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
 from convert.coreml_compress import COMPRESSIONS, compress
-from convert.coreml_modules import (
+from convert.coreml_modules import CausalLMWithIOCache, CausalLMWithState, EncoderForExport, cache_shape
+from convert.coreml_package import write_package_extras
+from convert.registry import build_ane_model, family_of
+from coreml_runtime.interface import (
     ATTENTION_MASK,
     INPUT_IDS,
     KEY_CACHE,
     KEY_CACHE_OUT,
+    LOGITS,
     POSITION,
     TOKEN_TYPE_IDS,
     VALUE_CACHE,
     VALUE_CACHE_OUT,
-    BertForExport,
-    GPT2WithIOCache,
-    GPT2WithState,
-    cache_shape,
     logits_names,
 )
-from convert.coreml_package import write_package_extras
 
 PRECISIONS = ("fp16", "fp32")
 KV_CACHES = ("state", "io")
@@ -50,12 +47,12 @@ DEFAULT_ENCODER_LEN = 128
 @dataclass(frozen=True)
 class CoreMLOptions:
     dtype: str = "fp16"
-    seq_lens: tuple[int, ...] = ()  # GPT-2: the prefill chunk (one value); encoders: one or more lengths
-    context: int | None = None  # GPT-2: KV cache capacity in tokens
+    seq_lens: tuple[int, ...] = ()  # causal LMs: the prefill chunk (one value); encoders: one or more lengths
+    context: int | None = None  # causal LMs: KV cache capacity in tokens
     target: str = "iOS18"
     kv_cache: str = "state"
     compress: str = "none"
-    calibration_text: Path | None = None  # int4, GPT-2: GPTQ on this text (the training text, not evaluation text)
+    calibration_text: Path | None = None  # int4, causal LMs: GPTQ on this text (the training text, not evaluation text)
 
 
 TARGET_NAMES = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
@@ -95,22 +92,22 @@ def plan_conversion(config, options: CoreMLOptions) -> Plan:
         raise ConversionError(f"int4 per-block quantization needs iOS18/macOS15 (constexpr_blockwise_shift_scale); "
                               f"target is {options.target}")
     if options.calibration_text is not None:
-        if options.compress != "int4" or not isinstance(config, GPT2Config):
-            raise ConversionError("calibration text applies to GPT-2 with --compress int4 only")
+        if options.compress != "int4" or not config.is_causal:
+            raise ConversionError("calibration text applies to causal LMs with --compress int4 only")
         if not Path(options.calibration_text).is_file():
             raise ConversionError(f"{options.calibration_text}: calibration text not found")
     if any(n < 1 for n in options.seq_lens):
         raise ConversionError(f"sequence lengths must be positive, got {list(options.seq_lens)}")
-    if isinstance(config, GPT2Config):
+    if config.is_causal:
         return _plan_causal(config, options, target, ios18)
     seq_lens = tuple(sorted(set(options.seq_lens))) or (min(DEFAULT_ENCODER_LEN, config.max_positions),)
     if seq_lens[-1] > config.max_positions:
         raise ConversionError(f"sequence length {seq_lens[-1]} exceeds the model's {config.max_positions} "
-                              f"positions (max_position_embeddings)")
+                              f"positions ({family_of(config).positions_field})")
     return Plan(options, target, seq_lens, None, None, multifunction=False)
 
 
-def _plan_causal(config: GPT2Config, options: CoreMLOptions, target, ios18: bool) -> Plan:
+def _plan_causal(config, options: CoreMLOptions, target, ios18: bool) -> Plan:
     if options.kv_cache not in KV_CACHES:
         raise ConversionError(f"unknown KV cache style {options.kv_cache!r} (choose state or io)")
     if options.kv_cache == "state" and not ios18:
@@ -118,9 +115,10 @@ def _plan_causal(config: GPT2Config, options: CoreMLOptions, target, ios18: bool
                               f"use --kv-cache io")
     context = options.context or min(DEFAULT_CONTEXT, config.max_positions)
     if not 1 < context <= config.max_positions:
-        raise ConversionError(f"context {context} must be in 2..{config.max_positions} (n_positions)")
+        raise ConversionError(f"context {context} must be in 2..{config.max_positions} "
+                              f"({family_of(config).positions_field})")
     if len(options.seq_lens) > 1:
-        raise ConversionError("GPT-2 takes one prefill length (--seq-len once); decode is always 1 token")
+        raise ConversionError("a causal LM takes one prefill length (--seq-len once); decode is always 1 token")
     prefill = options.seq_lens[0] if options.seq_lens else min(DEFAULT_PREFILL, context)
     if prefill > context:
         raise ConversionError(f"prefill length {prefill} exceeds the context of {context} tokens")
@@ -137,7 +135,7 @@ def convert_to_coreml(checkpoint: str | Path | Checkpoint, out: str | Path, opti
         raise ConversionError(f"{out}: already exists (pass --overwrite to replace it)")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     plan = plan_conversion(ckpt.config, options)
-    causal = isinstance(ckpt.config, GPT2Config)
+    causal = ckpt.config.is_causal
     stages = ["calibrate"] * (options.calibration_text is not None)
     stages += ["export + convert prefill", "export + convert decode"] if plan.multifunction else ["export + convert"]
     stages += ["compress"] * (options.compress != "none") + ["write package", "metadata + tokenizer"]
@@ -226,7 +224,7 @@ def _ct_convert(exported, inputs: list, outputs: list[str], plan: Plan, out_dtyp
 def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
     import coremltools as ct
 
-    model = GPT2.from_canonical(ckpt.config, ckpt.weights)
+    model = build_ane_model(ckpt.config, ckpt.weights)
     if plan.options.calibration_text is not None:
         from convert.coreml_calibrate import calibrate_int4, calibration_windows
 
@@ -234,14 +232,14 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
         windows = calibration_windows(plan.options.calibration_text, ckpt.directory, ckpt.config.max_positions)
         calibrate_int4(model, windows)  # the blocks' convs carry uint4 metadata that ct.convert honours
         bar.update()
-    names = logits_names("logits", len(model.lm_head.chunks))
+    names = logits_names(LOGITS, len(model.lm_head.chunks))
     out_dtype = _float(plan.options.dtype)
     position = ct.TensorType(POSITION, shape=(1,), dtype=np.int32)
     prefill = plan.seq_lens[0]
     if plan.kv_cache == "state":
-        module = GPT2WithState(model, plan.context)
+        module = CausalLMWithState(model, plan.context)
     else:
-        module = GPT2WithIOCache(model)
+        module = CausalLMWithIOCache(model)
         shape = cache_shape(model, plan.context)
         caches = [ct.TensorType(n, shape=shape, dtype=out_dtype) for n in (KEY_CACHE, VALUE_CACHE)]
         names = [*names, KEY_CACHE_OUT, VALUE_CACHE_OUT]
@@ -278,38 +276,20 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
 def _convert_encoder(ckpt: Checkpoint, plan: Plan, bar):
     import coremltools as ct
 
-    module = BertForExport(BertEncoder.from_canonical(ckpt.config, ckpt.weights))
-    with_types = ckpt.config.type_vocab_size > 0
+    with_types = getattr(ckpt.config, "type_vocab_size", 0) > 0
     names = [INPUT_IDS, ATTENTION_MASK] + [TOKEN_TYPE_IDS] * with_types
     longest = plan.seq_lens[-1]
+    example = tuple(torch.ones(1, longest, dtype=torch.long) for _ in names)
+    module = EncoderForExport(build_ane_model(ckpt.config, ckpt.weights), example)
     if len(plan.seq_lens) == 1:
         shape, dynamic = (1, longest), None
     else:
         shape = ct.EnumeratedShapes([(1, n) for n in plan.seq_lens], default=(1, longest))
         seq = torch.export.Dim("seq", min=2, max=longest)
         dynamic = tuple({1: seq} for _ in names)
-    args = tuple(torch.ones(1, longest, dtype=torch.long) for _ in names)
     inputs = [ct.TensorType(n, shape=shape, dtype=np.int32) for n in names]
     bar.set_postfix_str("export + convert")
-    model = _ct_convert(_export(module, args, dynamic), inputs, module.output_names(), plan, _float(plan.options.dtype))
+    out_dtype = _float(plan.options.dtype)
+    model = _ct_convert(_export(module, example, dynamic), inputs, module.output_names(), plan, out_dtype)
     bar.update()
     return model
-
-
-def describe_plan(plan: Plan) -> dict[str, str]:
-    """The options as recorded in the package metadata (strings, as Core ML metadata requires)."""
-    opts = plan.options
-    return {
-        "seq_lens": ",".join(map(str, plan.seq_lens)),
-        "context": "" if plan.context is None else str(plan.context),
-        "precision": opts.dtype,
-        "compression": opts.compress,
-        "calibration": "none" if opts.calibration_text is None else f"gptq:{Path(opts.calibration_text).name}",
-        "kv_cache": plan.kv_cache or "none",
-        "deployment_target": opts.target,
-        "functions": "prefill,decode" if plan.multifunction else "main",
-    }
-
-
-def config_json(config) -> str:
-    return json.dumps({"family": config.family, **asdict(config)})

@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ane_model import GPT2
 from ane_model.layers import causal_mask
 from canonical.errors import ConversionError
 
@@ -59,7 +58,7 @@ def calibration_windows(text: Path, tokenizer_dir: Path, length: int, count: int
     return [stream[start:start + length][None] for start in starts.tolist()]
 
 
-def calibrate_int4(model: GPT2, windows: list[torch.Tensor], block_size: int = BLOCK_SIZE) -> GPT2:
+def calibrate_int4(model: nn.Module, windows: list[torch.Tensor], block_size: int = BLOCK_SIZE) -> nn.Module:
     """Quantize the transformer blocks' 1x1 convs of `model` in place with GPTQ (uint4, one scale and
     zero point per `block_size` input channels) and register the metadata `ct.convert` honours.
 
@@ -101,7 +100,7 @@ class _Stop(Exception):
     pass
 
 
-def _block_inputs(model: GPT2, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+def _block_inputs(model: nn.Module, windows: list[torch.Tensor]) -> list[torch.Tensor]:
     """The first block's inputs (embedded tokens, (1, C, 1, S)), taken by the model's own forward pass."""
     captured: list[torch.Tensor] = []
 

@@ -1,46 +1,41 @@
-"""The torch modules that `torch.export` sees when we write a Core ML package: thin wrappers around
-the ANE-layout models that fix the input/output names and shapes of the package.
+"""The torch modules that `torch.export` sees when we write a Core ML package: thin wrappers around any
+family's ANE-layout model that fix the input/output names and shapes of the package.
 
-Names are the package's public interface (an app binds to them), so they live here, once."""
+A causal model offers `cfg`, `hidden_states(input_ids, cache)` and a chunked `lm_head`; an encoder returns
+outputs with `hidden`, `pooled`, `sentence_embedding` and `mlm_logits` (None where the checkpoint has no
+such head) and offers the head's chunks as `mlm_logit_chunks(hidden)`. The names themselves are the
+package's interface and live in `coreml_runtime/interface.py`."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ane_model import GPT2, BertEncoder
 from ane_model.static_cache import StaticKVCache
+from coreml_runtime.interface import (
+    HIDDEN,
+    KEY_CACHE,
+    MLM_LOGITS,
+    POOLED,
+    SENTENCE_EMBEDDING,
+    VALUE_CACHE,
+    logits_names,
+)
 
-INPUT_IDS = "input_ids"
-POSITION = "position"
-ATTENTION_MASK = "attention_mask"
-TOKEN_TYPE_IDS = "token_type_ids"
-KEY_CACHE = "key_cache"
-VALUE_CACHE = "value_cache"
-KEY_CACHE_OUT = "key_cache_out"
-VALUE_CACHE_OUT = "value_cache_out"
-HIDDEN = "last_hidden_state"
-POOLED = "pooler_output"
-SENTENCE_EMBEDDING = "sentence_embedding"
 # Core ML state must be fp16 (coremltools casts any other buffer dtype); the io cache matches it.
 CACHE_DTYPE = torch.float16
 
 
-def logits_names(prefix: str, count: int) -> list[str]:
-    """One output per head chunk (rule 7): a concatenated (1, V, 1, S) would exceed the ANE's limit."""
-    return [f"{prefix}_{j}" for j in range(count)]
-
-
-def cache_shape(model: GPT2, context: int) -> tuple[int, int, int, int]:
+def cache_shape(model: nn.Module, context: int) -> tuple[int, int, int, int]:
     cfg = model.cfg
-    return (cfg.num_layers, cfg.hidden_size, 1, context)  # rule 1: (L, C, 1, T), sequence last
+    return (cfg.num_layers, cfg.kv_width, 1, context)  # rule 1: (L, C_kv, 1, T), sequence last
 
 
-class GPT2WithState(nn.Module):
+class CausalLMWithState(nn.Module):
     """Causal LM whose KV cache is Core ML state (iOS 18+): every registered buffer of an exported
     program becomes a `ct.StateType`, read at the start and written back in place (rule 8)."""
 
-    def __init__(self, model: GPT2, context: int):
+    def __init__(self, model: nn.Module, context: int):
         super().__init__()
         self.model = model
         self.register_buffer(KEY_CACHE, torch.zeros(cache_shape(model, context), dtype=CACHE_DTYPE))
@@ -55,11 +50,11 @@ class GPT2WithState(nn.Module):
         return tuple(self.model.lm_head.forward_chunks(hidden))  # each (1, V_j, 1, S)
 
 
-class GPT2WithIOCache(nn.Module):
+class CausalLMWithIOCache(nn.Module):
     """Causal LM whose KV cache is passed in and returned (iOS 16/17): the app feeds the returned
     caches back on the next call (rule 8)."""
 
-    def __init__(self, model: GPT2):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
@@ -72,23 +67,23 @@ class GPT2WithIOCache(nn.Module):
         return (*logits, cache.new_keys, cache.new_values)
 
 
-class BertForExport(nn.Module):
-    """Encoder outputs as a flat tuple: hidden (1, C, 1, S), then pooled (1, C), sentence embedding
-    (1, C) and MLM logit chunks (1, V_j, 1, S), each only where the checkpoint has it."""
+class EncoderForExport(nn.Module):
+    """Encoder outputs as a flat tuple: hidden (1, C, 1, S), then pooled (1, C), sentence embedding (1, C)
+    and MLM logit chunks (1, V_j, 1, S), each only where the checkpoint has it."""
 
-    def __init__(self, model: BertEncoder):
+    def __init__(self, model: nn.Module, example: tuple[torch.Tensor, ...]):
         super().__init__()
         self.model = model
+        with torch.no_grad():
+            out = model(*example)
+        self.has = {"pooled": out.pooled is not None, "sentence_embedding": out.sentence_embedding is not None,
+                    "mlm": out.mlm_logits is not None}
+        self.mlm_chunks = len(model.mlm_logit_chunks(out.hidden)) if self.has["mlm"] else 0
 
     def output_names(self) -> list[str]:
-        cfg, names = self.model.cfg, [HIDDEN]
-        if cfg.has_pooler:
-            names.append(POOLED)
-        if cfg.pooling is not None:
-            names.append(SENTENCE_EMBEDDING)
-        if self.model.mlm is not None:
-            names += logits_names("mlm_logits", len(self.model.mlm.decoder.chunks))
-        return names
+        names = [HIDDEN]
+        names += [POOLED] * self.has["pooled"] + [SENTENCE_EMBEDDING] * self.has["sentence_embedding"]
+        return names + logits_names(MLM_LOGITS, self.mlm_chunks)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
@@ -98,8 +93,8 @@ class BertForExport(nn.Module):
             result.append(out.pooled)
         if out.sentence_embedding is not None:
             result.append(out.sentence_embedding)
-        if self.model.mlm is not None:
+        if out.mlm_logits is not None:
             # The model's own concatenated logits are left unused (dead code, removed by the
             # converter); the chunks are the outputs (rule 7).
-            result += self.model.mlm.forward_chunks(out.hidden)
+            result += self.model.mlm_logit_chunks(out.hidden)
         return tuple(result)

@@ -1,63 +1,49 @@
-"""What travels inside a package besides the model: metadata and tokenizer files, and reading them
-back, so an app or this package runs it without the original checkpoint.
-
-Metadata sits in the model's `userDefined` metadata under keys `ondevice.*` (strings). Tokenizer
-files are registered as items of the package (Manifest.json) and live under
-`Data/ondevice-transformers/tokenizer/` inside it."""
+"""Write what travels inside a package besides the model: the tokenizer files of the source checkpoint and
+the `ondevice.*` metadata (format in `coreml_runtime/package.py`, which reads them back)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from canonical.errors import ConversionError
-
-AUTHOR = "ondevice-transformers"
-TOKENIZER_DIR = Path("Data") / AUTHOR / "tokenizer"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "added_tokens.json")
-FORMAT_VERSION = "1"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from canonical.config import config_to_json
+from coreml_runtime.package import (
+    AUTHOR,
+    FORMAT_VERSION,
+    TOKENIZER_DIR,
+    TOKENIZER_FILES,
+    root_model_path,
+    sha256_file,
+    weights_path,
+)
 
 
-def _source_weights_sha256(directory: Path) -> str:
+def source_weights_sha256(directory: Path) -> dict[str, str]:
+    """{file name: sha256} of the source checkpoint's weight files: each value is what `sha256sum FILE` prints,
+    so a user can check a package against the checkpoint it claims to come from."""
     files = sorted(p for pattern in ("*.safetensors", "pytorch_model*.bin") for p in directory.glob(pattern))
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
-    return digest.hexdigest() if files else ""
+    return {path.name: sha256_file(path) for path in files}
 
 
-def root_model_path(package: Path) -> Path:
-    """The spec file (model.mlmodel) inside a package, from its Manifest.json."""
-    manifest = package / "Manifest.json"
-    try:
-        data = json.loads(manifest.read_text())
-        root = data["itemInfoEntries"][data["rootModelIdentifier"]]["path"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConversionError(f"{package}: not a readable Core ML package ({type(exc).__name__} in Manifest.json)") \
-            from None
-    return package / "Data" / root
-
-
-def weights_path(package: Path) -> Path:
-    return root_model_path(package).parent / "weights" / "weight.bin"
+def plan_metadata(plan) -> dict[str, str]:
+    """The conversion options as recorded in the package metadata (strings, as Core ML metadata requires)."""
+    opts = plan.options
+    return {
+        "seq_lens": ",".join(map(str, plan.seq_lens)),
+        "context": "" if plan.context is None else str(plan.context),
+        "precision": opts.dtype,
+        "compression": opts.compress,
+        "calibration": "none" if opts.calibration_text is None else f"gptq:{Path(opts.calibration_text).name}",
+        "kv_cache": plan.kv_cache or "none",
+        "deployment_target": opts.target,
+        "functions": "prefill,decode" if plan.multifunction else "main",
+    }
 
 
 def write_package_extras(package: Path, ckpt, plan, interface: dict) -> None:
     """Add tokenizer files and the `ondevice.*` metadata to a freshly saved package."""
     import coremltools as ct
     from coremltools.libmodelpackage import ModelPackage
-
-    from convert.coreml import config_json, describe_plan
 
     tokenizer = [name for name in TOKENIZER_FILES if (ckpt.directory / name).is_file()]
     pkg = ModelPackage(str(package))
@@ -73,11 +59,11 @@ def write_package_extras(package: Path, ckpt, plan, interface: dict) -> None:
     fields = {
         "format_version": FORMAT_VERSION,
         "architecture": ckpt.model_type,
-        "config": config_json(ckpt.config),
+        "config": config_to_json(ckpt.config),
         "source_checkpoint": str(ckpt.directory),
-        "source_weights_sha256": _source_weights_sha256(ckpt.directory),
+        "source_weights_sha256": json.dumps(source_weights_sha256(ckpt.directory)),
         "weights_sha256": sha256_file(weights) if weights.is_file() else "",
-        **describe_plan(plan),
+        **plan_metadata(plan),
         "interface": json.dumps(interface),
         "tokenizer_files": json.dumps([str(TOKENIZER_DIR / n) for n in tokenizer]),
     }
@@ -86,18 +72,3 @@ def write_package_extras(package: Path, ckpt, plan, interface: dict) -> None:
     spec_path.write_bytes(spec.SerializeToString())
 
 
-def read_metadata(package: Path) -> dict[str, str]:
-    """The `ondevice.*` metadata of a package written by `convert_to_coreml`, keys without the prefix."""
-    import coremltools as ct
-    from google.protobuf.message import DecodeError
-
-    spec = ct.proto.Model_pb2.Model()
-    try:
-        spec.ParseFromString(root_model_path(package).read_bytes())
-    except (OSError, ValueError, DecodeError) as exc:
-        raise ConversionError(f"{package}: cannot read the model spec ({exc})") from None
-    meta = {k.removeprefix("ondevice."): v for k, v in spec.description.metadata.userDefined.items()
-            if k.startswith("ondevice.")}
-    if "architecture" not in meta:
-        raise ConversionError(f"{package}: no ondevice metadata (not written by 'ondevice convert --to coreml')")
-    return meta

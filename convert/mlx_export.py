@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 from rich.progress import Progress
 
+from canonical.config import config_to_dict
 from canonical.errors import ConversionError
-from canonical.gpt2 import GPT2Config
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
-from convert.mlx_checkpoint import FORMAT_KEY, FORMAT_VERSION, WEIGHTS_FILE, to_mlx_lm_gpt2
+from convert.mlx_checkpoint import FORMAT_KEY, FORMAT_VERSION, WEIGHTS_FILE
+from convert.registry import build_mlx_model, family_of
 
 DTYPES = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}
 BITS = (4, 8)
@@ -39,13 +39,9 @@ TOKENIZER_FILES = (
 
 
 def mlx_lm_compatible(config) -> bool:
-    """mlx-lm's GPT-2 hard-codes a tied head, a 4x MLP and the tanh GELU."""
-    return (
-        isinstance(config, GPT2Config)
-        and config.tie_word_embeddings
-        and config.intermediate_size == 4 * config.hidden_size
-        and config.activation == "gelu_tanh"
-    )
+    """Whether `mlx_lm.load` runs an export of this config with our logits (the family's mlx-lm entry says)."""
+    mlx_lm = family_of(config).mlx_lm
+    return mlx_lm is not None and mlx_lm.compatible(config)
 
 
 def export_mlx(
@@ -58,8 +54,6 @@ def export_mlx(
     progress: bool = True,
 ) -> Path:
     """Write `checkpoint` as MLX weights in `dtype`, optionally quantized to `quantize` bits; return `out`."""
-    from mlx_model import build_model
-
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype} is not available for MLX (choose from {', '.join(DTYPES)})")
     if quantize is not None and quantize not in BITS:
@@ -71,16 +65,16 @@ def export_mlx(
         task = bar.add_task(f"converting to MLX {dtype}" + (f" q{quantize}" if quantize else ""), total=4)
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         bar.advance(task)
-        model = build_model(ckpt.config, ckpt.weights, DTYPES[dtype], quantize, group_size)
+        model = build_mlx_model(ckpt.config, ckpt.weights, DTYPES[dtype], quantize, group_size)
         weights = dict(tree_flatten(model.parameters()))
-        gpt2 = isinstance(ckpt.config, GPT2Config)
-        if gpt2:
-            weights = to_mlx_lm_gpt2(weights)
+        mlx_lm = family_of(ckpt.config).mlx_lm
+        if mlx_lm is not None:
+            weights = mlx_lm.to_mlx_lm(weights, ckpt.config)
         bar.advance(task)
         work.mkdir()
         mx.save_safetensors(str(work / WEIGHTS_FILE), weights, metadata={"format": "mlx"})
         bar.advance(task)
-        _write_config(ckpt, work, dtype, quantize, group_size, names="mlx-lm-gpt2" if gpt2 else "canonical")
+        _write_config(ckpt, work, dtype, quantize, group_size, names="canonical" if mlx_lm is None else "mlx-lm")
         _copy_tokenizer(ckpt.directory, work)
         bar.advance(task)
     return out
@@ -93,12 +87,13 @@ def _write_config(ckpt: Checkpoint, work: Path, dtype: str, bits: int | None, gr
         config["quantization"] = quantization  # mlx-lm's key
     else:
         config.pop("quantization", None)
-    if isinstance(ckpt.config, GPT2Config):
-        config.setdefault("n_ctx", ckpt.config.max_positions)  # mlx-lm requires it; transformers 5 omits it
+    mlx_lm = family_of(ckpt.config).mlx_lm
+    if mlx_lm is not None:
+        config = mlx_lm.config(ckpt.config, config)
     config[FORMAT_KEY] = {
         "version": FORMAT_VERSION,
         "family": ckpt.config.family,
-        "config": asdict(ckpt.config),
+        "config": config_to_dict(ckpt.config),
         "dtype": dtype,
         "quantization": quantization,
         "names": names,

@@ -138,8 +138,8 @@ def weight_bytes_by_dtype(spec, weights: Path) -> dict[str, int]:
 
 
 def inspect_package(package: str | Path) -> Inspection:
-    from convert.coreml_package import read_metadata, weights_path
-    from convert.mil_eval import MilProgram
+    from coreml_runtime.mil_eval import MilProgram
+    from coreml_runtime.package import read_metadata, weights_path
 
     package = Path(package)
     if not package.is_dir():

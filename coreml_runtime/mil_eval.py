@@ -160,7 +160,7 @@ class MilProgram:
         import coremltools as ct
         from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
 
-        from convert.coreml_package import root_model_path
+        from coreml_runtime.package import root_model_path
 
         package = Path(package)
         spec_path = root_model_path(package)  # raises a one-line error for a broken manifest

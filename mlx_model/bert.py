@@ -21,7 +21,7 @@ class BertOutputs(NamedTuple):
     mlm_logits: mx.array | None  # (B, S, V)
 
 
-class Layer(nn.Module):
+class Block(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.attn = Attention(cfg.hidden_size, cfg.num_heads)
@@ -46,7 +46,7 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(self.act(self.dense(x))))
 
 
-class BertEncoder(nn.Module):
+class BertModel(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.cfg = cfg
@@ -55,7 +55,7 @@ class BertEncoder(nn.Module):
         if cfg.type_vocab_size:
             self.type_embed = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.embed_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.layers = [Layer(cfg) for _ in range(cfg.num_layers)]
+        self.layers = [Block(cfg) for _ in range(cfg.num_layers)]
         if cfg.has_pooler:
             self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         if cfg.has_mlm_head:
@@ -70,7 +70,7 @@ class BertEncoder(nn.Module):
         bits: int | None = None,
         group_size: int = 64,
         packed: bool = False,
-    ) -> BertEncoder:
+    ) -> BertModel:
         """Build from canonical weights; `bits`/`group_size`/`packed` as in `layers.build`."""
         return build(cls(cfg), weights, dtype, bits, group_size, packed)
 

@@ -26,7 +26,7 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class GPT2(nn.Module):
+class GPT2Model(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.cfg = cfg
@@ -46,7 +46,7 @@ class GPT2(nn.Module):
         bits: int | None = None,
         group_size: int = 64,
         packed: bool = False,
-    ) -> GPT2:
+    ) -> GPT2Model:
         """Build from canonical weights; `bits`/`group_size`/`packed` as in `layers.build`."""
         if cfg.tie_word_embeddings:
             weights = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}

@@ -194,8 +194,7 @@ def generate(
     tokenizer = load_tokenizer(directory) if ids is None else None
     prompt_ids = parse_ids(ids) if ids is not None else tokenizer.encode(prompt)
     stream = TextStream(tokenizer) if tokenizer is not None else None
-    eos = lm.config.eos_token_id
-    stop = () if ignore_eos or eos is None else (eos,)
+    stop = () if ignore_eos else lm.config.eos_token_ids
     start, count = time.perf_counter(), 0
     for token in run_generate(lm, prompt_ids, max_tokens, sampling, stop):
         count += 1
@@ -220,8 +219,8 @@ def _load_causal_lm(spec: str, backend: str, dtype: str | None):
         ckpt, dtype = load_mlx_checkpoint(spec), dtype  # None keeps the directory's own dtype
     else:
         ckpt, dtype = load_checkpoint(spec), dtype or "fp32"
-    if ckpt.config.family != "gpt2":
-        raise InputError(f"{ckpt.directory}: a {ckpt.model_type} encoder cannot generate text (GPT-2 can)")
+    if not ckpt.config.is_causal:
+        raise InputError(f"{ckpt.directory}: a {ckpt.model_type} encoder cannot generate text (a causal LM can)")
     return load_backend(backend, ckpt, dtype=dtype), ckpt.directory
 
 
@@ -291,7 +290,7 @@ def inspect(
     package: Annotated[Path, typer.Argument(help="A Core ML package (PATH.mlpackage).")],
 ) -> None:
     """Inputs, outputs, states, functions, op histogram, weight bytes and ANE rule violations of a package."""
-    from convert.ane_rules import compute_plan, inspect_package
+    from coreml_runtime.ane_rules import compute_plan, inspect_package
 
     report = inspect_package(package)
     meta = report.metadata
@@ -351,6 +350,7 @@ def bench(
 ) -> None:
     """Benchmark every backend and peer on the same models and inputs: table, bench.json, bench.md, bench.png."""
     from benchmarks.bench.run import RESULTS, BenchOptions, run_bench
+
     from canonical.errors import InputError
 
     def split(values: list[str] | None) -> list[str] | None:

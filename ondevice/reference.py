@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from canonical.bert import BertConfig
-from canonical.gpt2 import GPT2Config
+from canonical.config import ModelConfig
+from canonical.errors import CheckpointError
 from convert.checkpoint import Checkpoint
 
 
@@ -22,8 +23,12 @@ def _quiet_from_pretrained(model_cls, directory):
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    with contextlib.redirect_stderr(io.StringIO()):
-        return model_cls.from_pretrained(directory, dtype=torch.float32).eval()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return model_cls.from_pretrained(directory, dtype=torch.float32).eval()
+    except (ValueError, KeyError, OSError) as exc:  # e.g. a model_type transformers does not know
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{directory}: transformers cannot load the reference model ({reason})") from None
 
 
 class ReferenceCausalLM:
@@ -32,7 +37,7 @@ class ReferenceCausalLM:
     def __init__(self, checkpoint: Checkpoint):
         from transformers import AutoModelForCausalLM
 
-        self.config: GPT2Config = checkpoint.config
+        self.config: ModelConfig = checkpoint.config
         self.capacity = self.config.max_positions
         self.model = _quiet_from_pretrained(AutoModelForCausalLM, checkpoint.directory)
         self.tokens: list[int] = []
@@ -67,7 +72,7 @@ class ReferenceEncoder:
     def __init__(self, checkpoint: Checkpoint):
         from transformers import AutoModel, AutoModelForMaskedLM
 
-        self.config: BertConfig = checkpoint.config
+        self.config: ModelConfig = checkpoint.config
         cls = AutoModelForMaskedLM if self.config.has_mlm_head else AutoModel
         self.model = _quiet_from_pretrained(cls, checkpoint.directory)
 
@@ -102,6 +107,4 @@ def sentence_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, cfg: Be
 
 
 def load_reference(checkpoint: Checkpoint):
-    if isinstance(checkpoint.config, GPT2Config):
-        return ReferenceCausalLM(checkpoint)
-    return ReferenceEncoder(checkpoint)
+    return (ReferenceCausalLM if checkpoint.config.is_causal else ReferenceEncoder)(checkpoint)

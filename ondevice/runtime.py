@@ -13,12 +13,11 @@ from typing import Protocol
 
 import numpy as np
 
-from canonical.bert import BertConfig
-from canonical.gpt2 import GPT2Config
+from canonical.config import ModelConfig
 
 
 class CausalLM(Protocol):
-    config: GPT2Config
+    config: ModelConfig  # config.is_causal
     backend: str  # e.g. "torch-ane", "mlx"
     capacity: int  # most tokens the cache holds
 
@@ -37,7 +36,7 @@ class CausalLM(Protocol):
 
 
 class Encoder(Protocol):
-    config: BertConfig
+    config: ModelConfig  # not config.is_causal
     backend: str
 
     def encode(
@@ -52,8 +51,11 @@ def branch_logits(lm: CausalLM, sequences: Sequence[Sequence[int]]) -> np.ndarra
     leaving the cache as it was. Backends may batch this (`lm.branch_logits`); any backend can do it
     one continuation at a time with prefill and trim."""
     batched = getattr(lm, "branch_logits", None)
-    if batched is not None:
-        return batched(sequences)
+    return batched(sequences) if batched is not None else serial_branch_logits(lm, sequences)
+
+
+def serial_branch_logits(lm: CausalLM, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+    """`branch_logits` one continuation at a time: prefill it, keep its last logits, trim back."""
     length = lm.length
     rows = []
     for sequence in sequences:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from canonical.errors import InputError
-from canonical.gpt2 import GPT2Config
 from convert.checkpoint import Checkpoint, load_checkpoint
+from convert.registry import family_of
 from ondevice.backends import load_backend
 from ondevice.parity import TOLERANCES, Comparison, Tolerance, compare
 from ondevice.reference import load_reference
@@ -48,7 +48,7 @@ def check_seq_len(seq_len: int, max_positions: int, field_name: str) -> None:
         raise InputError(f"sequence length must be at least 1, got {seq_len}")
     if seq_len > max_positions:
         raise InputError(
-            f"sequence length {seq_len} exceeds the model's {max_positions} positions ({field_name} in config.json)"
+            f"sequence length {seq_len} exceeds the model's {max_positions} positions ({field_name})"
         )
 
 
@@ -62,13 +62,12 @@ def verify(
 ) -> VerifyReport:
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
-    is_gpt2 = isinstance(cfg, GPT2Config)
     seq_len = seq_len or min(DEFAULT_SEQ_LEN, cfg.max_positions)
-    check_seq_len(seq_len, cfg.max_positions, "n_positions" if is_gpt2 else "max_position_embeddings")
+    check_seq_len(seq_len, cfg.max_positions, f"{family_of(cfg).positions_field} in config.json")
     report = VerifyReport(str(ckpt.directory), ckpt.model_type, backend, dtype, seq_len, TOLERANCES[dtype])
     rng = np.random.default_rng(seed)
     ours, reference = load_backend(backend, ckpt, dtype=dtype), load_reference(ckpt)
-    if is_gpt2:
+    if cfg.is_causal:
         _verify_causal_lm(report, ours, reference, rng, greedy_steps)
     else:
         _verify_encoder(report, ours, reference, rng)
@@ -92,7 +91,7 @@ def _verify_encoder(report: VerifyReport, ours, reference, rng) -> None:
     mask = np.ones((batch, seq), dtype=np.int64)
     mask[1, seq - seq // 4 :] = 0  # the second row ends in padding
     types = None
-    if cfg.type_vocab_size > 1:
+    if getattr(cfg, "type_vocab_size", 0) > 1:
         types = np.zeros((batch, seq), dtype=np.int64)
         types[:, seq // 2 :] = 1
     got, want = ours.encode(input_ids, mask, types), reference.encode(input_ids, mask, types)
@@ -131,15 +130,15 @@ def verify_package(package: str, reference: str | Checkpoint, seq_len: int | Non
     # Core ML state is always fp16, so an fp32 package with a state cache holds fp16 keys and values.
     stored = "fp16" if ours.meta.get("kv_cache") == "state" else precision
     tolerance = COMPRESSED_TOLERANCES.get(compression, TOLERANCES[stored])
-    is_gpt2 = isinstance(ckpt.config, GPT2Config)
-    longest = ours.capacity - greedy_steps if is_gpt2 else max(ours.lengths)
+    causal = ckpt.config.is_causal
+    longest = ours.capacity - greedy_steps if causal else max(ours.lengths)
     seq_len = seq_len or min(DEFAULT_SEQ_LEN, longest)
-    check_seq_len(seq_len, longest, "the package's context minus greedy steps" if is_gpt2 else "the package's seq_lens")
+    check_seq_len(seq_len, longest, "the package's context minus greedy steps" if causal else "the package's seq_lens")
     backend = f"coreml ({ours.runner.device})" + (f", {compression}" if compression != "none" else "")
     report = VerifyReport(str(ckpt.directory), ckpt.model_type, backend, precision, seq_len, tolerance,
                           greedy_required=compression == "none")
     rng = np.random.default_rng(seed)
-    if is_gpt2:
+    if causal:
         _verify_causal_lm(report, ours, load_reference(ckpt), rng, greedy_steps)
     else:
         _verify_encoder(report, ours, load_reference(ckpt), rng)
@@ -169,13 +168,12 @@ def verify_mlx_export(directory: str, reference: str | Checkpoint, seq_len: int 
     quantization = exported.quantization
     precision = f"q{quantization['bits']}" if quantization else exported.dtype
     tolerance = MLX_EXPORT_TOLERANCES.get(precision, TOLERANCES.get(precision))
-    is_gpt2 = isinstance(ckpt.config, GPT2Config)
     seq_len = seq_len or min(DEFAULT_SEQ_LEN, ckpt.config.max_positions)
-    check_seq_len(seq_len, ckpt.config.max_positions, "n_positions" if is_gpt2 else "max_position_embeddings")
+    check_seq_len(seq_len, ckpt.config.max_positions, f"{family_of(ckpt.config).positions_field} in config.json")
     report = VerifyReport(str(ckpt.directory), ckpt.model_type, "mlx export", precision, seq_len, tolerance,
                           greedy_required=precision in ("fp32", "fp16"))
     ours, rng = load_mlx(exported, dtype=None), np.random.default_rng(seed)
-    if is_gpt2:
+    if ckpt.config.is_causal:
         _verify_causal_lm(report, ours, load_reference(ckpt), rng, greedy_steps)
     else:
         _verify_encoder(report, ours, load_reference(ckpt), rng)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from ane_model import build_model
+from convert.registry import build_ane_model as build_model
 from ane_model.layers import LayerNormANE, causal_mask, split_einsum_attention
 from convert.checkpoint import load_checkpoint
 

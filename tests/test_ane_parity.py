@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ane_model import KVCache, build_model
+from ane_model.kv_cache import KVCache
+from convert.registry import build_ane_model as build_model
 from ane_model.cpu_fused import FusedAttention, FusedConv1x1, FusedLayerNorm, fuse_for_cpu
 from convert.checkpoint import load_checkpoint
 from ondevice.backends.torch_ane import TorchCausalLM, TorchEncoder

@@ -99,7 +99,8 @@ def test_sequence_longer_than_the_positions(gpt2_dir):
 
 
 def test_sequence_longer_than_the_positions_in_the_model_itself(gpt2_dir, bert_dir):
-    from ane_model import KVCache, build_model
+    from ane_model.kv_cache import KVCache
+    from convert.registry import build_ane_model as build_model
 
     gpt2 = load_checkpoint(gpt2_dir)
     model = build_model(gpt2.config, gpt2.weights)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from convert.ane_rules import inspect_package
+from coreml_runtime.ane_rules import inspect_package
 from convert.coreml import CoreMLOptions, convert_to_coreml
-from convert.coreml_package import read_metadata, sha256_file, weights_path
-from convert.mil_eval import MilProgram
+from coreml_runtime.package import read_metadata, sha256_file, weights_path
+from coreml_runtime.mil_eval import MilProgram
 from ondevice.cli import app
 from ondevice.parity import TOLERANCES
 from ondevice.verify import COMPRESSED_TOLERANCES, verify_package

@@ -49,7 +49,7 @@ def test_core_ml_state_prefill_then_decode(gpt2_package):
     ids = np.arange(3, 19, dtype=np.int32)[None]
     prefill.predict({"input_ids": ids, "position": np.array([0], np.int32)}, state=state)
     out = decode.predict({"input_ids": np.array([[7]], np.int32), "position": np.array([16], np.int32)}, state=state)
-    from convert.mil_eval import MilProgram
+    from coreml_runtime.mil_eval import MilProgram
 
     program = MilProgram(gpt2_package)
     mirror = program.make_state()
@@ -66,7 +66,7 @@ def test_core_ml_encoder_matches_reference(minilm_package, minilm_dir):
 
 
 def test_compute_plan_prefers_the_neural_engine(minilm_package):
-    from convert.ane_rules import compute_plan
+    from coreml_runtime.ane_rules import compute_plan
 
     plan = compute_plan(minilm_package)
     assert isinstance(plan, list) and plan

@@ -216,7 +216,7 @@ def test_quantized_kernel_equals_dequantized_weights(gpt2_dir):
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from mlx_model import build_model
+    from convert.registry import build_mlx_model as build_model
     from ondevice.backends.mlx import MLXCausalLM
 
     ckpt, _ = _pair(gpt2_dir)

@@ -1,5 +1,5 @@
 """Backend: a written Core ML package, run by Core ML on a Mac and by our numpy evaluator of its ML
-program (`convert.mil_eval`) everywhere else. Implements the runtime's `CausalLM` / `Encoder`, so
+program (`coreml_runtime.mil_eval`) everywhere else. Implements the runtime's `CausalLM` / `Encoder`, so
 verification and greedy decoding are the same code as for every other backend.
 
 Everything needed comes from the package (config, lengths, names in its metadata): no checkpoint."""
@@ -13,15 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from canonical.bert import BertConfig
+from canonical.config import ModelConfig, config_from_json
 from canonical.errors import InputError, OndeviceError
-from canonical.gpt2 import GPT2Config
-from convert.coreml_modules import (
+from coreml_runtime.interface import (
     ATTENTION_MASK,
     HIDDEN,
     INPUT_IDS,
     KEY_CACHE,
     KEY_CACHE_OUT,
+    LOGITS,
+    MLM_LOGITS,
     POOLED,
     POSITION,
     SENTENCE_EMBEDDING,
@@ -29,13 +30,11 @@ from convert.coreml_modules import (
     VALUE_CACHE,
     VALUE_CACHE_OUT,
 )
-from convert.coreml_package import read_metadata
+from coreml_runtime.package import read_metadata
 
 
-def _config(meta: dict[str, str]):
-    fields = json.loads(meta["config"])
-    family = fields.pop("family")
-    return GPT2Config(**fields) if family == "gpt2" else BertConfig(**fields)
+def _config(meta: dict[str, str], package: Path) -> ModelConfig:
+    return config_from_json(meta["config"], f"{package}: metadata 'ondevice.config'")
 
 
 class _Evaluator:
@@ -44,7 +43,7 @@ class _Evaluator:
     device = "numpy evaluator"
 
     def __init__(self, package: Path):
-        from convert.mil_eval import MilProgram
+        from coreml_runtime.mil_eval import MilProgram
 
         self.program = MilProgram(package)
 
@@ -96,7 +95,7 @@ class CoreMLCausalLM:
 
     def __init__(self, package: Path, meta: dict[str, str], use_coreml: bool | None = None,
                  compute_units: str = "CPU_AND_NE"):
-        self.config: GPT2Config = _config(meta)
+        self.config = _config(meta, package)
         self.meta = meta
         self.capacity = int(meta["context"])
         self.chunk = int(meta["seq_lens"])
@@ -117,7 +116,7 @@ class CoreMLCausalLM:
         if length == 0:
             self.state = None if self.io_cache else self.runner.make_state()
             if self.io_cache:
-                shape = (self.config.num_layers, self.config.hidden_size, 1, self.capacity)
+                shape = (self.config.num_layers, self.config.kv_width, 1, self.capacity)
                 dtype = np.float16 if self.meta["precision"] == "fp16" else np.float32
                 self.caches = {KEY_CACHE: np.zeros(shape, dtype), VALUE_CACHE: np.zeros(shape, dtype)}
         self._length = length
@@ -130,7 +129,7 @@ class CoreMLCausalLM:
         if self.io_cache:
             self.caches = {KEY_CACHE: out[KEY_CACHE_OUT], VALUE_CACHE: out[VALUE_CACHE_OUT]}
         self._length += real
-        return _chunks(out, "logits")[:real]
+        return _chunks(out, LOGITS)[:real]
 
     def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
         tokens = list(token_ids)
@@ -162,7 +161,7 @@ class CoreMLEncoder:
 
     def __init__(self, package: Path, meta: dict[str, str], use_coreml: bool | None = None,
                  compute_units: str = "CPU_AND_NE"):
-        self.config: BertConfig = _config(meta)
+        self.config = _config(meta, package)
         self.meta = meta
         self.lengths = sorted(int(n) for n in meta["seq_lens"].split(","))
         self.inputs = json.loads(meta["interface"])["main"]["inputs"]
@@ -186,18 +185,18 @@ class CoreMLEncoder:
             for key, name in (("pooled", POOLED), ("sentence_embedding", SENTENCE_EMBEDDING)):
                 if name in out:
                     rows.setdefault(key, []).append(out[name][0])
-            if "mlm_logits_0" in out:
-                rows.setdefault("mlm_logits", []).append(_chunks(out, "mlm_logits")[:seq])
+            if f"{MLM_LOGITS}_0" in out:
+                rows.setdefault("mlm_logits", []).append(_chunks(out, MLM_LOGITS)[:seq])
         return {key: np.stack(parts).astype(np.float32) for key, parts in rows.items()}
 
 
 def load_package(package: str | Path, use_coreml: bool | None = None, compute_units: str = "CPU_AND_NE"):
-    """A `CausalLM` (GPT-2) or `Encoder` (BERT family) over a package written by `convert --to coreml`.
+    """A `CausalLM` (causal families) or `Encoder` over a package written by `convert --to coreml`.
 
     compute_units (Core ML only): CPU_ONLY, CPU_AND_GPU, CPU_AND_NE (default) or ALL."""
     package = Path(package)
     meta = read_metadata(package)
-    cls = CoreMLCausalLM if json.loads(meta["config"])["family"] == "gpt2" else CoreMLEncoder
+    cls = CoreMLCausalLM if _config(meta, package).is_causal else CoreMLEncoder
     return cls(package, meta, use_coreml, compute_units)
 
 

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 import mlx.core as mx
 import numpy as np
 
-from canonical.bert import BertConfig
+from canonical.config import ModelConfig
 from canonical.errors import InputError
-from canonical.gpt2 import GPT2Config
 from convert.checkpoint import Checkpoint
 from convert.mlx_checkpoint import MLXCheckpoint
-from mlx_model import KVCache, build_model
+from convert.registry import build_mlx_model
+from mlx_model.cache import KVCache
 from mlx_model.layers import DTYPES
 
 GROUP_SIZES = (32, 64, 128)  # what MLX's affine quantization accepts
@@ -29,7 +29,7 @@ def _numpy(x: mx.array) -> np.ndarray:
 class MLXCausalLM:
     backend = "mlx"
 
-    def __init__(self, config: GPT2Config, model, capacity: int | None = None):
+    def __init__(self, config: ModelConfig, model, capacity: int | None = None):
         self.config = config
         self.model = model
         self.capacity = min(capacity or config.max_positions, config.max_positions)
@@ -58,7 +58,7 @@ class MLXCausalLM:
 class MLXEncoder:
     backend = "mlx"
 
-    def __init__(self, config: BertConfig, model):
+    def __init__(self, config: ModelConfig, model):
         self.config = config
         self.model = model
 
@@ -87,7 +87,7 @@ def load(
     quantize: int | None = None,
     group_size: int = 64,
 ):
-    """A `CausalLM` (GPT-2) or `Encoder` (BERT family) on MLX.
+    """A `CausalLM` (causal families) or `Encoder` (the BERT family) on MLX.
 
     dtype: fp32, fp16 or bf16 for the weights and compute; None keeps an MLX directory's own.
     quantize: 4 or 8 to quantize a Hugging Face checkpoint's weights on load (an MLX directory
@@ -107,7 +107,7 @@ def load(
         raise InputError(f"quantization to {bits} bits is not supported (choose 4 or 8)")
     if bits and group_size not in GROUP_SIZES:
         raise InputError(f"quantization group size {group_size} is not supported (choose 32, 64 or 128)")
-    model = build_model(checkpoint.config, checkpoint.weights, DTYPES[dtype], bits, group_size, packed)
-    if isinstance(checkpoint.config, GPT2Config):
+    model = build_mlx_model(checkpoint.config, checkpoint.weights, DTYPES[dtype], bits, group_size, packed)
+    if checkpoint.config.is_causal:
         return MLXCausalLM(checkpoint.config, model, capacity)
     return MLXEncoder(checkpoint.config, model)

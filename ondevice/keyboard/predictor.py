@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 from canonical.errors import InputError
-from canonical.gpt2 import GPT2Config
 from convert.checkpoint import load_checkpoint
-from convert.coreml_package import TOKENIZER_DIR
+from coreml_runtime.package import TOKENIZER_DIR
 from ondevice.backends import load_backend
 from ondevice.keyboard.beam import Suggestion, search_words
 from ondevice.keyboard.context import ContextCache
@@ -40,7 +39,7 @@ class Predictor:
             max_context_tokens = min(max_context_tokens, self.lm.capacity - max_word_tokens)
         else:
             checkpoint = load_checkpoint(model)
-            if not isinstance(checkpoint.config, GPT2Config):
+            if not checkpoint.config.is_causal:
                 raise InputError(f"{checkpoint.directory}: predictive text needs a causal LM, not "
                                  f"{checkpoint.model_type}")
             directory = checkpoint.directory
@@ -50,7 +49,7 @@ class Predictor:
         self.checkpoint_dir = directory
         self.tokenizer = _load_tokenizer(directory)
         vocab = config.vocab_size
-        specials = set(self.tokenizer.get_added_tokens_decoder()) | {config.bos_token_id, config.eos_token_id}
+        specials = set(self.tokenizer.get_added_tokens_decoder()) | {config.bos_token_id, *config.eos_token_ids}
         start = self.tokenizer.token_to_id(END_OF_TEXT)
         if start is None:
             start = config.bos_token_id if config.bos_token_id is not None else 0
@@ -73,7 +72,7 @@ class Predictor:
 
 
 def _coreml_package(package: str | Path):
-    """A converted GPT-2 package as a `CausalLM`: Core ML itself on a Mac, our numpy evaluator of its ML
+    """A converted causal-LM package as a `CausalLM`: Core ML itself on a Mac, our numpy evaluator of its ML
     program elsewhere (exact, but far too slow for live typing: for checks, not for use)."""
     from ondevice.backends.coreml import load_package
 
@@ -82,7 +81,7 @@ def _coreml_package(package: str | Path):
         raise InputError(f"{package}: the coreml backend runs a converted package: pass --model PATH.mlpackage "
                          "(written by 'ondevice convert CHECKPOINT --to coreml')")
     lm = load_package(path)
-    if not isinstance(lm.config, GPT2Config):
+    if not lm.config.is_causal:
         raise InputError(f"{package}: predictive text needs a causal LM package, not an encoder")
     return lm
 

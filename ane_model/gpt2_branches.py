@@ -14,6 +14,10 @@ branch then runs only its last token on top of its parent's (the search extends 
 time), and when the user's next keystroke turns a scored branch into context (typing the space after a
 word the search had already tried) its keys and values move into the cache with no forward at all.
 
+The interface a causal torch backend uses (`ondevice/backends/torch_ane.py`), for any family that offers a
+scorer in the registry (`cpu_branch_scorer`): `Scorer(model, cache)`, `logits(sequences)`, `adopt(tokens)`,
+`forget()`. A family without one is served by prefill and trim, with the same suggestions.
+
 tests/test_ane_parity.py checks the logits against the model's own batched forward and against one
 continuation at a time through the cache, and adoption against prefill."""
 
@@ -25,15 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ane_model import GPT2, KVCache
+from ane_model.gpt2 import GPT2Model
+from ane_model.kv_cache import KVCache
 from canonical.errors import InputError
 
 # Branches remembered since the cache last changed: a keystroke adds at most a few dozen.
 _MAX_REMEMBERED = 1024
 
 
-class SharedPrefixBranches:
-    def __init__(self, model: GPT2, cache: KVCache):
+class GPT2Branches:
+    def __init__(self, model: GPT2Model, cache: KVCache):
         """model: a GPT-2 after `fuse_for_cpu` (its 1x1 conv weights stored transposed, so the (C_in, C_out)
         views below are contiguous); cache: the KV cache its prefill and decode fill."""
         self.model, self.cache = model, cache
