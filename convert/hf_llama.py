@@ -1,0 +1,290 @@
+"""Llama-family checkpoints in Hugging Face layout -> `LlamaConfig` + canonical weights.
+
+One reader for four `model_type`s (Llama 2/3.x and SmolLM2 are `llama`; `mistral`, `qwen2`, `qwen3`).
+Quirks handled here and nowhere else: config.json spells the RoPE either the transformers-5 way
+(`rope_parameters`) or the hub's transformers-4 way (`rope_theta` + `rope_scaling`, whose type old
+checkpoints call `type`); the end-of-sequence ids are a number or a list, with more of them in
+generation_config.json (Llama 3); which projections carry biases depends on the dialect (Qwen2: q/k/v
+always, o never); a missing field takes the default of the dialect's transformers config class (Qwen3's
+`head_dim` is 128, not width/heads); keys come with (`*ForCausalLM`) or without (`*Model`) the `model.`
+prefix; `lm_head.weight` is absent when tied to the token embedding. Weights come back as float32."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from canonical.errors import CheckpointError
+from canonical.llama import LlamaConfig
+from convert.activations import canonical_activation
+from convert.hf_common import CheckpointTensors, check_heads, config_int
+from convert.weights import RawWeights
+
+DIALECTS = ("llama", "mistral", "qwen2", "qwen3")
+ROPE_TYPES = ("default", "linear", "llama3")
+
+# Rotary-frequency buffers that old checkpoints saved next to the weights.
+_IGNORED = (r"(layers\.\d+\.self_attn\.)?rotary_emb\.(original_)?inv_freq",)
+
+# The defaults of transformers' config classes (5.x) for fields a config.json may leave out.
+_COMMON = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, head_dim=None)
+_DEFAULTS: dict[str, dict] = {
+    "llama": _COMMON | dict(vocab_size=32000, intermediate_size=11008, num_key_value_heads=None,
+                            max_position_embeddings=2048, bos_token_id=1, eos_token_id=2),
+    "mistral": _COMMON | dict(vocab_size=32000, intermediate_size=14336, num_key_value_heads=8,
+                              max_position_embeddings=131072, bos_token_id=1, eos_token_id=2, sliding_window=4096),
+    "qwen2": _COMMON | dict(vocab_size=151936, intermediate_size=22016, num_key_value_heads=32,
+                            max_position_embeddings=32768, bos_token_id=None, eos_token_id=None, sliding_window=4096),
+    "qwen3": _COMMON | dict(vocab_size=151936, intermediate_size=22016, num_key_value_heads=32, head_dim=128,
+                            max_position_embeddings=32768, bos_token_id=None, eos_token_id=None, sliding_window=4096),
+}  # fmt: skip
+
+
+def llama_config(config: dict, model_type: str, directory: Path) -> LlamaConfig:
+    if model_type not in DIALECTS:
+        raise CheckpointError(
+            f"config.json: model_type {model_type!r} is not a Llama-family dialect (supported: {', '.join(DIALECTS)})"
+        )
+    defaults = _DEFAULTS[model_type]
+    quantization = config.get("quantization_config")
+    if quantization:
+        method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization
+        raise CheckpointError(f"config.json: quantization_config (quant_method={method!r}) is not supported")
+
+    hidden = config_int(config, "hidden_size", defaults["hidden_size"])
+    heads = config_int(config, "num_attention_heads", defaults["num_attention_heads"])
+    if config.get("head_dim", defaults["head_dim"]) is None:
+        check_heads(hidden, heads, "hidden_size", "num_attention_heads")
+        head_dim = hidden // heads
+    else:
+        head_dim = config_int(config, "head_dim", defaults["head_dim"])
+    if head_dim % 2:
+        raise CheckpointError(f"config.json: head_dim={head_dim} must be even for rotary position embeddings")
+    if config.get("num_key_value_heads", defaults["num_key_value_heads"]) is None:
+        kv_heads = heads
+    else:
+        kv_heads = config_int(config, "num_key_value_heads", defaults["num_key_value_heads"])
+    check_heads(heads, kv_heads, "num_attention_heads", "num_key_value_heads")
+
+    layers = config_int(config, "num_hidden_layers", defaults["num_hidden_layers"])
+    max_positions = config_int(config, "max_position_embeddings", defaults["max_position_embeddings"])
+    _check_sliding_window(config, model_type, max_positions, layers)
+
+    act_name = config.get("hidden_act", "silu")
+    activation = canonical_activation(act_name, "hidden_act")
+    if activation != "silu":
+        raise CheckpointError(
+            f"config.json: hidden_act={act_name!r} is not supported ({model_type}'s gated MLP is SwiGLU)"
+        )
+
+    if model_type == "qwen2":  # q/k/v biases always, none on o, whatever attention_bias says
+        attention_bias, out_bias = True, False
+    elif model_type == "mistral":  # transformers' Mistral has no bias switch
+        attention_bias = out_bias = False
+    else:
+        attention_bias = out_bias = _config_bool(config, "attention_bias", False)
+
+    generation = _read_generation_config(directory)
+    eos = _token_ids(config.get("eos_token_id", defaults["eos_token_id"]), "config.json", "eos_token_id")
+    eos += _token_ids(generation.get("eos_token_id"), "generation_config.json", "eos_token_id")
+    bos = _token_ids(config.get("bos_token_id", defaults["bos_token_id"]), "config.json", "bos_token_id")
+    bos = bos or _token_ids(generation.get("bos_token_id"), "generation_config.json", "bos_token_id")
+
+    return LlamaConfig(
+        vocab_size=config_int(config, "vocab_size", defaults["vocab_size"]),
+        max_positions=max_positions,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=config_int(config, "intermediate_size", defaults["intermediate_size"]),
+        rms_norm_eps=_config_float(config, "rms_norm_eps", 1e-6, "rms_norm_eps"),
+        **_rope_fields(config, max_positions),
+        attention_bias=attention_bias,
+        attention_out_bias=out_bias,
+        mlp_bias=_config_bool(config, "mlp_bias", False) if model_type == "llama" else False,
+        qk_norm=model_type == "qwen3",
+        activation=activation,
+        tie_word_embeddings=_config_bool(config, "tie_word_embeddings", False),
+        bos_token_id=bos[0] if bos else None,
+        eos_token_ids=tuple(dict.fromkeys(eos)),
+        dialect=model_type,
+    )
+
+
+def llama_weights(cfg: LlamaConfig, raw: RawWeights) -> dict[str, torch.Tensor]:
+    summary = (
+        f"model_type={cfg.dialect}, num_hidden_layers={cfg.num_layers}, hidden_size={cfg.hidden_size}, "
+        f"num_attention_heads={cfg.num_heads}, num_key_value_heads={cfg.num_kv_heads}, head_dim={cfg.head_dim}, "
+        f"intermediate_size={cfg.intermediate_size}, vocab_size={cfg.vocab_size}, "
+        f"tie_word_embeddings={str(cfg.tie_word_embeddings).lower()}"
+    )
+    ckpt = CheckpointTensors(raw, prefixes=("model.",), config_summary=summary)
+    names = _hf_names(cfg)
+    optional = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+    ckpt.check({hf: shape for hf, shape in names.values()}, optional, _IGNORED)
+
+    def f32(hf: str) -> torch.Tensor:
+        tensor = ckpt[hf]
+        if not tensor.is_floating_point():
+            raise CheckpointError(
+                f"{ckpt.where(hf)}: tensor '{ckpt.original[hf]}' has dtype {tensor.dtype}, "
+                "but only unquantized floating-point weights are supported"
+            )
+        return tensor.to(torch.float32)
+
+    w = {canon: f32(hf) for canon, (hf, _) in names.items() if canon != "lm_head.weight"}
+    if not cfg.tie_word_embeddings:
+        w["lm_head.weight"] = f32("lm_head.weight")
+    else:
+        if ckpt.has("lm_head.weight") and not torch.equal(f32("lm_head.weight"), w["tok_embed.weight"]):
+            # transformers 5 would then use the stored head, transformers 4 the embedding: refuse to guess.
+            raise CheckpointError(
+                f"{ckpt.where('lm_head.weight')}: tensor 'lm_head.weight' differs from "
+                f"'{ckpt.original['embed_tokens.weight']}', but config.json has tie_word_embeddings=true"
+            )
+        w["lm_head.weight"] = w["tok_embed.weight"]
+    return {name: t.contiguous() for name, t in w.items()}
+
+
+def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Canonical name -> (Hugging Face name without the `model.` prefix, expected shape)."""
+    C, F, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
+    names: dict[str, tuple[str, tuple[int, ...]]] = {"tok_embed.weight": ("embed_tokens.weight", (V, C))}
+    for i in range(cfg.num_layers):
+        out, hf = f"layers.{i}", f"layers.{i}"
+        names[f"{out}.attn_norm.weight"] = (f"{hf}.input_layernorm.weight", (C,))
+        linears = {  # canonical: (HF module, out features, in features, has a bias)
+            "attn.q": ("self_attn.q_proj", cfg.q_width, C, cfg.attention_bias),
+            "attn.k": ("self_attn.k_proj", cfg.kv_width, C, cfg.attention_bias),
+            "attn.v": ("self_attn.v_proj", cfg.kv_width, C, cfg.attention_bias),
+            "attn.o": ("self_attn.o_proj", C, cfg.q_width, cfg.attention_out_bias),
+            "mlp.gate": ("mlp.gate_proj", F, C, cfg.mlp_bias),
+            "mlp.up": ("mlp.up_proj", F, C, cfg.mlp_bias),
+            "mlp.down": ("mlp.down_proj", C, F, cfg.mlp_bias),
+        }
+        for canon, (module, fan_out, fan_in, bias) in linears.items():
+            names[f"{out}.{canon}.weight"] = (f"{hf}.{module}.weight", (fan_out, fan_in))
+            if bias:
+                names[f"{out}.{canon}.bias"] = (f"{hf}.{module}.bias", (fan_out,))
+            if canon == "attn.o" and cfg.qk_norm:
+                names[f"{out}.attn.q_norm.weight"] = (f"{hf}.self_attn.q_norm.weight", (D,))
+                names[f"{out}.attn.k_norm.weight"] = (f"{hf}.self_attn.k_norm.weight", (D,))
+        names[f"{out}.mlp_norm.weight"] = (f"{hf}.post_attention_layernorm.weight", (C,))
+    names["final_norm.weight"] = ("norm.weight", (C,))
+    names["lm_head.weight"] = ("lm_head.weight", (V, C))
+    return names
+
+
+def _rope_fields(config: dict, max_positions: int) -> dict:
+    """The RoPE fields of `LlamaConfig`, from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling`
+    (transformers 4). As in transformers, a non-empty `rope_scaling` wins and a `rope_theta` inside the dict wins."""
+    key = "rope_scaling" if config.get("rope_scaling") else "rope_parameters"
+    rope = config.get(key) or {}
+    if not isinstance(rope, dict):
+        raise CheckpointError(f"config.json: {key} must be an object, got {rope!r}")
+    if any(isinstance(value, dict) for value in rope.values()):
+        raise CheckpointError(f"config.json: {key} with a RoPE per layer type is not supported")
+    type_key = "rope_type" if "rope_type" in rope else "type"
+    rope_type = rope.get(type_key, "default")
+    if rope_type not in ROPE_TYPES:
+        raise CheckpointError(
+            f"config.json: {key}.{type_key}={rope_type!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
+        )
+    for where, partial in ((f"{key}.partial_rotary_factor", rope), ("partial_rotary_factor", config)):
+        if partial.get("partial_rotary_factor", 1.0) != 1.0:
+            raise CheckpointError(f"config.json: {where}={partial['partial_rotary_factor']!r} is not supported")
+    if "rope_theta" in rope:
+        theta = _config_float(rope, "rope_theta", None, f"{key}.rope_theta")
+    else:
+        theta = _config_float(config, "rope_theta", 10000.0, "rope_theta")
+    fields: dict = dict(rope_theta=theta, rope_type=rope_type)
+    if rope_type in ("linear", "llama3"):
+        fields["rope_factor"] = _config_float(rope, "factor", None, f"{key}.factor")
+    if rope_type == "llama3":
+        low = _config_float(rope, "low_freq_factor", None, f"{key}.low_freq_factor")
+        high = _config_float(rope, "high_freq_factor", None, f"{key}.high_freq_factor")
+        if high <= low:
+            raise CheckpointError(
+                f"config.json: {key}.high_freq_factor={high} must be greater than {key}.low_freq_factor={low}"
+            )
+        if "original_max_position_embeddings" in config:  # a top-level value wins in transformers too
+            original = config_int(config, "original_max_position_embeddings")
+        elif "original_max_position_embeddings" in rope:
+            original = rope["original_max_position_embeddings"]
+            if not isinstance(original, int) or isinstance(original, bool) or original < 1:
+                raise CheckpointError(
+                    f"config.json: '{key}.original_max_position_embeddings' must be an integer >= 1, got {original!r}"
+                )
+        else:
+            original = max_positions
+        fields |= dict(rope_low_freq_factor=low, rope_high_freq_factor=high, rope_original_max_positions=original)
+    return fields
+
+
+def _check_sliding_window(config: dict, model_type: str, max_positions: int, layers: int) -> None:
+    """Refuse attention limited to a window shorter than the context: our attention sees every position."""
+    if model_type == "llama":
+        return
+    window = config.get("sliding_window", _DEFAULTS[model_type]["sliding_window"])
+    if model_type in ("qwen2", "qwen3"):
+        # As transformers: only with use_sliding_window, and only on the layers that layer_types (or, without it,
+        # max_window_layers) marks as sliding.
+        if not _config_bool(config, "use_sliding_window", False):
+            return
+        layer_types = config.get("layer_types")
+        if layer_types is None:
+            sliding = config_int(config, "max_window_layers", 28, minimum=0) < layers
+        else:
+            sliding = isinstance(layer_types, list) and "sliding_attention" in layer_types
+        if not sliding:
+            return
+    if window is None:
+        return
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise CheckpointError(f"config.json: 'sliding_window' must be an integer >= 1 or null, got {window!r}")
+    if window < max_positions:
+        raise CheckpointError(
+            f"config.json: sliding_window={window} is shorter than max_position_embeddings={max_positions} "
+            "(sliding-window attention is not supported)"
+        )
+
+
+def _read_generation_config(directory: Path) -> dict:
+    path = directory / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        generation = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(generation, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return generation
+
+
+def _token_ids(value: object, file: str, key: str) -> list[int]:
+    values = [] if value is None else value if isinstance(value, list) else [value]
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise CheckpointError(f"{file}: '{key}' must be a token id or a list of them, got {value!r}")
+    return list(values)
+
+
+def _config_float(container: dict, key: str, default: float | None, field: str) -> float:
+    value = container.get(key, default)
+    if value is None:
+        raise CheckpointError(f"config.json: required field '{field}' is missing")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise CheckpointError(f"config.json: '{field}' must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _config_bool(config: dict, key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise CheckpointError(f"config.json: '{key}' must be true or false, got {value!r}")
+    return value
