@@ -20,7 +20,7 @@ import mlx.core as mx
 
 from canonical.config import ModelConfig, config_from_dict
 from canonical.errors import CheckpointError
-from convert.registry import family_of
+from convert.registry import mlx_lm_of
 
 FORMAT_KEY = "ondevice_mlx"
 FORMAT_VERSION = 1
@@ -61,7 +61,7 @@ def load_mlx_checkpoint(directory: str | Path) -> MLXCheckpoint:
         stored = mx.load(str(directory / WEIGHTS_FILE))
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{directory / WEIGHTS_FILE}: not readable MLX weights ({exc})") from exc
-    mlx_lm = family_of(config).mlx_lm
+    mlx_lm = mlx_lm_of(config)
     if meta.get("names") in MLX_LM_NAMES:
         if mlx_lm is None:
             raise CheckpointError(f"{directory / 'config.json'}: names 'mlx-lm' for the {config.family} family, "

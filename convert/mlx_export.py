@@ -18,7 +18,7 @@ from canonical.errors import ConversionError
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
 from convert.mlx_checkpoint import FORMAT_KEY, FORMAT_VERSION, WEIGHTS_FILE
-from convert.registry import build_mlx_model, family_of
+from convert.registry import build_mlx_model, mlx_lm_of
 
 DTYPES = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}
 BITS = (4, 8)
@@ -40,7 +40,7 @@ TOKENIZER_FILES = (
 
 def mlx_lm_compatible(config) -> bool:
     """Whether `mlx_lm.load` runs an export of this config with our logits (the family's mlx-lm entry says)."""
-    mlx_lm = family_of(config).mlx_lm
+    mlx_lm = mlx_lm_of(config)
     return mlx_lm is not None and mlx_lm.compatible(config)
 
 
@@ -67,7 +67,7 @@ def export_mlx(
         bar.advance(task)
         model = build_mlx_model(ckpt.config, ckpt.weights, DTYPES[dtype], quantize, group_size)
         weights = dict(tree_flatten(model.parameters()))
-        mlx_lm = family_of(ckpt.config).mlx_lm
+        mlx_lm = mlx_lm_of(ckpt.config)
         if mlx_lm is not None:
             weights = mlx_lm.to_mlx_lm(weights, ckpt.config)
         bar.advance(task)
@@ -87,7 +87,7 @@ def _write_config(ckpt: Checkpoint, work: Path, dtype: str, bits: int | None, gr
         config["quantization"] = quantization  # mlx-lm's key
     else:
         config.pop("quantization", None)
-    mlx_lm = family_of(ckpt.config).mlx_lm
+    mlx_lm = mlx_lm_of(ckpt.config)
     if mlx_lm is not None:
         config = mlx_lm.config(ckpt.config, config)
     config[FORMAT_KEY] = {

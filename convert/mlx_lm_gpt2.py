@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 
-import mlx.core as mx
-
 from canonical.errors import CheckpointError
 from canonical.gpt2 import GPT2Config
 
@@ -39,10 +37,12 @@ def mlx_lm_config(config: GPT2Config, source: dict) -> dict:
     return {**source, "n_ctx": source.get("n_ctx", config.max_positions)}
 
 
-def to_mlx_lm(weights: dict[str, mx.array], config: GPT2Config) -> dict[str, mx.array]:
+def to_mlx_lm(weights: dict, config: GPT2Config) -> dict:
     """Canonical names -> mlx-lm's. Affine quantization groups run along each row's input axis, so fusing
     q/k/v by stacking rows works for `.weight`, `.scales` and `.biases` alike."""
-    out: dict[str, mx.array] = {}
+    import mlx.core as mx
+
+    out = {}
     for name, array in weights.items():
         match = re.fullmatch(r"layers\.(\d+)\.attn\.([qkv])\.(\w+)", name)
         if match:
@@ -55,8 +55,10 @@ def to_mlx_lm(weights: dict[str, mx.array], config: GPT2Config) -> dict[str, mx.
     return out
 
 
-def from_mlx_lm(weights: dict[str, mx.array], config: GPT2Config) -> dict[str, mx.array]:
-    out: dict[str, mx.array] = {}
+def from_mlx_lm(weights: dict, config: GPT2Config) -> dict:
+    import mlx.core as mx
+
+    out = {}
     reverse = {v: k for k, v in _NAMES.items()}
     for name, array in weights.items():
         match = re.fullmatch(r"model\.h\.(\d+)\.attn\.c_attn\.(\w+)", name)

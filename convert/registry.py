@@ -28,7 +28,8 @@ ReadWeights = Callable[[ModelConfig, object], tuple[ModelConfig, dict]]
 
 @dataclass(frozen=True)
 class MlxLmNames:
-    """How mlx-lm names this family's weights and config, so that `mlx_lm.load` runs our MLX exports."""
+    """How mlx-lm names this family's weights and config, so that `mlx_lm.load` runs our MLX exports: the four
+    functions of a `convert/mlx_lm_<family>.py` module (`mlx_lm_names` reads them off it)."""
 
     to_mlx_lm: Callable[[dict, ModelConfig], dict]  # canonical weights -> mlx-lm's names
     from_mlx_lm: Callable[[dict, ModelConfig], dict]  # and back
@@ -47,7 +48,7 @@ class Family:
     random_checkpoint: Callable[[Path], Path]  # a small random-init checkpoint of this family (tests, examples)
     ane_model: Callable[[], type] | None = None  # the ANE-layout torch model class (torch-ane, Core ML)
     mlx_model: Callable[[], type] | None = None  # the MLX model class
-    mlx_lm: MlxLmNames | None = None  # mlx-lm's names, where mlx-lm has the family
+    mlx_lm: Callable[[], MlxLmNames] | None = None  # mlx-lm's names, where mlx-lm has the family
     cpu_branch_scorer: Callable[[], type] | None = None  # a batched branch scorer for the keyboard on the CPU
 
     @property
@@ -91,6 +92,17 @@ def family_of(config: ModelConfig) -> Family:
     return family
 
 
+def mlx_lm_names(module) -> MlxLmNames:
+    """The `MlxLmNames` of a module that defines `to_mlx_lm`, `from_mlx_lm`, `mlx_lm_config`, `mlx_lm_compatible`."""
+    return MlxLmNames(module.to_mlx_lm, module.from_mlx_lm, module.mlx_lm_config, module.mlx_lm_compatible)
+
+
+def mlx_lm_of(config: ModelConfig) -> MlxLmNames | None:
+    """mlx-lm's names for the config's family, or None where mlx-lm does not have the family."""
+    loader = family_of(config).mlx_lm
+    return None if loader is None else loader()
+
+
 def require(family: Family, part: str, purpose: str) -> Callable[[], type]:
     """The family's `part` (ane_model, mlx_model, ...) or a one-line refusal naming what is missing."""
     loader = getattr(family, part)
@@ -100,7 +112,7 @@ def require(family: Family, part: str, purpose: str) -> Callable[[], type]:
 
 
 def _gpt2() -> Family:
-    from convert import hf_gpt2, mlx_lm_gpt2, random_checkpoints
+    from convert import hf_gpt2, random_checkpoints
 
     return Family(
         name="gpt2", model_types=("gpt2",), config_class=GPT2Config,
@@ -110,8 +122,7 @@ def _gpt2() -> Family:
         random_checkpoint=random_checkpoints.make_gpt2,
         ane_model=lambda: import_module("ane_model.gpt2").GPT2Model,
         mlx_model=lambda: import_module("mlx_model.gpt2").GPT2Model,
-        mlx_lm=MlxLmNames(mlx_lm_gpt2.to_mlx_lm, mlx_lm_gpt2.from_mlx_lm, mlx_lm_gpt2.mlx_lm_config,
-                          mlx_lm_gpt2.mlx_lm_compatible),
+        mlx_lm=lambda: mlx_lm_names(import_module("convert.mlx_lm_gpt2")),
         cpu_branch_scorer=lambda: import_module("ane_model.gpt2_branches").GPT2Branches,
     )
 
@@ -130,7 +141,7 @@ def _bert() -> Family:
 
 
 def _llama() -> Family:
-    from convert import hf_llama, mlx_lm_llama, random_checkpoints
+    from convert import hf_llama, random_checkpoints
 
     return Family(
         name="llama", model_types=("llama", "mistral", "qwen2", "qwen3"), config_class=LlamaConfig,
@@ -140,12 +151,11 @@ def _llama() -> Family:
         random_checkpoint=random_checkpoints.make_llama,
         ane_model=lambda: import_module("ane_model.llama").LlamaModel,
         mlx_model=lambda: import_module("mlx_model.llama").LlamaModel,
-        mlx_lm=MlxLmNames(mlx_lm_llama.to_mlx_lm, mlx_lm_llama.from_mlx_lm, mlx_lm_llama.mlx_lm_config,
-                          mlx_lm_llama.mlx_lm_compatible),
+        mlx_lm=lambda: mlx_lm_names(import_module("convert.mlx_lm_llama")),
     )
 
 
-for _make in (_gpt2, _bert):  # _llama joins once its reader and models land
+for _make in (_gpt2, _bert, _llama):
     register(_make())
 
 

@@ -1,4 +1,4 @@
-"""Static checks of a written package against the ANE rules (DESIGN.md), and the facts
+"""Static checks of a written package against the ANE rules (docs/ane-rules.md), and the facts
 `ondevice inspect` prints: inputs, outputs, states, functions, op histogram, weight bytes by dtype.
 
 Only what can be read from the program is checked; whether Core ML really places an op on the ANE

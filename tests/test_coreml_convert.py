@@ -128,7 +128,8 @@ def test_gpt2_package_layout(request, packages, gpt2_dir):
     assert meta["architecture"] == "gpt2" and meta["kv_cache"] == "state" and meta["functions"] == "prefill,decode"
     assert meta["seq_lens"] == str(PREFILL) and meta["context"] == str(CONTEXT) and meta["precision"] == "fp16"
     assert meta["weights_sha256"] == sha256_file(weights_path(package))
-    assert len(meta["source_weights_sha256"]) == 64
+    # One sha256 per source weight file, as `sha256sum FILE` prints it.
+    assert json.loads(meta["source_weights_sha256"]) == {"model.safetensors": sha256_file(gpt2_dir / "model.safetensors")}
     interface = json.loads(meta["interface"])
     assert interface["prefill"]["inputs"] == ["input_ids", "position"]
     assert interface["decode"]["states"] == ["key_cache", "value_cache"]
