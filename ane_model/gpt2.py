@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ane_model.layers import MLP, Attention, ChunkedHead, LayerNormANE, causal_mask, load_canonical
+from canonical.cache import KVCacheProtocol
 from canonical.errors import InputError
 from canonical.gpt2 import GPT2Config
 
@@ -18,7 +19,7 @@ class Block(nn.Module):
         self.mlp_norm = LayerNormANE(cfg.hidden_size, cfg.layer_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: KVCacheProtocol | None, layer: int) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), mask, cache, layer)  # pre-norm residual
         return x + self.mlp(self.mlp_norm(x))
 
@@ -40,7 +41,7 @@ class GPT2Model(nn.Module):
         load_canonical(model, named | model.lm_head.canonical_to_chunks("lm_head", weights))
         return model.eval()
 
-    def hidden_states(self, input_ids: torch.Tensor, cache=None) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCacheProtocol | None = None) -> torch.Tensor:
         """input_ids (B, S) -> final-norm hidden states (B, C, 1, S); appends to `cache` if given."""
         seq = input_ids.shape[1]
         offset = 0 if cache is None else cache.offset
@@ -59,6 +60,6 @@ class GPT2Model(nn.Module):
             cache.advance(seq)
         return self.final_norm(x)
 
-    def forward(self, input_ids: torch.Tensor, cache=None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: KVCacheProtocol | None = None) -> torch.Tensor:
         """input_ids (B, S) -> logits (B, V, 1, S)."""
         return self.lm_head(self.hidden_states(input_ids, cache))
