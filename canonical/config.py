@@ -43,6 +43,15 @@ class ModelConfig(Protocol):
 _LEGACY_CLASSES = {"gpt2": "canonical.gpt2:GPT2Config", "bert": "canonical.bert:BertConfig"}
 
 
+# Config classes outside this package that registered families use (convert/registry.py adds them).
+_REGISTERED_CLASSES: dict[str, type] = {}
+
+
+def allow_config_class(cls: type) -> None:
+    """Let `config_from_dict` rebuild `cls`, a registered family's config class defined outside `canonical/`."""
+    _REGISTERED_CLASSES[f"{cls.__module__}:{cls.__qualname__}"] = cls
+
+
 def config_to_dict(config: ModelConfig) -> dict:
     """The config's fields plus the family and the module of its class, enough to rebuild it."""
     return {"family": config.family, "config_class": f"{type(config).__module__}:{type(config).__qualname__}",
@@ -55,19 +64,21 @@ def config_to_json(config: ModelConfig) -> str:
 
 def config_from_dict(fields: dict, where: str) -> ModelConfig:
     """Rebuild a config written by `config_to_dict`. The class is looked up by its recorded path, but only
-    inside this package: metadata never makes us import arbitrary code."""
+    inside this package or among registered families' classes: metadata never makes us import arbitrary code."""
     fields = dict(fields)
     path = fields.pop("config_class", None)
     family = fields.pop("family", None)
     if path is None:  # packages written before the class path was recorded name only the family
         path = _LEGACY_CLASSES.get(family)
     module_name, _, class_name = (path or "").partition(":")
-    if not module_name.startswith("canonical.") or not class_name.isidentifier():
-        raise CheckpointError(f"{where}: unknown config class {path!r}")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        raise CheckpointError(f"{where}: unknown config class {path!r}") from None
+    cls = _REGISTERED_CLASSES.get(path or "")
+    if cls is None:
+        if not module_name.startswith("canonical.") or not class_name.isidentifier():
+            raise CheckpointError(f"{where}: unknown config class {path!r}")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError):
+            raise CheckpointError(f"{where}: unknown config class {path!r}") from None
     known = {f.name for f in dataclasses.fields(cls)}
     try:
         config = cls(**{k: _tuple_lists(v) for k, v in fields.items() if k in known})

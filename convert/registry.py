@@ -16,7 +16,7 @@ from importlib import import_module
 from pathlib import Path
 
 from canonical.bert import BertConfig
-from canonical.config import ModelConfig
+from canonical.config import ModelConfig, allow_config_class
 from canonical.errors import CheckpointError
 from canonical.gpt2 import GPT2Config
 from canonical.llama import LlamaConfig
@@ -66,6 +66,7 @@ def register(family: Family) -> Family:
         if other.name != family.name and taken:
             raise ValueError(f"model_type {sorted(taken)} already belongs to family {other.name!r}")
     FAMILIES[family.name] = family
+    allow_config_class(family.config_class)  # packages and MLX directories of this family can be read back
     return family
 
 
