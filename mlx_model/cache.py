@@ -3,7 +3,8 @@
 Same four members as `ane_model/kv_cache.py`, so the model code reads the same:
     offset              position of the first new token
     key_length(S)       how many key slots attention sees after writing S new tokens
-    update(i, k, v)     write layer i's new keys/values (B, H, S, D); return all of them (B, H, Sk, D)
+    update(i, k, v)     write layer i's new keys/values (B, G, S, D); return all of them (B, G, Sk, D)
+                        (G: key/value heads, fewer than the query heads under grouped-query attention)
     advance(S)          called once per forward, after every layer has written
 
 Buffers grow in steps (as mlx-lm's cache does) rather than being allocated at full capacity: a
@@ -45,10 +46,10 @@ class KVCache:
         return self.keys[layer][:, :, :end, :], self.values[layer][:, :, :end, :]
 
     def _grow(self, layer: int, k: mx.array, v: mx.array, end: int) -> None:
-        batch, heads, _, head_dim = k.shape
         size = min(self.capacity, -(-end // STEP) * STEP)  # round up to a whole step
         for buffers, new in ((self.keys, k), (self.values, v)):
-            grown = mx.zeros((batch, heads, size, head_dim), dtype=new.dtype)
+            batch, kv_heads, _, width = new.shape  # each from its own input: nothing assumes heads or widths
+            grown = mx.zeros((batch, kv_heads, size, width), dtype=new.dtype)
             if buffers[layer] is not None:
                 grown[:, :, : self.length, :] = buffers[layer][:, :, : self.length, :]
             buffers[layer] = grown

@@ -1,13 +1,14 @@
 """Building blocks shared by every MLX family. Activations are `(B, S, C)`, MLX's natural layout;
-attention runs on `(B, H, S, D)` through `mx.fast.scaled_dot_product_attention`, and layer norm is
-`nn.LayerNorm`, which calls `mx.fast.layer_norm`.
+attention runs on `(B, H, S, D)` through `mx.fast.scaled_dot_product_attention`, RoPE through
+`mx.fast.rope`, and the norms are `nn.LayerNorm` and `nn.RMSNorm`, which call `mx.fast.layer_norm` and
+`mx.fast.rms_norm`.
 
 These mirror `ane_model/layers.py` name for name (`attn.q`, `mlp.fc1`, `attn_norm`, ...), so both
 load the canonical weights of `canonical/` without a mapping."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -27,21 +28,66 @@ DTYPES = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden: int, num_heads: int):
+    """Multi-head attention over `(B, S, C)`; `(B, H, S, D)` inside.
+
+    The defaults are GPT-2's and BERT's: as many key/value heads as heads, width `hidden // num_heads`,
+    biases on q, k, v and o, no RoPE. The Llama family sets the rest: `num_kv_heads` < `num_heads`
+    (grouped-query: the kernel shares each key/value head among `num_heads // num_kv_heads` query heads
+    without repeating them), its own `head_dim`, `qkv_bias` and `out_bias` apart, `qk_norm_eps` (an
+    RMSNorm over each head's queries and keys before RoPE, Qwen3) and `rope_inv_freq`, the D/2 RoPE
+    frequencies in radians per position (rotate-half pairs `(i, i + D/2)`, as transformers' Llama)."""
+
+    def __init__(
+        self,
+        hidden: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
+        qk_norm_eps: float | None = None,
+        rope_inv_freq: Sequence[float] | None = None,
+    ):
         super().__init__()
         self.num_heads = num_heads
-        self.scale = (hidden // num_heads) ** -0.5
-        self.q, self.k, self.v, self.o = (nn.Linear(hidden, hidden) for _ in range(4))
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.head_dim = head_dim or hidden // num_heads
+        self.scale = self.head_dim**-0.5
+        q_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.q = nn.Linear(hidden, q_width, bias=qkv_bias)
+        self.k = nn.Linear(hidden, kv_width, bias=qkv_bias)
+        self.v = nn.Linear(hidden, kv_width, bias=qkv_bias)
+        self.o = nn.Linear(q_width, hidden, bias=out_bias)
+        if qk_norm_eps is not None:
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=qk_norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=qk_norm_eps)
+        # mx.fast.rope's `freqs` are the reciprocals (positions per radian); the leading underscore keeps
+        # them out of the parameters, so they are neither loaded nor cast nor quantized.
+        self._rope_freqs = None if rope_inv_freq is None else mx.array([1.0 / f for f in rope_inv_freq])
 
-    def _heads(self, x: mx.array) -> mx.array:
+    def _heads(self, x: mx.array, heads: int, norm: nn.Module | None = None) -> mx.array:
         batch, seq, _ = x.shape
-        return x.reshape(batch, seq, self.num_heads, -1).transpose(0, 2, 1, 3)  # (B, H, S, D)
+        x = x.reshape(batch, seq, heads, -1)  # (B, S, H, D)
+        if norm is not None:
+            x = norm(x)
+        return x.transpose(0, 2, 1, 3)  # (B, H, S, D)
+
+    def _rope(self, x: mx.array, offset: int) -> mx.array:
+        if self._rope_freqs is None:
+            return x
+        return mx.fast.rope(
+            x, self.head_dim, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._rope_freqs
+        )
 
     def __call__(self, x: mx.array, mask: mx.array | None = None, cache=None, layer: int = 0) -> mx.array:
         batch, seq, _ = x.shape  # (B, S, C)
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        q = self._heads(self.q(x), self.num_heads, getattr(self, "q_norm", None))  # (B, H, S, D)
+        k = self._heads(self.k(x), self.num_kv_heads, getattr(self, "k_norm", None))  # (B, G, S, D)
+        v = self._heads(self.v(x), self.num_kv_heads)
+        offset = 0 if cache is None else cache.offset
+        q, k = self._rope(q, offset), self._rope(k, offset)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, H, Sk, D)
+            k, v = cache.update(layer, k, v)  # (B, G, Sk, D)
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)  # (B, H, S, D)
         return self.o(out.transpose(0, 2, 1, 3).reshape(batch, seq, -1))
 
@@ -55,6 +101,20 @@ class MLP(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.fc2(self.act(self.fc1(x)))
+
+
+class GatedMLP(nn.Module):
+    """The Llama family's gated MLP: `down(act(gate(x)) * up(x))` (SwiGLU with SiLU)."""
+
+    def __init__(self, hidden: int, intermediate: int, activation: Activation, bias: bool = False):
+        super().__init__()
+        self.gate = nn.Linear(hidden, intermediate, bias=bias)
+        self.up = nn.Linear(hidden, intermediate, bias=bias)
+        self.down = nn.Linear(intermediate, hidden, bias=bias)
+        self.act = ACTIVATIONS[activation]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down(self.act(self.gate(x)) * self.up(x))
 
 
 def causal_mask(query_len: int, offset: int) -> mx.array | None:

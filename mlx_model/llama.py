@@ -1,0 +1,90 @@
+"""The Llama family (Llama 2/3.x, Mistral, Qwen2, Qwen3, SmolLM2) in MLX: (B, S, C) activations,
+`mx.fast` RMSNorm, RoPE and grouped-query attention. Reads like `mlx_model/gpt2.py` and
+`ane_model/llama.py`, from the same canonical config and weights.
+
+The dialects differ only in the config's switches: q/k/v biases (Qwen2), an o bias (Llama's
+`attention_bias`), RMSNorm of each head's queries and keys (Qwen3), scaled RoPE frequencies (Llama
+3.x), a tied head (SmolLM2, small Qwens)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from canonical.errors import InputError
+from canonical.llama import LlamaConfig
+from mlx_model.layers import Attention, GatedMLP, build, causal_mask
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig, rope_inv_freq: list[float]):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.attn = Attention(
+            cfg.hidden_size,
+            cfg.num_heads,
+            num_kv_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim,
+            qkv_bias=cfg.attention_bias,
+            out_bias=cfg.attention_out_bias,
+            qk_norm_eps=cfg.rms_norm_eps if cfg.qk_norm else None,
+            rope_inv_freq=rope_inv_freq,
+        )
+        self.mlp_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation, bias=cfg.mlp_bias)
+
+    def __call__(self, x: mx.array, mask: mx.array | None, cache, layer: int) -> mx.array:
+        x = x + self.attn(self.attn_norm(x), mask, cache, layer)  # pre-norm residual
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        rope_inv_freq = cfg.rope_inverse_frequencies()  # computed once, shared by every layer's copy
+        self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = [Block(cfg, rope_inv_freq) for _ in range(cfg.num_layers)]
+        self.final_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        if not cfg.tie_word_embeddings:  # tied: the head is tok_embed itself (`as_linear`), stored once
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    @classmethod
+    def from_canonical(
+        cls,
+        cfg: LlamaConfig,
+        weights: Mapping[str, object],
+        dtype: mx.Dtype = mx.float32,
+        bits: int | None = None,
+        group_size: int = 64,
+        packed: bool = False,
+    ) -> LlamaModel:
+        """Build from canonical weights; `bits`/`group_size`/`packed` as in `layers.build`."""
+        if cfg.tie_word_embeddings:
+            weights = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
+        return build(cls(cfg), weights, dtype, bits, group_size, packed)
+
+    def hidden_states(self, input_ids: mx.array, cache=None) -> mx.array:
+        """input_ids (B, S) -> final-norm hidden states (B, S, C); appends to `cache` if given."""
+        seq = input_ids.shape[1]
+        offset = 0 if cache is None else cache.offset
+        if cache is not None:
+            cache.key_length(seq)  # refuse an overflow before any layer writes
+        if offset + seq > self.cfg.max_positions:
+            raise InputError(
+                f"{offset + seq} tokens exceed the model's {self.cfg.max_positions} positions (max_position_embeddings)"
+            )
+        x = self.tok_embed(input_ids)  # (B, S, C): positions enter through RoPE inside attention
+        mask = causal_mask(seq, offset)  # (S, Sk) or None for one token
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, cache, i)
+        if cache is not None:
+            cache.advance(seq)
+        return self.final_norm(x)
+
+    def __call__(self, input_ids: mx.array, cache=None) -> mx.array:
+        """input_ids (B, S) -> logits (B, S, V)."""
+        x = self.hidden_states(input_ids, cache)
+        return self.tok_embed.as_linear(x) if self.cfg.tie_word_embeddings else self.lm_head(x)
