@@ -14,6 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from canonical.cache import KVCacheProtocol
 from canonical.config import Activation
 from canonical.errors import CheckpointError
 
@@ -79,7 +80,9 @@ class Attention(nn.Module):
             x, self.head_dim, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._rope_freqs
         )
 
-    def __call__(self, x: mx.array, mask: mx.array | None = None, cache=None, layer: int = 0) -> mx.array:
+    def __call__(
+        self, x: mx.array, mask: mx.array | None = None, cache: KVCacheProtocol | None = None, layer: int = 0
+    ) -> mx.array:
         batch, seq, _ = x.shape  # (B, S, C)
         q = self._heads(self.q(x), self.num_heads, getattr(self, "q_norm", None))  # (B, H, S, D)
         k = self._heads(self.k(x), self.num_kv_heads, getattr(self, "k_norm", None))  # (B, G, S, D)

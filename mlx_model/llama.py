@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import mlx.core as mx
 import mlx.nn as nn
 
+from canonical.cache import KVCacheProtocol
 from canonical.errors import InputError
 from canonical.llama import LlamaConfig
 from mlx_model.layers import Attention, GatedMLP, build, causal_mask
@@ -35,7 +36,7 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation, bias=cfg.mlp_bias)
 
-    def __call__(self, x: mx.array, mask: mx.array | None, cache, layer: int) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None, cache: KVCacheProtocol | None, layer: int) -> mx.array:
         x = x + self.attn(self.attn_norm(x), mask, cache, layer)  # pre-norm residual
         return x + self.mlp(self.mlp_norm(x))
 
@@ -66,7 +67,7 @@ class LlamaModel(nn.Module):
             weights = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
         return build(cls(cfg), weights, dtype, bits, group_size, packed)
 
-    def hidden_states(self, input_ids: mx.array, cache=None) -> mx.array:
+    def hidden_states(self, input_ids: mx.array, cache: KVCacheProtocol | None = None) -> mx.array:
         """input_ids (B, S) -> final-norm hidden states (B, S, C); appends to `cache` if given."""
         seq = input_ids.shape[1]
         offset = 0 if cache is None else cache.offset
@@ -84,7 +85,7 @@ class LlamaModel(nn.Module):
             cache.advance(seq)
         return self.final_norm(x)
 
-    def __call__(self, input_ids: mx.array, cache=None) -> mx.array:
+    def __call__(self, input_ids: mx.array, cache: KVCacheProtocol | None = None) -> mx.array:
         """input_ids (B, S) -> logits (B, S, V)."""
         x = self.hidden_states(input_ids, cache)
         return self.tok_embed.as_linear(x) if self.cfg.tie_word_embeddings else self.lm_head(x)
