@@ -4,7 +4,7 @@ A model talks to a cache through four members, so a converter can pass a differe
 (static shapes, Core ML state) to the same model code:
     offset              position of the first new token (int, or a 0-d tensor when exported)
     key_length(S)       how many key slots attention sees after writing S new tokens
-    update(i, k, v)     write layer i's new keys/values (B, C, 1, S); return all of them (B, C, 1, Sk)
+    update(i, k, v)     write layer i's new keys/values (B, C_kv, 1, S); return all of them (B, C_kv, 1, Sk)
     advance(S)          called once per forward, after every layer has written
 """
 
@@ -16,9 +16,11 @@ from canonical.errors import InputError
 
 
 class KVCache:
-    def __init__(self, num_layers: int, hidden: int, capacity: int, batch: int = 1,
+    def __init__(self, num_layers: int, kv_width: int, capacity: int, batch: int = 1,
                  dtype: torch.dtype = torch.float32):
-        shape = (batch, hidden, 1, capacity)  # rule 1: (B, C, 1, S), sequence last
+        """kv_width: channels of one layer's keys (and values), the config's `kv_width` = num_kv_heads *
+        head_dim; with grouped-query attention that is less than the hidden size, and only those are kept."""
+        shape = (batch, kv_width, 1, capacity)  # rule 1: (B, C, 1, S), sequence last
         self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
         self.capacity = capacity

@@ -58,6 +58,26 @@ class LayerNormANE(nn.Module):
         return x_hat * self.weight + self.bias
 
 
+class RMSNormANE(nn.Module):
+    """RMS norm over the channel axis of (B, C, 1, S), out = x_hat * weight (rule 5, without centring).
+
+    Rule 6 (fp16 overflow): as in `LayerNormANE`, the input is divided by its per-position max-abs before
+    the mean of squares (which then stays <= 1), and eps by the square of the same scale, so the result
+    is mathematically unchanged: x / rms(x) = (x/s) / sqrt(mean((x/s)^2) + eps/s^2). Also serves a
+    per-head norm (Qwen3's q/k norm) applied to one head's (B, D, 1, S) slice."""
+
+    def __init__(self, channels: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))  # stored broadcast-ready: no reshape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, S)
+        scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)  # (B, 1, 1, S)
+        unit = x / scale
+        mean_square = (unit * unit).mean(dim=1, keepdim=True)
+        return unit * torch.rsqrt(mean_square + self.eps / (scale * scale)) * self.weight
+
+
 class ChunkedHead(nn.Module):
     """A vocabulary projection split along its output channels (rule 7)."""
 
@@ -84,37 +104,123 @@ class ChunkedHead(nn.Module):
 
 
 def split_einsum_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, mask: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, mask: torch.Tensor,
+    num_kv_heads: int | None = None,
 ) -> torch.Tensor:
     """Multi-head attention, one head at a time (rule 3).
 
-    q: (B, C, 1, Sq) already scaled; k, v: (B, C, 1, Sk); mask: additive, broadcastable to
-    (B, Sk, 1, Sq). Returns (B, C, 1, Sq)."""
+    q: (B, H*D, 1, Sq) already scaled; k, v: (B, G*D, 1, Sk) with G = num_kv_heads (default H);
+    mask: additive, broadcastable to (B, Sk, 1, Sq). Returns (B, H*D, 1, Sq).
+
+    Grouped-query attention: query head h reads key/value head h // (H/G) of the G that the cache
+    holds. Repeated keys/values are never built; each group's keys are transposed once and shared."""
     head_dim = q.shape[1] // num_heads
-    queries = q.split(head_dim, dim=1)  # H x (B, d, 1, Sq)
-    keys = k.transpose(1, 3).split(head_dim, dim=3)  # H x (B, Sk, 1, d): rule 4, the one transpose
-    values = v.split(head_dim, dim=1)  # H x (B, d, 1, Sk)
+    group = num_heads // (num_kv_heads or num_heads)
+    queries = q.split(head_dim, dim=1)  # H x (B, D, 1, Sq)
+    keys = k.transpose(1, 3).split(head_dim, dim=3)  # G x (B, Sk, 1, D): rule 4, the one transpose
+    values = v.split(head_dim, dim=1)  # G x (B, D, 1, Sk)
     heads = []
-    for qh, kh, vh in zip(queries, keys, values, strict=True):
+    for h, qh in enumerate(queries):
+        kh, vh = keys[h // group], values[h // group]
         scores = torch.einsum("bchq,bkhc->bkhq", qh, kh) + mask  # (B, Sk, 1, Sq)
         weights = scores.softmax(dim=1)  # rule 3: softmax over the key axis
-        heads.append(torch.einsum("bkhq,bchk->bchq", weights, vh))  # (B, d, 1, Sq)
+        heads.append(torch.einsum("bkhq,bchk->bchq", weights, vh))  # (B, D, 1, Sq)
     return torch.cat(heads, dim=1)
 
 
+class RotaryEmbedding(nn.Module):
+    """RoPE tables, computed once as buffers; a forward only looks rows up by position, so the graph holds
+    no trigonometry of runtime values (rule 6: in fp16 an angle of position x frequency near position
+    2,000 is already rounded to a whole radian; rule 7: a gather of rows is a static-shape op).
+
+    Computed as transformers computes them, in float32: inv_freq as a float32 tensor, freqs = position
+    (float32) times inv_freq, emb = cat(freqs, freqs) (rotate_half pairs channel i with i + D/2 of each
+    head, not neighbours), cos and sin of it. The sign of rotate_half, cat(-x2, x1), is folded into the
+    stored sine: `rotate(x) = x * cos + swap_halves(x) * signed_sin` with signed_sin = cat(-sin, sin).
+    Tables are (D, T), channels first, so a lookup is already (D, S) (rule 4). Not persistent: they are
+    derived from the config, not weights. Two tables of max_positions x D: 128 MB in fp32 for a 128K
+    context at D = 128."""
+
+    def __init__(self, inverse_frequencies: list[float], max_positions: int):
+        super().__init__()
+        inv_freq = torch.tensor(inverse_frequencies, dtype=torch.float32)  # (D/2,)
+        freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (T, D/2)
+        emb = torch.cat([freqs, freqs], dim=1)  # (T, D)
+        half = inv_freq.shape[0]
+        sin = emb.sin()
+        self.head_dim = 2 * half
+        self.register_buffer("cos", emb.cos().t().contiguous(), persistent=False)  # (D, T)
+        self.register_buffer("signed_sin", torch.cat([-sin[:, :half], sin[:, half:]], dim=1).t().contiguous(),
+                             persistent=False)
+
+    def forward(self, seq: int, offset, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sine for positions offset .. offset + seq - 1, tiled over `heads` heads:
+        each (1, heads*D, 1, S). `offset` may be an int or a 0-d / 1-element int tensor (export)."""
+        positions = torch.arange(seq) + offset  # the index pattern of `causal_mask`, a gather of rows
+        tables = []
+        for table in (self.cos, self.signed_sin):
+            rows = table.index_select(1, positions)  # (D, S)
+            tables.append(rows.repeat(heads, 1).unsqueeze(0).unsqueeze(2))  # (1, heads*D, 1, S)
+        return tables[0], tables[1]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """RoPE on every head of x (B, n*D, 1, S) at once, given tables tiled over at least n heads.
+
+    rotate_half(x) = cat(-x2, x1) per head; the minus lives in `signed_sin`, so all that is left is
+    swapping the halves of each head: one split and one concat for all heads (rule 4: no reshape)."""
+    channels = x.shape[1]
+    if cos.shape[1] != channels:  # keys: the first G of the H heads' tiles (a full-width slice would export
+        cos, signed_sin = cos[:, :channels], signed_sin[:, :channels]  # as an `alias` Core ML cannot convert)
+    halves = x.split(head_dim // 2, dim=1)  # 2n x (B, D/2, 1, S)
+    swapped = torch.cat([halves[i ^ 1] for i in range(len(halves))], dim=1)  # (x2, x1) per head
+    return x * cos + swapped * signed_sin
+
+
 class Attention(nn.Module):
-    def __init__(self, hidden: int, num_heads: int):
+    """Self-attention with 1x1-conv projections (rule 2) and split-einsum heads (rule 3).
+
+    GPT-2 and BERT: `Attention(hidden, heads)`, biases everywhere. The Llama family adds H query heads
+    sharing G key/value heads (GQA), a head width D independent of hidden / H, biases switched per
+    projection, an optional RMSNorm of each head's queries and keys (Qwen3) and RoPE (tables passed to
+    `forward`). The cache holds the G*D key/value channels only, never repeated ones."""
+
+    def __init__(self, hidden: int, num_heads: int, num_kv_heads: int | None = None, head_dim: int | None = None,
+                 qkv_bias: bool = True, out_bias: bool = True, qk_norm_eps: float | None = None):
         super().__init__()
         self.num_heads = num_heads
-        self.scale = (hidden // num_heads) ** -0.5
-        self.q, self.k, self.v, self.o = (conv_linear(hidden, hidden) for _ in range(4))
+        self.num_kv_heads = num_kv_heads or num_heads
+        if num_heads % self.num_kv_heads:
+            raise ValueError(f"{num_heads} query heads cannot share {self.num_kv_heads} key/value heads evenly")
+        self.head_dim = head_dim or hidden // num_heads
+        self.scale = self.head_dim ** -0.5
+        q_width, kv_width = num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.q = conv_linear(hidden, q_width, qkv_bias)
+        self.k = conv_linear(hidden, kv_width, qkv_bias)
+        self.v = conv_linear(hidden, kv_width, qkv_bias)
+        self.o = conv_linear(q_width, hidden, out_bias)
+        if qk_norm_eps is not None:
+            self.q_norm = RMSNormANE(self.head_dim, qk_norm_eps)
+            self.k_norm = RMSNormANE(self.head_dim, qk_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
-        q = self.q(x) * self.scale  # rule 6: scale before the product keeps fp16 scores small
-        k, v = self.k(x), self.v(x)  # (B, C, 1, S)
+    def _per_head_norm(self, x: torch.Tensor, norm: RMSNormANE) -> torch.Tensor:
+        # Qwen3: RMSNorm over each head's D channels, on its (B, D, 1, S) slice (rule 4: split, not reshape)
+        return torch.cat([norm(head) for head in x.split(self.head_dim, dim=1)], dim=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache=None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, C, 1, S); rope: (cos, signed_sin) from `RotaryEmbedding`, tiled over the query heads."""
+        q, k, v = self.q(x), self.k(x), self.v(x)  # (B, H*D, 1, S), (B, G*D, 1, S)
+        if self.q_norm is not None:
+            q, k = self._per_head_norm(q, self.q_norm), self._per_head_norm(k, self.k_norm)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope, self.head_dim), apply_rotary(k, *rope, self.head_dim)
+        q = q * self.scale  # rule 6: scale before the product keeps fp16 scores small
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, C, 1, Sk)
-        return self.o(split_einsum_attention(q, k, v, self.num_heads, mask))
+            k, v = cache.update(layer, k, v)  # (B, G*D, 1, Sk): keys after RoPE, as transformers caches them
+        return self.o(split_einsum_attention(q, k, v, self.num_heads, mask, self.num_kv_heads))
 
 
 class MLP(nn.Module):
@@ -126,6 +232,20 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """The gated MLP of the Llama family: down(act(gate(x)) * up(x)), three 1x1 convs (rule 2)."""
+
+    def __init__(self, hidden: int, intermediate: int, activation: Activation = "silu", bias: bool = False):
+        super().__init__()
+        self.gate = conv_linear(hidden, intermediate, bias)
+        self.up = conv_linear(hidden, intermediate, bias)
+        self.down = conv_linear(intermediate, hidden, bias)
+        self.act = activation_fn(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))
 
 
 def causal_mask(query_len: int, key_len, offset, dtype: torch.dtype) -> torch.Tensor:
