@@ -25,8 +25,8 @@ def _listing(directory):
         (CoreMLOptions(kv_cache="paged"), "unknown KV cache style 'paged'"),
         (CoreMLOptions(context=500), "context 500 must be in 2..160"),
         (CoreMLOptions(context=32, seq_lens=(64,)), "prefill length 64 exceeds the context of 32"),
-        (CoreMLOptions(seq_lens=(8, 16)), "GPT-2 takes one prefill length"),
-        (CoreMLOptions(compress="int8", calibration_text=__file__), "calibration text applies to GPT-2 with "
+        (CoreMLOptions(seq_lens=(8, 16)), "a causal LM takes one prefill length"),
+        (CoreMLOptions(compress="int8", calibration_text=__file__), "calibration text applies to causal LMs with "
                                                                     "--compress int4 only"),
         (CoreMLOptions(compress="int4", calibration_text="missing.txt"), "missing.txt: calibration text not found"),
     ],
