@@ -53,8 +53,9 @@ def _edit_weights(directory: Path, edit) -> None:
 
 
 def test_unknown_model_type(gpt2_copy):
-    _edit_config(gpt2_copy, model_type="llama")
-    assert_one_line_error(run_cli("verify", str(gpt2_copy)), "config.json", "'llama'", "not supported")
+    _edit_config(gpt2_copy, model_type="falcon")
+    assert_one_line_error(run_cli("verify", str(gpt2_copy)), "config.json", "'falcon'", "not supported",
+                          "supported: gpt2, bert, distilbert, llama, mistral, qwen2, qwen3")
 
 
 def test_missing_tensor(gpt2_copy):
