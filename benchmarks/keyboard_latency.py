@@ -8,94 +8,25 @@
    engine does, (b) recomputing the whole context on every keystroke, and reports (b)/(a), for the
    whole keystroke and for its context part alone (the word search that follows is the same work
    either way, bar the expansions memoised while typing inside a word).
-Timings hold for the machine named in the output only; the ratio is the portable figure."""
+Timings hold for the machine named in the output only; the ratio is the portable figure. The
+measurements are `ondevice.bench.keyboard`'s, the same that `ondevice bench` runs."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ondevice.bench.keyboard import replay, reuse_vs_recompute
 from ondevice.keyboard import Predictor
-from ondevice.keyboard.context import ContextCache
 from ondevice.keyboard.report import read_lines
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _time(predictor: Predictor, text: str, reset: bool = False) -> float:
-    if reset:
-        predictor.reset()
-    started = time.perf_counter()
-    predictor.suggest(text)
-    return (time.perf_counter() - started) * 1e3
-
-
-def replay(predictor: Predictor, lines: list[str]) -> list[float]:
-    times = []
-    for line in lines:
-        predictor.reset()
-        times += [_time(predictor, line[:i]) for i in range(1, len(line) + 1)]
-    return times
-
-
-class ReuseTimes(NamedTuple):
-    """Milliseconds per keystroke, whole (suggestions) and the context part alone (bringing the model's
-    state up to the text before the word being typed), reusing the cache or recomputing it."""
-
-    reuse: list[float]
-    recompute: list[float]
-    reuse_context: list[float]
-    recompute_context: list[float]
-
-
-def _keystroke(predictor: Predictor, text: str, reset: bool) -> tuple[float, float]:
-    """(whole keystroke, its context part) in ms: one `suggest`, with the time it spends bringing the
-    context up to date (`ContextCache.root_logprobs`) recorded on the way."""
-    context = predictor.context
-    spent: list[float] = []
-
-    def timed_root(text_before_word: str):
-        started = time.perf_counter()
-        try:
-            return ContextCache.root_logprobs(context, text_before_word)
-        finally:
-            spent.append((time.perf_counter() - started) * 1e3)
-
-    context.root_logprobs = timed_root
-    try:
-        whole = _time(predictor, text, reset)
-    finally:
-        del context.root_logprobs  # back to the class's method
-    return whole, spent[0]
-
-
-def reuse_vs_recompute(predictor: Predictor, lines: list[str], context_tokens: int = 64, keys: int = 24) -> ReuseTimes:
-    times = ReuseTimes([], [], [], [])
-    for line in lines:
-        ids = predictor.tokenizer.encode(line)
-        if len(ids.ids) < context_tokens + 8:
-            continue
-        start = ids.offsets[context_tokens][0]  # character where the 65th token begins
-        prefix, typed = line[:start], line[start : start + keys]
-        predictor.reset()
-        predictor.suggest(prefix)
-        for i in range(1, len(typed) + 1):
-            whole, context = _keystroke(predictor, prefix + typed[:i], reset=False)
-            times.reuse.append(whole)
-            times.reuse_context.append(context)
-        for i in range(1, len(typed) + 1):
-            whole, context = _keystroke(predictor, prefix + typed[:i], reset=True)
-            times.recompute.append(whole)
-            times.recompute_context.append(context)
-    return times
 
 
 def main() -> None:

@@ -3,55 +3,23 @@
     python benchmarks/mlx_decode_vs_mlx_lm.py [--dtype fp32|fp16] [--tokens 32] [--repeats 3]
 
 Builds a random-init GPT-2 124M-shaped checkpoint (12 layers, 768 wide, 12 heads, 50257 tokens, 1024
-positions) with transformers into /tmp (never committed), converts it with `ondevice convert --to mlx`,
-and runs both implementations greedily from a 16-token prompt. Times are the median of the repeats;
+positions; `convert.random_checkpoints.make_gpt2_124m`) into /tmp (never committed), exports it for
+mlx-lm, and runs both implementations greedily from a 16-token prompt with the timing of
+`ondevice.bench.mlx_decode`, the same that `ondevice bench` runs. Times are the median of the repeats;
 only the ratio carries to other machines."""
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 
+from convert.random_checkpoints import make_gpt2_124m
+from ondevice.bench.mlx_decode import decode_tokens_per_s, export_for_mlx_lm, mlx_lm_tokens_per_s
+
 CHECKPOINT = Path("/tmp/ondevice-bench/gpt2-124m-random")
-
-
-def make_checkpoint(directory: Path) -> Path:
-    if (directory / "config.json").is_file():
-        return directory
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
-    GPT2LMHeadModel(config).eval().save_pretrained(directory)
-    return directory
-
-
-def time_ours(lm, prompt: list[int], tokens: int) -> float:
-    lm.trim(0)
-    token = int(np.argmax(lm.prefill(prompt)[-1]))
-    start = time.perf_counter()
-    for _ in range(tokens):
-        token = int(np.argmax(lm.decode(token)))
-    return tokens / (time.perf_counter() - start)
-
-
-def time_mlx_lm(model, prompt: list[int], tokens: int) -> float:
-    from mlx_lm.models.cache import make_prompt_cache
-
-    cache = make_prompt_cache(model)
-    logits = model(mx.array([prompt]), cache=cache)
-    token = mx.argmax(logits[0, -1]).item()
-    start = time.perf_counter()
-    for _ in range(tokens):
-        logits = model(mx.array([[token]]), cache=cache)
-        token = mx.argmax(logits[0, -1]).item()
-    return tokens / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -61,30 +29,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    import mlx.core as mx
     import mlx_lm
 
     from convert.checkpoint import load_checkpoint
-    from convert.mlx_checkpoint import load_mlx_checkpoint
-    from convert.mlx_export import export_mlx
     from ondevice.backends.mlx import load
 
-    hf_dir = make_checkpoint(CHECKPOINT)
+    hf_dir = make_gpt2_124m(CHECKPOINT)
     try:
         mlx_lm.load(str(hf_dir))
         print(f"mlx_lm.load({hf_dir}): loads the Hugging Face directory itself")
     except Exception as exc:  # report why, then use our export, which mlx-lm does load
         print(f"mlx_lm.load({hf_dir}) fails: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-    out = CHECKPOINT.parent / f"gpt2-124m-mlx-{args.dtype}"
-    export_mlx(hf_dir, out, dtype=args.dtype, overwrite=True, progress=False)
-    theirs, _ = mlx_lm.load(str(out))
-    ours_hf = load(load_checkpoint(hf_dir), dtype=args.dtype)
-    ours_dir = load(load_mlx_checkpoint(out), dtype=None)
+    checkpoint = load_checkpoint(hf_dir)
+    ours_dir, theirs, _ = export_for_mlx_lm(checkpoint, CHECKPOINT.parent / f"gpt2-124m-mlx-{args.dtype}", args.dtype)
+    ours_hf = load(checkpoint, dtype=args.dtype)
 
     prompt = np.random.default_rng(0).integers(0, 50257, size=16).tolist()
     runs = {
-        "ours (from HF checkpoint)": lambda: time_ours(ours_hf, prompt, args.tokens),
-        "ours (from MLX export)": lambda: time_ours(ours_dir, prompt, args.tokens),
-        "mlx_lm (from MLX export)": lambda: time_mlx_lm(theirs, prompt, args.tokens),
+        "ours (from HF checkpoint)": lambda: decode_tokens_per_s(ours_hf, prompt, args.tokens),
+        "ours (from MLX export)": lambda: decode_tokens_per_s(ours_dir, prompt, args.tokens),
+        "mlx_lm (from MLX export)": lambda: mlx_lm_tokens_per_s(theirs, prompt, args.tokens),
     }
     for run in runs.values():  # warm-up: first-call allocation and kernel setup
         run()

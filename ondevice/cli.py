@@ -349,9 +349,8 @@ def bench(
     batch: Annotated[int, typer.Option(help="Encoder batch size.")] = 1,
 ) -> None:
     """Benchmark every backend and peer on the same models and inputs: table, bench.json, bench.md, bench.png."""
-    from benchmarks.bench.run import RESULTS, BenchOptions, run_bench
-
     from canonical.errors import InputError
+    from ondevice.bench.run import RESULTS, BenchOptions, run_bench
 
     def split(values: list[str] | None) -> list[str] | None:
         return [part.strip() for v in values for part in v.split(",") if part.strip()] if values else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -14,9 +15,9 @@ import jsonschema
 import pytest
 from rich.console import Console
 
-from benchmarks.bench.records import SCHEMA
-from benchmarks.bench.run import BenchOptions, run_bench
-from tests.checkpoints import make_bert, make_gpt2
+from convert.random_checkpoints import make_bert, make_gpt2
+from ondevice.bench.records import SCHEMA
+from ondevice.bench.run import BenchOptions, run_bench
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +102,91 @@ def test_table_and_markdown_are_written(bench):
     assert "gpt2" in terminal and "torch-ane" in terminal and "macOS" in terminal
 
 
+def _tables(md: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(headers, rows) of every markdown table."""
+    tables, lines = [], md.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("| ") and lines[i + 1].startswith("|---"):
+            rows = []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                rows.append([c.strip() for c in row.strip("|").split(" | ")])
+            tables.append(([c.strip() for c in line.strip("|").split(" | ")], rows))
+    return tables
+
+
+def _bounds(shown: str) -> tuple[float, float]:
+    """The interval of values that print as `shown` (half a unit of its last digit either side)."""
+    mantissa = shown.lower().split("e")[0]
+    unit = 10.0 ** -(len(mantissa.split(".")[1]) if "." in mantissa else 0)
+    if "e" in shown.lower():
+        unit *= 10.0 ** int(shown.lower().split("e")[1])
+    return float(shown) - unit / 2, float(shown) + unit / 2
+
+
+NUMBER = r"[0-9.]+(?:e[+-]?[0-9]+)?"
+VERSUS = re.compile(rf"^(?P<ours>{NUMBER}) \((?P<who>[\w-]+) (?P<theirs>{NUMBER}), (?P<ratio>{NUMBER})x\)$")
+QUOTIENT = re.compile(rf"(?P<a>{NUMBER}) / (?P<b>{NUMBER}) = (?P<ratio>{NUMBER})x")
+
+
+def _agrees(ratio: str, top: str, bottom: str) -> bool:
+    """Whether the printed ratio is top / bottom, given that all three are rounded for print."""
+    (t0, t1), (b0, b1), (r0, r1) = _bounds(top), _bounds(bottom), _bounds(ratio)
+    return r0 <= t1 / b0 and t0 / b1 <= r1
+
+
+def test_every_ratio_in_the_table_is_that_of_the_times_in_its_row(bench):
+    """No ratio beside figures it was not computed from: "prefill 16: 3.98 ms (ref 4.26, 1.07x)" is
+    4.26 / 3.98 whatever the reference's own row says, and "12.6 / 4.66 = 2.70x" is what it reads."""
+    out, document, _ = bench
+    md = (out / "bench.md").read_text()
+    checked = 0
+    for headers, rows in _tables(md):
+        for row in rows:
+            for header, cell in zip(headers, row, strict=True):
+                verified = 0
+                if m := VERSUS.match(cell):
+                    ours, theirs = m["ours"], m["theirs"]
+                    top, bottom = (ours, theirs) if "tok/s" in header else (theirs, ours)
+                    assert _agrees(m["ratio"], top, bottom), (header, cell)
+                    verified += 1
+                for m in QUOTIENT.finditer(cell):
+                    assert _agrees(m["ratio"], m["a"], m["b"]), (header, cell)
+                    verified += 1
+                shown = re.findall(rf"(?<![\w.]){NUMBER}x\b", cell)
+                assert len(shown) == verified, f"a ratio not computed from figures in its cell: {header}: {cell}"
+                checked += verified
+    assert checked >= 6  # torch-ane and mlx against the reference, mlx against mlx_lm, reuse ratios
+    for r in document["records"]:  # and each record's ratio is that of its own two figures
+        if "vs_reference" in r:
+            a, b = r["value"], r["reference"]["value"]
+            assert r["vs_reference"] == pytest.approx(a / b if r["unit"] == "tokens/s" else b / a)
+        if "vs_peer" in r:
+            a, b = r["value"], r["vs_peer"]["value"]
+            assert r["vs_peer"]["ratio"] == pytest.approx(a / b if r["unit"] == "tokens/s" else b / a)
+
+
+def test_weight_bytes_come_from_the_file_headers(tmp_path):
+    """Parameters counted from the safetensors headers, without loading a tensor: the model's own count
+    (the tied head stored and counted once)."""
+    from transformers import GPT2LMHeadModel
+
+    from ondevice.bench.runners import parameter_count, weight_bytes
+
+    gpt2 = make_gpt2(tmp_path / "gpt2")
+    expected = GPT2LMHeadModel.from_pretrained(gpt2).num_parameters()
+    assert parameter_count(gpt2) == expected
+    assert weight_bytes(parameter_count(gpt2), "fp16") == 2 * expected
+
+
 def test_plot_is_written(bench):
     out, _, _ = bench
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_failing_job_becomes_an_error_record(tmp_path):
-    from benchmarks.bench.worker import run_job
+    from ondevice.bench.worker import run_job
 
     (r,) = run_job({"job": "backend", "model": "missing", "backend": "torch-ane", "precision": "fp32",
                     "checkpoint": str(tmp_path / "nothing-here"), "threads": 1})

@@ -1,6 +1,6 @@
 """Predictive text as users feel it: per-keystroke latency (p50, p95) replaying held-out text one key at
 a time, and what KV-cache reuse buys at a 64-token context. The replay itself is
-`benchmarks.keyboard_latency`'s, so both benchmarks measure the same thing."""
+`ondevice.bench.keyboard`'s, which `benchmarks/keyboard_latency.py` runs too: both measure the same thing."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench.measure import Stats
-from benchmarks.bench.records import Target, failed, record, skipped
-from benchmarks.keyboard_latency import replay, reuse_vs_recompute
+from ondevice.bench.keyboard import replay, reuse_vs_recompute
+from ondevice.bench.measure import Stats
+from ondevice.bench.records import Target, failed, record, skipped
 
 CONTEXT_TOKENS = 64  # the engine's default context cap: the reuse ratio is measured right at it
 KEYS_AFTER_CONTEXT = 24
@@ -19,8 +19,8 @@ KEYS_AFTER_CONTEXT = 24
 def heldout_lines(directory: Path) -> list[str]:
     """The checkpoint's own held-out text where it ships one (the bundled keyboard-gpt2 does), else the
     bundled model's: text the model did not see, either way."""
-    from ondevice.keyboard.report import read_lines
     from bundled_models import keyboard_gpt2_path
+    from ondevice.keyboard.report import read_lines
 
     own = Path(directory) / "heldout.txt"
     return read_lines(own if own.is_file() else Path(keyboard_gpt2_path()) / "heldout.txt")

@@ -4,6 +4,7 @@ Core ML run the very same code on the very same token ids."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench.measure import seconds
-from benchmarks.mlx_decode_vs_mlx_lm import time_ours as decode_tokens_per_s
+from ondevice.bench.measure import decode_tokens_per_s, seconds
 
 OURS = ("torch-ane", "mlx")
 COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
@@ -76,13 +76,46 @@ def device_of(backend: str, compute_units: str | None = None) -> str:
     return "cpu"
 
 
-def weight_bytes(checkpoint_dir: str, precision: str) -> int:
-    """Parameters x bytes per parameter: what one decoded token reads (tied tensors counted once)."""
-    from convert.checkpoint import load_checkpoint
+# Tensors of a checkpoint that are not parameters: GPT-2's causal-mask buffers of old checkpoints.
+_NOT_PARAMETERS = re.compile(r"(^|\.)attn\.(masked_)?bias$")
 
-    weights = load_checkpoint(checkpoint_dir).weights
-    unique = {t.untyped_storage().data_ptr(): t.numel() for t in weights.values()}
-    return int(sum(unique.values()) * BYTES_PER_PARAMETER[precision])
+
+def parameter_count(checkpoint_dir: str | Path) -> int:
+    """Parameters stored in a checkpoint, read from the safetensors headers (shapes and dtypes, no
+    tensor data); a pytorch_model.bin is memory-mapped, never read. Integer and boolean tensors
+    (position ids, masks) and GPT-2's mask buffers are not parameters. A tied head is stored once, so
+    it is counted once: what one decoded token reads."""
+    from convert.locate import resolve_checkpoint
+
+    directory = Path(resolve_checkpoint(checkpoint_dir))
+    shards = sorted(directory.glob("*.safetensors"))
+    if shards:
+        from safetensors import safe_open
+
+        total = 0
+        for shard in shards:
+            with safe_open(shard, framework="numpy") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    piece = f.get_slice(name)
+                    if piece.get_dtype().startswith(("F", "BF")) and not _NOT_PARAMETERS.search(name):
+                        total += int(np.prod(piece.get_shape(), dtype=np.int64))
+        return total
+    import torch
+
+    total, seen = 0, set()
+    for shard in sorted(directory.glob("pytorch_model*.bin")):
+        state = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+        for name, tensor in state.items():
+            storage = (shard, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            if tensor.is_floating_point() and not _NOT_PARAMETERS.search(name) and storage not in seen:
+                seen.add(storage)
+                total += tensor.numel()
+    return total
+
+
+def weight_bytes(parameters: int, precision: str) -> int:
+    """Parameters x bytes per parameter of the precision run: what one decoded token reads."""
+    return int(parameters * BYTES_PER_PARAMETER[precision])
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from benchmarks.bench.machine import describe_machine, short_machine
-from benchmarks.bench.records import Target, failed, record, skipped
+from ondevice.bench.machine import describe_machine, short_machine
+from ondevice.bench.records import Target, failed, record, skipped, speed_ratio
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the directory holding the ondevice package
+# Default output: the committed results of a source checkout, else bench-results/ in the working directory.
+RESULTS = ROOT / "benchmarks" / "results" if (ROOT / "benchmarks" / "results").is_dir() else Path("bench-results")
 BACKENDS = ("reference", "torch-ane", "mlx", "coreml")
 PEERS = ("mlx_lm", "ane_transformers")
 GENERATED = "gpt2-124m-random"  # GPT-2 small's shapes, random init: made here, never downloaded
@@ -80,19 +81,19 @@ def resolve_model(spec: str, cache_dir: Path) -> tuple[str, Path]:
     if spec == GENERATED:
         from transformers.utils import logging as hf_logging
 
-        from benchmarks.mlx_decode_vs_mlx_lm import make_checkpoint
+        from convert.random_checkpoints import make_gpt2_124m
 
         hf_logging.disable_progress_bar()  # keep the terminal to our progress bar and tables
-        return spec, make_checkpoint(cache_dir / GENERATED)
+        return spec, make_gpt2_124m(cache_dir / GENERATED)
     directory = resolve_checkpoint(spec)
     return (directory.name if Path(spec).expanduser().is_dir() else spec), directory
 
 
 def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
     """(jobs to run, records known without running anything: backends that cannot run here)."""
-    from benchmarks.bench.peers import ANE_TRANSFORMERS, MLX_LM, peer_unavailable
-    from benchmarks.bench.runners import COMPUTE_UNITS, clip_seq_lens, coreml_unavailable
     from convert.checkpoint import read_model_config
+    from ondevice.bench.peers import ANE_TRANSFORMERS, MLX_LM, peer_unavailable
+    from ondevice.bench.runners import COMPUTE_UNITS, clip_seq_lens, coreml_unavailable
 
     unknown = [b for b in options.backends if b not in (*BACKENDS, *PEERS)]
     if unknown:
@@ -101,7 +102,8 @@ def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
         raise InputError(f"unknown backend(s) {', '.join(unknown)} (choose from {', '.join((*BACKENDS, *PEERS))})")
     common = {key: getattr(options, key) for key in ("batch", "repeats", "decode_tokens", "keystrokes", "reuse_lines",
                                                        "threads", "precision", "budget_s", "min_time_s")}
-    common |= {"warmup": 1, "compare_reference": "reference" in options.backends, "cache_dir": str(options.cache_dir)}
+    common |= {"warmup": 1, "compare_reference": "reference" in options.backends, "cache_dir": str(options.cache_dir),
+               "isolated": options.isolate}
     jobs, known = [], []
     for spec in options.models:
         name, directory = resolve_model(spec, options.cache_dir)
@@ -129,7 +131,7 @@ def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
                 export = options.cache_dir / "mlx" / f"{name}-mlx-{options.precision}"
                 jobs.append(base | {"job": MLX_LM, "backend": MLX_LM, "export_dir": str(export)})
     if ANE_TRANSFORMERS in options.backends:
-        from benchmarks.bench.peers import DISTILBERT
+        from ondevice.bench.peers import DISTILBERT
 
         why = peer_unavailable(ANE_TRANSFORMERS)
         target = Target(DISTILBERT, ANE_TRANSFORMERS, "CPU_AND_NE", "fp16", source="coreml-package")
@@ -160,7 +162,7 @@ def run_isolated(job: dict, timeout_s: float, threads: int | None) -> list[dict]
         try:
             # close_fds=False lets macOS start the child with posix_spawn rather than fork + exec, so its
             # ru_maxrss starts from zero instead of from this process's (Linux reads VmHWM, reset at exec).
-            done = subprocess.run([sys.executable, "-m", "benchmarks.bench.worker", str(job_path), str(out_path)],
+            done = subprocess.run([sys.executable, "-m", "ondevice.bench.worker", str(job_path), str(out_path)],
                                   capture_output=True, text=True, timeout=timeout_s, env=_child_env(threads),
                                   close_fds=sys.platform != "darwin")
         except subprocess.TimeoutExpired:
@@ -185,15 +187,17 @@ def _finish(records: list[dict], machine: dict) -> list[dict]:
             r["achieved_bytes_per_s"] = r["weight_bytes"] * r["value"]
             r["bandwidth_fraction"] = r["achieved_bytes_per_s"] / bandwidth
         ref = reference.get((r["model"], r["kind"]))
-        if ref and r["backend"] != "reference" and r["source"] == "checkpoint":
-            r["vs_reference"] = ref / r["value"]  # across processes: loads cannot interleave
+        if ref and r["backend"] != "reference" and r["source"] == "checkpoint" and "vs_reference" not in r:
+            # loads cannot interleave: the reference's load is its own process's, and the record says so
+            r["vs_reference"] = speed_ratio(r["kind"], r["value"], ref)
+            r["reference"] = {"value": ref, "same_process": False}
     return records
 
 
 def run_bench(options: BenchOptions, console: Console | None = None) -> Path:
     """Run the benchmark; return the output directory holding bench.json, bench.md and bench.png."""
-    from benchmarks.bench import report
-    from benchmarks.bench.bandwidth import measure_bandwidth
+    from ondevice.bench import report
+    from ondevice.bench.bandwidth import measure_bandwidth
 
     console = console or Console()
     options = options.resolved()
@@ -216,7 +220,7 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> Path:
             if options.isolate:
                 records += run_isolated(job, options.job_timeout_s, options.threads)
             else:
-                from benchmarks.bench.worker import run_job
+                from ondevice.bench.worker import run_job
 
                 records += run_job(job)
             progress.advance(task)

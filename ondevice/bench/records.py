@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.bench.measure import Stats
+from ondevice.bench.measure import Stats
 
-SCHEMA = Path(__file__).with_name("schema.json")
+SCHEMA = Path(__file__).with_name("schema.json")  # package data of ondevice.bench
 
 KINDS = {  # kind -> unit
     "load_cold": "s", "load_warm": "s", "prefill": "ms", "encode": "ms", "decode": "tokens/s",
@@ -44,6 +44,28 @@ def record(target: Target, kind: str, value: float | None = None, *, stats: Stat
     return {"kind": kind, "status": status, **target.fields(), "seq_len": seq_len, "batch": batch,
             "value": value, "unit": KINDS[kind], "repeats": stats.repeats if stats else (0 if value is None else 1),
             "spread": {"p10": stats.p10, "p90": stats.p90} if stats else None, "reason": reason, **extra}
+
+
+def speed_ratio(kind: str, ours: float, theirs: float) -> float:
+    """How much faster ours is than theirs (>1: faster), from the two values of the same kind: theirs /
+    ours for times, ours / theirs for rates (tokens/s)."""
+    return ours / theirs if KINDS[kind] == "tokens/s" else theirs / ours
+
+
+def _compared(stats: Stats) -> dict:
+    return {"value": stats.median, "spread": {"p10": stats.p10, "p90": stats.p90}, "repeats": stats.repeats}
+
+
+def reference_fields(kind: str, ours: Stats, reference: Stats) -> dict:
+    """`vs_reference` and the reference's own timing it was computed from, both measured in this process
+    with their repeats interleaved: a record's ratio can always be recomputed from the record."""
+    return {"vs_reference": speed_ratio(kind, ours.median, reference.median),
+            "reference": {**_compared(reference), "same_process": True}}
+
+
+def peer_stats(peer: str, kind: str, ours: Stats, theirs: Stats) -> dict:
+    """`vs_peer`: the peer, its timing in this process (repeats interleaved with ours), and the ratio."""
+    return {"peer": peer, "ratio": speed_ratio(kind, ours.median, theirs.median), **_compared(theirs)}
 
 
 def skipped(target: Target, reason: str, kind: str = "backend", **extra) -> dict:

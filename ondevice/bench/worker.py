@@ -1,7 +1,7 @@
 """One job of the harness, run in a fresh process so that its first load is cold and its peak memory
 is its own:
 
-    python -m benchmarks.bench.worker JOB.json RECORDS.json
+    python -m ondevice.bench.worker JOB.json RECORDS.json
 
 A job is one (model, backend variant), a peer comparison, or a Core ML conversion. Whatever fails
 inside becomes an error record; the process itself exits 0 unless it could not write its records."""
@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.bench.measure import Stats, interleaved, peak_rss_bytes
-from benchmarks.bench.records import Target, failed, record, skipped
+from ondevice.bench.measure import Stats, interleaved, peak_rss_bytes
+from ondevice.bench.records import Target, failed, record, reference_fields, skipped
+
+OWN_PROCESS = "measured only when the backend runs alone in a fresh process (isolate)"
 
 
 def set_threads(threads: int | None) -> None:
@@ -29,7 +31,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def backend_target(job: dict) -> Target:
-    from benchmarks.bench.runners import device_of
+    from ondevice.bench.runners import device_of
 
     return Target(job["model"], job["backend"], device_of(job["backend"], job.get("compute_units")),
                   job["precision"], job.get("compression", "none"),
@@ -38,10 +40,18 @@ def backend_target(job: dict) -> Target:
 
 def run_backend(job: dict) -> list[dict]:
     """Load cold, warm up every case, note peak memory; then load warm (repeats), and time every case in
-    repeats interleaved with the transformers reference loaded in this same process."""
-    from benchmarks.bench.runners import causal_cases, encoder_cases, import_backend, loader, weight_bytes
+    repeats interleaved with the transformers reference loaded in this same process, after the peak
+    memory was noted: the peak is this backend's alone."""
     from convert.checkpoint import read_model_config
     from convert.locate import resolve_checkpoint
+    from ondevice.bench.runners import (
+        causal_cases,
+        encoder_cases,
+        import_backend,
+        loader,
+        parameter_count,
+        weight_bytes,
+    )
 
     set_threads(job["threads"])
     target = Target(job["model"], job["backend"], "?", job["precision"], job.get("compression", "none"))
@@ -52,7 +62,9 @@ def run_backend(job: dict) -> list[dict]:
         return [skipped(target, f"{job['backend']} cannot be imported here ({exc})")]
     except Exception as exc:
         return [failed(target, exc)]
-    records = [record(target, "runtime_baseline_memory", peak_rss_bytes())]
+    isolated = job.get("isolated", True)
+    records = [record(target, "runtime_baseline_memory", peak_rss_bytes()) if isolated else
+               skipped(target, OWN_PROCESS, kind="runtime_baseline_memory")]
     _, config = read_model_config(resolve_checkpoint(job["checkpoint"]))
     load = loader(job["backend"], job["checkpoint"], job["precision"], job.get("package"), job.get("compute_units"))
     try:
@@ -74,8 +86,11 @@ def run_backend(job: dict) -> list[dict]:
             working.append(case)
         except Exception as exc:
             records.append(failed(target, exc, kind=case.kind, seq_len=case.seq_len, batch=case.batch))
-    records.append(record(target, "peak_memory", peak_rss_bytes(), note="max RSS of this process: includes the "
-                          "runtime baseline (Python and libraries imported) measured before loading"))
+    if isolated:  # before the reference is loaded for the comparisons: nothing here but this backend
+        records.append(record(target, "peak_memory", peak_rss_bytes(), note="max RSS of this process: includes "
+                              "the runtime baseline (Python and libraries imported) measured before loading"))
+    else:
+        records.append(skipped(target, OWN_PROCESS, kind="peak_memory"))
     warm = []
     try:
         for _ in range(job["repeats"]):  # the second and later loads: files in the page cache, libraries warm
@@ -106,16 +121,15 @@ def run_backend(job: dict) -> list[dict]:
             ours = stats["ours"].scaled(scale)
             extra = {}
             if reference is not None:
-                ref = stats["reference"].scaled(scale)
-                extra["vs_reference"] = ours.median / ref.median if case.kind == "decode" else ref.median / ours.median
-            if case.kind == "decode":
-                extra |= {"tokens": tokens, "weight_bytes": weight_bytes(job["checkpoint"], precision)}
+                extra |= reference_fields(case.kind, ours, stats["reference"].scaled(scale))
+            if case.kind == "decode":  # parameters from the checkpoint's file headers: no second load
+                extra |= {"tokens": tokens, "weight_bytes": weight_bytes(parameter_count(job["checkpoint"]), precision)}
             records.append(record(target, case.kind, stats=ours, seq_len=case.seq_len, batch=case.batch, **extra))
         except Exception as exc:
             records.append(failed(target, exc, kind=case.kind, seq_len=case.seq_len, batch=case.batch))
     reference = None  # free it before predictive text loads its own models
     if config.is_causal and job["backend"] in ("torch-ane", "mlx") and job["keystrokes"] > 0:
-        from benchmarks.bench.keystrokes import keystroke_records
+        from ondevice.bench.keystrokes import keystroke_records
 
         model = None
         gc.collect()
@@ -125,9 +139,9 @@ def run_backend(job: dict) -> list[dict]:
 
 
 def run_convert(job: dict) -> list[dict]:
-    from benchmarks.bench.runners import convert_package
     from convert.checkpoint import read_model_config
     from convert.locate import resolve_checkpoint
+    from ondevice.bench.runners import convert_package
 
     target = Target(job["model"], "coreml", "conversion", "fp16", job["compression"], "checkpoint")
     try:
@@ -142,7 +156,7 @@ def run_convert(job: dict) -> list[dict]:
 
 
 def run_job(job: dict) -> list[dict]:
-    from benchmarks.bench import peers
+    from ondevice.bench import peers
 
     runners = {"backend": run_backend, "convert": run_convert, "mlx_lm": peers.mlx_lm_records,
                "ane_transformers": peers.ane_transformers_records}

@@ -40,6 +40,17 @@ def seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def decode_tokens_per_s(lm, prompt: list[int], tokens: int) -> float:
+    """Greedy decode through the KV cache of any backend (`ondevice.runtime.CausalLM`): prefill `prompt`
+    into an empty cache, then tokens/s of `tokens` single-token steps (the prompt not counted)."""
+    lm.trim(0)
+    token = int(np.argmax(lm.prefill(prompt)[-1]))
+    start = time.perf_counter()
+    for _ in range(tokens):
+        token = int(np.argmax(lm.decode(token)))
+    return tokens / (time.perf_counter() - start)
+
+
 def interleaved(runs: dict[str, Callable[[], float]], repeats: int, warmup: int = 1,
                 budget_s: float | None = None, min_repeats: int = 3, min_time_s: float | None = None,
                 ) -> dict[str, Stats]:

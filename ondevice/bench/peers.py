@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench.measure import interleaved, seconds
-from benchmarks.bench.records import Target, failed, record, skipped
-from benchmarks.bench.runners import PROMPT_TOKENS, coreml_unavailable, device_of, weight_bytes
-from benchmarks.mlx_decode_vs_mlx_lm import time_mlx_lm, time_ours
+from ondevice.bench.measure import interleaved, seconds
+from ondevice.bench.records import Target, failed, peer_stats, record, skipped
+from ondevice.bench.runners import PROMPT_TOKENS, coreml_unavailable, device_of, parameter_count, weight_bytes
 
 MLX_LM = "mlx_lm"
 ANE_TRANSFORMERS = "ane_transformers"
@@ -29,33 +28,19 @@ def mlx_lm_records(job: dict) -> list[dict]:
     ours = Target(job["model"], "mlx", device_of("mlx"), job["precision"], source="mlx-export")
     theirs = Target(job["model"], MLX_LM, ours.device, job["precision"], source="mlx-export")
     try:
-        import mlx.core as mx
         import mlx_lm  # noqa: F401
-        from mlx_lm.models.cache import make_prompt_cache
-        from mlx_lm.utils import load_model
     except ImportError as exc:
         return [skipped(theirs, f"mlx-lm is not installed ({exc})")]
     from convert.checkpoint import load_checkpoint
-    from convert.mlx_checkpoint import load_mlx_checkpoint
-    from convert.mlx_export import export_mlx, mlx_lm_compatible
-    from ondevice.backends.mlx import load
+    from ondevice.bench.mlx_decode import decode_tokens_per_s, export_for_mlx_lm, mlx_lm_prefill_s, mlx_lm_tokens_per_s
 
     checkpoint = load_checkpoint(job["checkpoint"])
-    if not mlx_lm_compatible(checkpoint.config):
+    pair = export_for_mlx_lm(checkpoint, Path(job["export_dir"]), job["precision"])
+    if pair is None:
         return [skipped(theirs, "mlx-lm's GPT-2 needs a tied head, a 4x MLP and the tanh GELU")]
-    Path(job["export_dir"]).parent.mkdir(parents=True, exist_ok=True)
-    export = export_mlx(checkpoint, Path(job["export_dir"]), dtype=job["precision"], overwrite=True, progress=False)
-    lm = load(load_mlx_checkpoint(export), dtype=None)
-    model = load_model(Path(export))[0]
-    cfg = checkpoint.config
-    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, size=max([*job["seq_lens"], PROMPT_TOKENS])).tolist()
-
-    def prefill_theirs(n: int) -> float:
-        def run() -> None:
-            logits = model(mx.array([ids[:n]]), cache=make_prompt_cache(model))
-            np.array(logits[0].astype(mx.float32), copy=False)  # as ours: (S, V) logits handed over as numpy
-
-        return seconds(run)
+    lm, model, _ = pair
+    ids = np.random.default_rng(0).integers(0, checkpoint.config.vocab_size,
+                                            size=max([*job["seq_lens"], PROMPT_TOKENS])).tolist()
 
     def prefill_ours(n: int) -> float:
         lm.trim(0)
@@ -66,19 +51,19 @@ def mlx_lm_records(job: dict) -> list[dict]:
     for kind, n in cases:
         try:
             if kind == "prefill":
-                runs = {"ours": lambda n=n: prefill_ours(n), "theirs": lambda n=n: prefill_theirs(n)}
+                runs = {"ours": lambda n=n: prefill_ours(n), "theirs": lambda n=n: mlx_lm_prefill_s(model, ids[:n])}
             else:
                 prompt, tokens = ids[:PROMPT_TOKENS], job["decode_tokens"]
-                runs = {"ours": lambda p=prompt, t=tokens: time_ours(lm, p, t),
-                        "theirs": lambda p=prompt, t=tokens: time_mlx_lm(model, p, t)}
+                runs = {"ours": lambda p=prompt, t=tokens: decode_tokens_per_s(lm, p, t),
+                        "theirs": lambda p=prompt, t=tokens: mlx_lm_tokens_per_s(model, p, t)}
             stats = interleaved(runs, job["repeats"], warmup=job["warmup"], budget_s=job.get("budget_s"),
                                 min_time_s=job.get("min_time_s"))
             scale = 1e3 if kind == "prefill" else 1.0
             a, b = stats["ours"].scaled(scale), stats["theirs"].scaled(scale)
-            speed = b.median / a.median if kind == "prefill" else a.median / b.median
-            extra = {"tokens": job["decode_tokens"], "weight_bytes": weight_bytes(job["checkpoint"], job["precision"])
+            extra = {"tokens": job["decode_tokens"],
+                     "weight_bytes": weight_bytes(parameter_count(job["checkpoint"]), job["precision"])
                      } if kind == "decode" else {}
-            records.append(record(ours, kind, stats=a, seq_len=n, batch=1, vs_peer={"peer": MLX_LM, "ratio": speed},
+            records.append(record(ours, kind, stats=a, seq_len=n, batch=1, vs_peer=peer_stats(MLX_LM, kind, a, b),
                                   **extra))
             records.append(record(theirs, kind, stats=b, seq_len=n, batch=1, **extra))
         except Exception as exc:
@@ -104,8 +89,8 @@ def ane_transformers_records(job: dict) -> list[dict]:
     import torch
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    from benchmarks.bench.runners import convert_package
     from ondevice.backends.coreml import load_package
+    from ondevice.bench.runners import convert_package
 
     ours = Target(DISTILBERT, "coreml", ANE_UNITS, "fp16", source="coreml-package")
     work = Path(job["cache_dir"])
@@ -134,7 +119,7 @@ def ane_transformers_records(job: dict) -> list[dict]:
                                 min_time_s=job.get("min_time_s"))
             a, b = stats["ours"].scaled(1e3), stats["theirs"].scaled(1e3)
             records.append(record(ours, "encode", stats=a, seq_len=n, batch=1,
-                                  vs_peer={"peer": ANE_TRANSFORMERS, "ratio": b.median / a.median}))
+                                  vs_peer=peer_stats(ANE_TRANSFORMERS, "encode", a, b)))
             records.append(record(theirs, "encode", stats=b, seq_len=n, batch=1))
         except Exception as exc:
             records.append(failed(theirs, exc, kind="encode", seq_len=n, batch=1))

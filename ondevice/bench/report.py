@@ -10,15 +10,21 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ondevice.bench.records import speed_ratio
+
 LATENCY_KINDS = ("prefill", "encode")
-CAPTION = ("times: median of repeats after warm-up (spread p10-p90 in bench.json); (n.nnx): speed relative to the "
-           "transformers CPU reference timed in the same process (>1 is faster), or to the peer named in notes; "
-           "% BW: weight bytes read per second while decoding / measured memory bandwidth; peak MiB: max RSS of "
-           "the backend's own process, (runtime baseline before loading the model)")
+CAPTION = ("times: median of repeats after warm-up (spread p10-p90 in bench.json); every ratio is computed from the "
+           "two figures beside it in its cell: (ref t, r x) is the transformers CPU reference timed in this row's "
+           "own process, its repeats interleaved with the row's, and r the speed of the row against it (ref / ours "
+           "for ms, ours / ref for tok/s; >1 is faster); (mlx_lm t, r x) the same against that peer; the reference "
+           "row is timed in its own process; reuse: ms per keystroke at a 64-token context recomputing / reusing "
+           "the KV cache, (context ...) the same for the context part alone; % BW: weight bytes read per second "
+           "while decoding / measured memory bandwidth; peak MiB: max RSS of the backend's own process before "
+           "anything else is loaded in it, (runtime baseline before loading the model)")
 
 
 def write_json(path: Path, machine: dict, settings: dict, records: list[dict]) -> None:
-    document = {"schema": "benchmarks/bench/schema.json", "machine": machine, "settings": settings, "records": records}
+    document = {"schema": "ondevice/bench/schema.json", "machine": machine, "settings": settings, "records": records}
     path.write_text(json.dumps(document, indent=1) + "\n")
 
 
@@ -39,9 +45,32 @@ def _num(value: float) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
-def _ratio(r: dict) -> str:
-    ratio = r.get("vs_reference") or (r.get("vs_peer") or {}).get("ratio")
-    return f" ({ratio:.2f}x)" if ratio else ""
+def _x(ratio: float) -> str:
+    """A ratio to three figures at most: 1.07x, 38.8x, 243x."""
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.1f}x" if ratio < 100 else f"{ratio:.0f}x"
+
+
+def _compared(r: dict) -> str:
+    """The record's value and, where it was compared in its own process, the other side's value and the
+    ratio of the two: (ref 4.26, 1.07x). A ratio measured across processes is never shown."""
+    value = _num(r["value"])
+    reference, peer = r.get("reference"), r.get("vs_peer")
+    if reference and reference.get("same_process") and reference.get("value"):
+        who, other = "ref", reference["value"]
+    elif peer and peer.get("value"):
+        who, other = peer["peer"], peer["value"]
+    else:
+        return value
+    return f"{value} ({who} {_num(other)}, {_x(speed_ratio(r['kind'], r['value'], other))})"
+
+
+def _reuse(r: dict) -> str:
+    """recompute / reuse ms = ratio, for the whole keystroke and its context part."""
+    cell = f"{_num(r['recompute_ms'])} / {_num(r['reuse_ms'])} = {_x(r['recompute_ms'] / r['reuse_ms'])}"
+    if r.get("context_reuse_ms") and r.get("context_recompute_ms"):
+        a, b = r["context_recompute_ms"], r["context_reuse_ms"]
+        cell += f" (context {_num(a)} / {_num(b)} = {_x(a / b)})"
+    return cell
 
 
 def model_tables(records: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -52,7 +81,8 @@ def model_tables(records: list[dict]) -> list[tuple[str, list[str], list[list[st
         lens = sorted({(r["kind"], r["seq_len"]) for r in mine if r["kind"] in LATENCY_KINDS and r["seq_len"]},
                       key=lambda k: (k[0], k[1]))
         headers = ["backend", "device", "prec.", "convert s", "load s cold / warm", *[f"{k} {n} ms" for k, n in lens],
-                   "decode tok/s", "% BW", "keys p50 / p95 ms", "reuse", "peak MiB (runtime)", "notes"]
+                   "decode tok/s", "% BW", "keys p50 / p95 ms", "reuse: recompute / reuse ms", "peak MiB (runtime)",
+                   "notes"]
         rows = []
         for key in dict.fromkeys(_key(r) for r in mine):
             got = {(r["kind"], r["seq_len"]): r for r in mine if _key(r) == key and r["status"] == "ok"}
@@ -60,24 +90,21 @@ def model_tables(records: list[dict]) -> list[tuple[str, list[str], list[list[st
             first = next(r for r in mine if _key(r) == key)
             notes = [f"{r['kind']} {r['status']}: {r['reason']}" for r in mine
                      if _key(r) == key and r["status"] != "ok"]
-            if any("vs_peer" in r for r in got.values()):
-                notes.append(f"ratios vs {next(r['vs_peer']['peer'] for r in got.values() if 'vs_peer' in r)}")
             load = " / ".join(_num(by_kind[k]["value"]) if k in by_kind else "-" for k in ("load_cold", "load_warm"))
             convert = by_kind.get("coreml_convert")
             cells = [_label(first), first["device"], first["precision"], _num(convert["value"]) if convert else "",
                      load if load != "- / -" else ""]
             for kind, n in lens:
                 r = got.get((kind, n))
-                cells.append(f"{_num(r['value'])}{_ratio(r)}" if r else "")
+                cells.append(_compared(r) if r else "")
             decode = by_kind.get("decode")
-            cells.append(f"{_num(decode['value'])}{_ratio(decode)}" if decode else "")
+            cells.append(_compared(decode) if decode else "")
             cells.append(f"{100 * decode['bandwidth_fraction']:.1f}%" if decode and "bandwidth_fraction" in decode
                          else "")
             keys = [by_kind.get(k) for k in ("keystroke_p50", "keystroke_p95")]
             cells.append(" / ".join(_num(k["value"]) for k in keys) if all(keys) else "")
             reuse = by_kind.get("cache_reuse_ratio")
-            context = f" (context {reuse['context_ratio']:.1f}x)" if reuse and "context_ratio" in reuse else ""
-            cells.append(f"{reuse['value']:.1f}x{context}" if reuse else "")
+            cells.append(_reuse(reuse) if reuse else "")
             peak, base = by_kind.get("peak_memory"), by_kind.get("runtime_baseline_memory")
             cells.append(f"{peak['value'] / 2**20:.0f} ({base['value'] / 2**20:.0f})" if peak and base else "")
             cells.append("; ".join(notes))
@@ -161,8 +188,8 @@ def plot(path: Path, records: Iterable[dict]) -> None:
         left.errorbar([r["seq_len"] for r in rs], [r["value"] for r in rs], color=color(rs[0]), yerr=_yerr(rs),
                       linestyle=("-", "--", ":", "-.")[models.index(rs[0]["model"]) % 4], marker="os^Dv<>"[i % 7],
                       capsize=2, label=name)
-    left.set(title="prefill (GPT-2) / encode (BERT) latency", xlabel="sequence length (tokens)",
-             ylabel="ms (median, bars p10-p90)", yscale="log")
+    left.set(title="prefill (GPT-2) / encode (BERT) latency, each backend in its own process",
+             xlabel="sequence length (tokens)", ylabel="ms (median, bars p10-p90)", yscale="log")
     left.set_xscale("log", base=2)
     if lengths:
         left.set_xticks(lengths, [str(n) for n in lengths])
