@@ -1,0 +1,1 @@
+"""The `ondevice` subcommands, one module each; `ondevice/cli.py` assembles them."""

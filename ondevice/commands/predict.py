@@ -1,0 +1,69 @@
+"""`ondevice predict` and `ondevice type`: predictive text from the command line and in a terminal."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ondevice.commands.common import console, one_line_errors
+
+
+@one_line_errors
+def predict(
+    text: Annotated[str | None, typer.Argument(help="The text typed so far; '-' or nothing reads stdin.")] = None,
+    model: Annotated[str, typer.Option(help="Causal LM checkpoint (default: the bundled keyboard model).")] = (
+        "keyboard-gpt2"
+    ),
+    backend: Annotated[str, typer.Option(help="torch-ane, mlx, or coreml (a converted package, on a Mac).")] = (
+        "torch-ane"
+    ),
+    k: Annotated[int, typer.Option("-k", help="How many suggestions.")] = 3,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a line of words.")] = False,
+    eval_file: Annotated[Path | None, typer.Option("--eval", help="Held-out text to evaluate on.")] = None,
+    eval_lines: Annotated[int | None, typer.Option(help="Evaluate on the first N lines only.")] = None,
+    baseline_text: Annotated[Path | None, typer.Option(help="Training text of the n-gram baseline (default: the "
+                                                       "bundled model's).")] = None,
+) -> None:
+    """Next-word suggestions, or completions of the word being typed; or, with --eval, quality figures."""
+    import json
+
+    from ondevice.keyboard import Predictor
+
+    predictor = Predictor(model, backend=backend, k=k)
+    if eval_file is not None:
+        from ondevice.keyboard.report import evaluate_file
+
+        summary = evaluate_file(predictor, eval_file, eval_lines, baseline_text)
+        if json_output:
+            console.print_json(json.dumps(summary))
+        else:
+            from ondevice.keyboard.report import eval_table
+
+            console.print(eval_table(summary))
+        return
+    if text is None or text == "-":
+        text = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+    suggestions = predictor.suggest(text)
+    if json_output:
+        console.print_json(json.dumps([{"word": s.word, "probability": s.probability} for s in suggestions]))
+    elif suggestions:
+        console.print("  ".join(s.word for s in suggestions), highlight=False)
+    else:
+        console.print("(no suggestion)")
+
+
+@one_line_errors
+def type_(
+    model: Annotated[str, typer.Option(help="Causal LM checkpoint (default: the bundled keyboard model).")] = (
+        "keyboard-gpt2"
+    ),
+    backend: Annotated[str, typer.Option(help="torch-ane, mlx, or coreml.")] = "torch-ane",
+) -> None:
+    """Type in the terminal with suggestions updated on every keystroke (Tab/F1-F3 accept, Enter quits)."""
+    from ondevice.keyboard import Predictor
+    from ondevice.keyboard.terminal import run_terminal
+
+    run_terminal(Predictor(model, backend=backend))
