@@ -174,9 +174,6 @@ class MilProgram:
         self.functions = self.program.functions
         self._consts: dict[int, np.ndarray] = {}
 
-    def function_inputs(self, function: str) -> dict[str, object]:
-        return dict(self.functions[function].inputs)
-
     def state_names(self, function: str) -> list[str]:
         from coremltools.converters.mil.mil import types
 

@@ -1,6 +1,6 @@
-"""Backends by name. Each module exposes `load(checkpoint, dtype, capacity)` returning a `CausalLM`
-(GPT-2) or an `Encoder` (BERT family); imported lazily so a missing optional library only affects
-its own backend."""
+"""Backends by name. Each module exposes `load(checkpoint, dtype, capacity)` returning a `CausalLM` (causal
+families) or an `Encoder`; imported lazily so a missing optional library only affects its own backend. The
+coreml backend runs converted packages (`ondevice.backends.coreml.load_package`), not checkpoints."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from convert.checkpoint import Checkpoint
 BACKENDS = {
     "torch-ane": "ondevice.backends.torch_ane",
     "mlx": "ondevice.backends.mlx",
-    "coreml": "ondevice.backends.coreml",  # runs converted packages; given a checkpoint, says how to get one
 }
 
 
 def load_backend(name: str, checkpoint: Checkpoint, dtype: str = "fp32", capacity: int | None = None):
+    if name == "coreml":
+        raise OndeviceError("the coreml backend runs a converted package: convert with 'ondevice convert CHECKPOINT "
+                            "--to coreml --out PATH.mlpackage', then pass PATH.mlpackage")
     if name not in BACKENDS:
-        raise OndeviceError(f"unknown backend {name!r} (available: {', '.join(BACKENDS)})")
+        raise OndeviceError(f"unknown backend {name!r} (available: {', '.join([*BACKENDS, 'coreml'])})")
     module = importlib.import_module(BACKENDS[name])
     return module.load(checkpoint, dtype=dtype, capacity=capacity)

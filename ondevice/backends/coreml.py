@@ -198,8 +198,3 @@ def load_package(package: str | Path, use_coreml: bool | None = None, compute_un
     meta = read_metadata(package)
     cls = CoreMLCausalLM if _config(meta, package).is_causal else CoreMLEncoder
     return cls(package, meta, use_coreml, compute_units)
-
-
-def load(checkpoint, dtype: str = "fp16", capacity: int | None = None):
-    raise OndeviceError("the coreml backend runs a converted package: "
-                        "use 'ondevice verify PATH.mlpackage --reference CHECKPOINT'")
