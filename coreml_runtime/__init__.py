@@ -3,5 +3,6 @@
 checks (`ane_rules.py`).
 
 Nothing here imports torch or a model: an app, a Mac without torch, or `ondevice verify` on a package only
-needs the package. (coremltools itself imports torch when it is installed, to check its version; our
-code never needs it: tests/test_layers.py runs a package with torch made unimportable.)"""
+needs the package. (coremltools itself imports torch and transformers when they are installed, to check
+their versions; our code never needs torch: tests/test_coreml_convert.py runs a package with torch made
+unimportable.)"""

@@ -197,3 +197,27 @@ def test_state_persists_across_calls(request, packages):
     lm.prefill([5, 6, 7, 9])
     lm.trim(3)  # rewinding and decoding the token again gives the logits as if 9 was never seen
     np.testing.assert_array_equal(lm.decode(8), after_prompt)
+
+
+def test_a_package_runs_without_torch(request, packages):
+    """The Core ML runtime (coreml_runtime/, ondevice/backends/coreml.py) needs the package alone: with torch
+    made unimportable, the package still loads and evaluates to the logits it gives with torch present."""
+    import subprocess
+    import sys
+
+    from ondevice.backends.coreml import load_package
+
+    package, _ = packages(request, "gpt2-state-fp16")
+    expected = load_package(package).prefill([5, 7, 11])
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np\n"
+        "from ondevice.backends.coreml import load_package\n"
+        f"logits = load_package({str(package)!r}).prefill([5, 7, 11])\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "np.save(sys.stdout.buffer, logits)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    import io
+
+    assert np.array_equal(np.load(io.BytesIO(out.stdout)), expected)

@@ -5,9 +5,12 @@ coreml backend runs converted packages (`ondevice.backends.coreml.load_package`)
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from canonical.errors import OndeviceError
-from convert.checkpoint import Checkpoint
+
+if TYPE_CHECKING:  # the coreml backend is imported through this package and must not need torch
+    from convert.checkpoint import Checkpoint
 
 BACKENDS = {
     "torch-ane": "ondevice.backends.torch_ane",
