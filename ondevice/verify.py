@@ -1,9 +1,14 @@
 """`ondevice verify`: run a backend and the transformers reference on the same random token ids and
-report how far apart they are, against the bounds of `parity.TOLERANCES`."""
+report how far apart they are, against the bounds of `parity.TOLERANCES`.
+
+Outputs with non-finite values (NaN, inf) fail outright, and greedy agreement is then not reported: argmax
+of NaN logits "agrees" with anything. A Core ML package is checked against the sha256 of its weights that
+conversion recorded before anything runs (`coreml_runtime/integrity.py`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -32,15 +37,50 @@ class VerifyReport:
     # Lossless formats must reproduce the reference's greedy tokens exactly; for lossy ones (bf16, quantized,
     # compressed) the agreement is reported and the bound is on the outputs' error.
     greedy_required: bool = True
+    # Our outputs holding NaN or inf: name -> how many values (any at all fails, and greedy is not compared).
+    nonfinite: dict[str, int] = field(default_factory=dict)
 
     @property
     def greedy_match(self) -> bool | None:
-        return None if self.greedy_ours is None else self.greedy_ours == self.greedy_reference
+        if self.greedy_ours is None or self.nonfinite:
+            return None
+        return self.greedy_ours == self.greedy_reference
 
     @property
     def passed(self) -> bool:
         greedy_ok = self.greedy_match is not False or not self.greedy_required
-        return all(c.within(self.tolerance) for c in self.comparisons) and greedy_ok
+        return all(c.within(self.tolerance) for c in self.comparisons) and greedy_ok and not self.nonfinite
+
+
+def check_seed(seed: int) -> None:
+    if seed < 0:
+        raise InputError(f"--seed {seed}: must be 0 or more")
+
+
+def _count_nonfinite(report: VerifyReport, name: str, values: np.ndarray) -> None:
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        report.nonfinite[name] = report.nonfinite.get(name, 0) + bad
+
+
+class _Watched:
+    """A CausalLM whose every logits are checked for NaN and inf (counted under "logits" in the report)."""
+
+    def __init__(self, lm, report: VerifyReport):
+        self._lm, self._report = lm, report
+
+    def __getattr__(self, name):
+        return getattr(self._lm, name)
+
+    def prefill(self, ids):
+        logits = self._lm.prefill(ids)
+        _count_nonfinite(self._report, "logits", np.asarray(logits))
+        return logits
+
+    def decode(self, token):
+        logits = self._lm.decode(token)
+        _count_nonfinite(self._report, "logits", np.asarray(logits))
+        return logits
 
 
 def check_seq_len(seq_len: int, max_positions: int, field_name: str) -> None:
@@ -60,9 +100,17 @@ def verify(
     seed: int = 0,
     greedy_steps: int = 16,
 ) -> VerifyReport:
+    from convert.checkpoint import is_mlx_directory
+
+    check_seed(seed)
+    if not isinstance(checkpoint, Checkpoint) and is_mlx_directory(checkpoint):
+        if backend != "mlx":
+            raise InputError(f"{checkpoint}: an MLX directory written by 'ondevice convert --to mlx' runs on the mlx "
+                             f"backend, not {backend}; it is verified against the checkpoint it came from")
+        return verify_mlx_export(checkpoint, None, seq_len=seq_len, seed=seed, greedy_steps=greedy_steps)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
-    seq_len = seq_len or min(DEFAULT_SEQ_LEN, cfg.max_positions)
+    seq_len = min(DEFAULT_SEQ_LEN, cfg.max_positions) if seq_len is None else seq_len
     check_seq_len(seq_len, cfg.max_positions, f"{family_of(cfg).positions_field} in config.json")
     report = VerifyReport(str(ckpt.directory), ckpt.model_type, backend, dtype, seq_len, TOLERANCES[dtype])
     rng = np.random.default_rng(seed)
@@ -76,8 +124,11 @@ def verify(
 
 def _verify_causal_lm(report: VerifyReport, ours, reference, rng, steps: int) -> None:
     cfg = ours.config
+    ours = _Watched(ours, report)
     ids = rng.integers(0, cfg.vocab_size, size=report.seq_len).tolist()
     report.comparisons.append(compare("logits", ours.prefill(ids), reference.prefill(ids)))
+    if report.nonfinite:
+        return  # greedy agreement on NaN logits means nothing: not compared
     steps = min(steps, cfg.max_positions - 1)
     prompt = ids[: min(len(ids), cfg.max_positions - steps)]
     report.greedy_ours = greedy_tokens(ours, prompt, steps)
@@ -102,6 +153,7 @@ def _verify_encoder(report: VerifyReport, ours, reference, rng) -> None:
         a, b = got[name], want[name]
         if a.ndim == 3:  # per-token outputs: compare real tokens only
             a, b = a[valid], b[valid]
+        _count_nonfinite(report, name, np.asarray(a))
         report.comparisons.append(compare(name, a, b))
 
 
@@ -118,9 +170,17 @@ COMPRESSED_TOLERANCES = {
 
 def verify_package(package: str, reference: str | Checkpoint, seq_len: int | None = None, seed: int = 0,
                    greedy_steps: int = 16, use_coreml: bool | None = None) -> VerifyReport:
-    """Like `verify`, for a written Core ML package (Core ML on a Mac, the numpy evaluator elsewhere)."""
+    """Like `verify`, for a written Core ML package (Core ML on a Mac, the numpy evaluator elsewhere).
+    The package's weights are checked against the sha256 recorded at conversion first."""
+    from convert.checkpoint import is_mlx_directory
+    from coreml_runtime.integrity import check_package_weights
     from ondevice.backends.coreml import load_package
 
+    check_seed(seed)
+    check_package_weights(package)
+    if not isinstance(reference, Checkpoint) and is_mlx_directory(reference):
+        raise InputError(f"{reference}: --reference takes the Hugging Face checkpoint a package came from, not an "
+                         "MLX directory")
     ckpt = reference if isinstance(reference, Checkpoint) else load_checkpoint(reference)
     ours = load_package(package, use_coreml=use_coreml)
     if type(ours.config) is not type(ckpt.config) or ours.config.vocab_size != ckpt.config.vocab_size:
@@ -132,7 +192,11 @@ def verify_package(package: str, reference: str | Checkpoint, seq_len: int | Non
     tolerance = COMPRESSED_TOLERANCES.get(compression, TOLERANCES[stored])
     causal = ckpt.config.is_causal
     longest = ours.capacity - greedy_steps if causal else max(ours.lengths)
-    seq_len = seq_len or min(DEFAULT_SEQ_LEN, longest)
+    if longest < 1:
+        raise InputError(f"{package}: its context of {ours.capacity} tokens leaves no room for a prompt before the "
+                         f"{greedy_steps} greedy steps verify decodes (convert with --context {greedy_steps + 8} or "
+                         "more)")
+    seq_len = min(DEFAULT_SEQ_LEN, longest) if seq_len is None else seq_len
     check_seq_len(seq_len, longest, "the package's context minus greedy steps" if causal else "the package's seq_lens")
     backend = f"coreml ({ours.runner.device})" + (f", {compression}" if compression != "none" else "")
     report = VerifyReport(str(ckpt.directory), ckpt.model_type, backend, precision, seq_len, tolerance,
@@ -154,12 +218,24 @@ MLX_EXPORT_TOLERANCES = {
 }
 
 
-def verify_mlx_export(directory: str, reference: str | Checkpoint, seq_len: int | None = None, seed: int = 0,
+def verify_mlx_export(directory: str, reference: str | Checkpoint | None, seq_len: int | None = None, seed: int = 0,
                       greedy_steps: int = 16) -> VerifyReport:
-    """Like `verify`, for a directory written by `ondevice convert --to mlx`, against its source checkpoint."""
+    """Like `verify`, for a directory written by `ondevice convert --to mlx`, against its source checkpoint
+    (`reference`; None: the checkpoint recorded at export, if it is still there)."""
+    from convert.checkpoint import is_mlx_directory, mlx_source
     from convert.mlx_checkpoint import load_mlx_checkpoint
     from ondevice.backends.mlx import load as load_mlx
 
+    check_seed(seed)
+    if reference is None:
+        reference = mlx_source(directory)
+        if reference is None or not Path(reference).is_dir():
+            where = f" ({reference} is gone)" if reference is not None else ""
+            raise InputError(f"{directory}: an MLX directory is verified against the checkpoint it was exported "
+                             f"from{where}: pass --reference CHECKPOINT")
+    if not isinstance(reference, Checkpoint) and is_mlx_directory(reference):
+        raise InputError(f"{reference}: --reference takes the Hugging Face checkpoint an export came from, not an "
+                         "MLX directory")
     exported = load_mlx_checkpoint(directory)
     ckpt = reference if isinstance(reference, Checkpoint) else load_checkpoint(reference)
     if exported.config != ckpt.config:
@@ -168,7 +244,7 @@ def verify_mlx_export(directory: str, reference: str | Checkpoint, seq_len: int 
     quantization = exported.quantization
     precision = f"q{quantization['bits']}" if quantization else exported.dtype
     tolerance = MLX_EXPORT_TOLERANCES.get(precision, TOLERANCES.get(precision))
-    seq_len = seq_len or min(DEFAULT_SEQ_LEN, ckpt.config.max_positions)
+    seq_len = min(DEFAULT_SEQ_LEN, ckpt.config.max_positions) if seq_len is None else seq_len
     check_seq_len(seq_len, ckpt.config.max_positions, f"{family_of(ckpt.config).positions_field} in config.json")
     report = VerifyReport(str(ckpt.directory), ckpt.model_type, "mlx export", precision, seq_len, tolerance,
                           greedy_required=precision in ("fp32", "fp16"))

@@ -160,3 +160,128 @@ def test_unknown_backend(gpt2_dir):
 def test_coreml_backend_on_a_checkpoint_says_how_to_get_a_package(gpt2_dir):
     assert_one_line_error(run_cli("verify", str(gpt2_dir), "--backend", "coreml"),
                           "the coreml backend runs a converted package")
+
+
+# Option values and options that do not apply: one line naming the option and what to use instead, exit 2,
+# before anything is loaded or written. {gpt2}, {bert}: checkpoints; {tmp}: an empty folder; {file}: a file.
+BAD_OPTIONS = [
+    # values out of range, 0 as a real value
+    (["predict", "x ", "-k", "0"], ["-k 0: must be at least 1"]),
+    (["predict", "x ", "-k", "-1"], ["-k -1: must be at least 1"]),
+    (["predict", "--eval", "{file}", "--eval-lines", "0"], ["--eval-lines 0: must be at least 1"]),
+    (["predict", "--eval", "{file}", "--eval-lines", "-1"], ["--eval-lines -1: must be at least 1"]),
+    (["predict", "--eval-lines", "5", "x"], ["--eval-lines applies with --eval FILE only"]),
+    (["predict", "--eval", "{tmp}/missing.txt"], ["missing.txt: cannot be read (no such file)"]),
+    (["verify", "{gpt2}", "--seed", "-1"], ["--seed -1: must be 0 or more"]),
+    (["verify", "{gpt2}", "--seq-len", "0"], ["--seq-len 0: must be at least 1"]),
+    (["verify", "{gpt2}", "--reference", "{gpt2}"], ["--reference applies to a .mlpackage or an MLX directory"]),
+    (["verify", "{tmp}/p.mlpackage", "--reference", "{gpt2}", "--backend", "mlx"], ["--backend applies to a "
+                                                                                    "checkpoint"]),
+    (["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--context", "0"],
+     ["--context 0: must be at least 2"]),
+    (["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--seq-len", "0"],
+     ["--seq-len 0: must be at least 1"]),
+    (["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o"], ["must end in .mlpackage"]),
+    (["bench", "--threads", "0"], ["--threads 0: must be at least 1"]),
+    (["bench", "--threads", "-1"], ["--threads -1: must be at least 1"]),
+    (["bench", "--repeats", "0"], ["--repeats 0: must be at least 1"]),
+    (["bench", "--seq-lens", "16,0"], ["--seq-lens 0: must be at least 1"]),
+    (["bench", "--out", "{file}"], ["is a file; --out takes a directory"]),
+    # options that do not apply to the target or the family: refused, with what to use instead
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--compress", "int4"],
+     ["--compress applies to --to coreml only", "--quantize 4 or 8"]),
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--target", "iOS15"],
+     ["--target applies to --to coreml only"]),
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--context", "64"],
+     ["--context applies to --to coreml only"]),
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--group-size", "32"],
+     ["--group-size applies with --quantize 4 or 8 only"]),
+    (["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--quantize", "4"],
+     ["--quantize applies to --to mlx only", "--compress int8, int4"]),
+    (["convert", "{bert}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--kv-cache", "io"],
+     ["--kv-cache applies to causal LMs", "bert is an encoder"]),
+    (["convert", "{bert}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--context", "64"],
+     ["--context applies to causal LMs"]),
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--quantize", "3"], ["--quantize 3: choose from 4, 8"]),
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--dtype", "int8"], ["--dtype int8: choose from"]),
+    # outputs the filesystem cannot take
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "/nonexistent-ondevice-dir/o"], ["output directory does not "
+                                                                                    "exist"]),
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "{file}/o"], ["output directory does not exist"]),
+]
+
+
+@pytest.mark.parametrize(("args", "fragments"), BAD_OPTIONS, ids=[" ".join(a[:1] + a[2:])[:60] for a, _ in
+                                                                   BAD_OPTIONS])
+def test_bad_option_values_get_one_line(args, fragments, gpt2_dir, bert_dir, tmp_path):
+    (tmp_path / "text.txt").write_text("one line of text\n")
+    values = {"gpt2": str(gpt2_dir), "bert": str(bert_dir), "tmp": str(tmp_path), "file": str(tmp_path / "text.txt")}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_one_line_error(run_cli(*[a.format(**values) for a in args]), *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_output_in_a_folder_that_cannot_be_written(gpt2_dir, tmp_path, monkeypatch):
+    """A read-only or system folder: one line naming the folder and the reason (root ignores permission bits,
+    so the refusal is simulated where the staging folder is made)."""
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    assert_one_line_error(run_cli("convert", str(gpt2_dir), "--to", "mlx", "--out", str(tmp_path / "o")),
+                          f"{tmp_path}: cannot write here (Permission denied)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_writing_gets_one_line_and_leaves_nothing(gpt2_dir, tmp_path, monkeypatch):
+    import errno
+
+    import convert.mlx_export
+
+    def full(source, work):
+        raise OSError(errno.ENOSPC, "No space left on device", str(work / "tokenizer.json"))
+
+    monkeypatch.setattr(convert.mlx_export, "_copy_tokenizer", full)
+    assert_one_line_error(run_cli("convert", str(gpt2_dir), "--to", "mlx", "--out", str(tmp_path / "o")),
+                          "tokenizer.json: No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pickle_refusal_does_not_advise_running_the_pickle(tmp_path, bert_dir):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    directory = Path(shutil.copytree(bert_dir, tmp_path / "evil"))
+    (directory / "model.safetensors").unlink()
+    with open(directory / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"weights": Payload()}, f)
+    line = assert_one_line_error(run_cli("verify", str(directory)), "pytorch_model.bin", "could run code")
+    assert "weights_only" not in line and "this must never run" not in line
+
+
+def test_an_early_ctrl_c_prints_one_word(gpt2_dir, tmp_path):
+    """Ctrl-C while the command is still starting (importing) or converting: `interrupted`, exit 130, no
+    traceback, nothing written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [str(Path(sys.executable).with_name("ondevice")), "convert", str(gpt2_dir), "--to", "mlx",
+               "--out", str(tmp_path / "o")]
+    for delay in (0.4, 0.8, 1.5):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+        if process.returncode == 0:  # finished before the signal: nothing to check
+            shutil.rmtree(tmp_path / "o")
+            continue
+        assert process.returncode == 130, (delay, stderr)
+        assert "Traceback" not in stderr and stderr.strip() == "interrupted", (delay, stderr)
+        assert list(tmp_path.iterdir()) == []

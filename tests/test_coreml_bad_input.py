@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -114,3 +116,95 @@ def test_verify_package_needs_reference(tmp_path):
     result = CliRunner().invoke(app, ["verify", str(tmp_path / "x.mlpackage")])
     assert result.exit_code == 2
     assert "needs --reference CHECKPOINT" in result.output
+
+
+@pytest.fixture(scope="module")
+def cli_package(tmp_path_factory, gpt2_dir):
+    """One GPT-2 package converted through the command line; the result of that run, and the package."""
+    out = tmp_path_factory.mktemp("cli") / "gpt2.mlpackage"
+    result = CliRunner().invoke(app, ["convert", str(gpt2_dir), "--to", "coreml", "--out", str(out), "--context",
+                                      "24", "--seq-len", "4"])
+    assert result.exit_code == 0, result.output
+    return result, out
+
+
+def test_conversion_is_quiet(cli_package):
+    """A GPT-2 conversion prints its summary line, and nothing of coremltools, torch or scikit-learn (their
+    import notices, progress bars and `Saving value type of int64` are captured; --verbose shows them).
+    Our progress bar draws only on a terminal, which a test's stderr is not."""
+    result, out = cli_package
+    assert result.stderr == "", result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wrote {out}: Core ML package (fp16, target iOS18"), lines
+    assert "--verbose shows them" in lines[0]
+
+
+def test_captured_collects_third_party_output_and_verbose_shows_it(capsys):
+    import logging
+    import sys
+    import warnings
+
+    from ondevice.quiet import captured
+
+    def chatter():
+        print("Saving value type of int64 into a builtin type of int32", file=sys.stderr)
+        logging.getLogger("coremltools").warning("Failed to load _MLModelProxy")
+        warnings.warn("Torch version 2.13 has not been tested with coremltools", UserWarning, stacklevel=1)
+
+    with captured() as noise:
+        chatter()
+    assert capsys.readouterr().err == ""
+    assert any("Saving value type" in line for line in noise.lines)
+    assert any("Failed to load _MLModelProxy" in line for line in noise.lines)
+    assert any("has not been tested" in line for line in noise.lines)
+    with captured(verbose=True):
+        chatter()
+    assert "Saving value type" in capsys.readouterr().err
+
+
+def test_a_bug_inside_captured_shows_what_was_captured(capsys):
+    import sys
+
+    from ondevice.quiet import captured
+
+    with pytest.raises(ZeroDivisionError), captured():
+        print("context before the crash", file=sys.stderr)
+        _ = 1 / 0
+    assert "context before the crash" in capsys.readouterr().err
+
+
+def test_inspect_checks_the_recorded_weights_and_names_rules_verbatim(cli_package):
+    _, package = cli_package
+    result = CliRunner().invoke(app, ["inspect", str(package)])
+    assert result.exit_code == 0, result.output
+    assert "as recorded" in result.stdout
+    # rich markup must not swallow the function name in brackets
+    assert "  [decode] size-1 last axis" in result.stdout or "ANE rule violations: none" in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("damage", ["altered", "truncated", "missing"])
+def test_altered_weights_are_refused_by_inspect_and_verify(cli_package, gpt2_dir, tmp_path, damage):
+    import shutil
+
+    from coreml_runtime.package import weights_path
+
+    _, original = cli_package
+    package = Path(shutil.copytree(original, tmp_path / "altered.mlpackage"))
+    weights = weights_path(package)
+    data = bytearray(weights.read_bytes())
+    if damage == "altered":  # same size, a few bytes changed: what made verify print NaN logits
+        data[256:1024] = b"\xff" * 768
+        weights.write_bytes(bytes(data))
+    elif damage == "truncated":
+        weights.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        weights.unlink()
+    fragment = "missing" if damage == "missing" else "differs from the"
+    for args in (["inspect", str(package)], ["verify", str(package), "--reference", str(gpt2_dir)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert "weight.bin" in lines[0] and fragment in lines[0], lines[0]
+        assert "PASS" not in result.stdout and "greedy" not in result.stdout

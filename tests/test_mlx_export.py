@@ -90,13 +90,17 @@ def test_mlx_lm_runs_the_gpt2_export(gpt2_dir, tmp_path):
 
 
 def test_existing_output_is_refused_then_replaced_with_overwrite(gpt2_dir, tmp_path):
+    """--overwrite replaces an earlier export, never a folder of the user's files (tests/test_overwrite.py)."""
     out = tmp_path / "mlx"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     _one_line_error(_run("convert", gpt2_dir, "--to", "mlx", "--out", out), "already exists", "--overwrite")
+    _one_line_error(_run("convert", gpt2_dir, "--to", "mlx", "--out", out, "--overwrite"), "not written by ondevice")
     assert (out / "keep.txt").read_text() == "mine"
-    assert _run("convert", gpt2_dir, "--to", "mlx", "--out", out, "--overwrite").exit_code == 0
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    (out / "keep.txt").unlink()
+    assert _run("convert", gpt2_dir, "--to", "mlx", "--out", out, "--overwrite").exit_code == 0  # an empty folder
+    assert _run("convert", gpt2_dir, "--to", "mlx", "--out", out, "--overwrite").exit_code == 0  # an earlier export
+    assert (out / "model.safetensors").is_file()
 
 
 def test_a_failed_export_leaves_nothing(gpt2_dir, tmp_path, monkeypatch):
@@ -198,7 +202,7 @@ def test_cli_generate_streams_ids_and_text(gpt2_dir, tmp_path):
         (["hello"], "no tokenizer files"),
         (["--ids", "1,x"], "--ids takes integers"),
         (["--ids", "1,9999"], "token id 9999 is outside the vocabulary"),
-        (["--ids", "1", "--temperature", "-1"], "temperature must be >= 0"),
+        (["--ids", "1", "--temperature", "-1"], "temperature must be a finite number >= 0"),
         (["--ids", "1", "--top-p", "1.5"], "top-p must be in (0, 1]"),
         (["--ids", "1", "--top-k", "0"], "top-k must be at least 1"),
         (["--ids", "1", "--max-tokens", "0"], "max tokens must be at least 1"),

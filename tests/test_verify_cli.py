@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -53,3 +54,125 @@ def test_verify_an_mlx_export_against_its_source(gpt2_dir, bert_dir, tmp_path):
     assert lossless.exit_code == 0 and "greedy tokens: 16/16 match" in lossless.stdout, lossless.output
     mismatched = CliRunner().invoke(app, ["verify", str(export), "--reference", str(bert_dir)])
     assert mismatched.exit_code == 2 and "differs from the reference" in mismatched.stderr
+
+
+def test_non_finite_logits_fail_and_greedy_agreement_is_not_reported(gpt2_dir, monkeypatch):
+    """NaN logits "agree" with any argmax: verify fails them and never prints greedy agreement next to them."""
+    import numpy as np
+
+    real_load = ondevice.verify.load_backend
+
+    class NaNLogits:
+        def __init__(self, lm):
+            self.lm = lm
+
+        def __getattr__(self, name):
+            return getattr(self.lm, name)
+
+        def prefill(self, ids):
+            return np.full_like(self.lm.prefill(ids), np.nan)
+
+        def decode(self, token):
+            return np.full_like(self.lm.decode(token), np.nan)
+
+    monkeypatch.setattr(ondevice.verify, "load_backend", lambda *a, **k: NaNLogits(real_load(*a, **k)))
+    result = CliRunner().invoke(app, ["verify", str(gpt2_dir), "--seq-len", "7"])
+    assert result.exit_code == 1, result.output
+    assert "non-finite values (NaN or inf) in our outputs: logits" in result.stdout
+    assert "greedy tokens: not compared" in result.stdout
+    assert "match" not in result.stdout and "FAIL" in result.stdout
+
+
+def test_non_finite_values_late_in_greedy_decoding_also_fail(gpt2_dir, monkeypatch):
+    import numpy as np
+
+    real_load = ondevice.verify.load_backend
+
+    class LateInf:
+        def __init__(self, lm):
+            self.lm, self.decodes = lm, 0
+
+        def __getattr__(self, name):
+            return getattr(self.lm, name)
+
+        def decode(self, token):
+            self.decodes += 1
+            logits = self.lm.decode(token)
+            return np.full_like(logits, np.inf) if self.decodes == 5 else logits
+
+    monkeypatch.setattr(ondevice.verify, "load_backend", lambda *a, **k: LateInf(real_load(*a, **k)))
+    report = ondevice.verify.verify(str(gpt2_dir), seq_len=7)
+    assert report.nonfinite == {"logits": 211} and report.greedy_match is None and not report.passed
+
+
+def test_verify_seq_len_zero_is_not_the_default(gpt2_dir):
+    from canonical.errors import InputError
+
+    with pytest.raises(InputError, match="sequence length must be at least 1, got 0"):
+        ondevice.verify.verify(str(gpt2_dir), seq_len=0)
+
+
+@pytest.fixture(scope="module")
+def keyboard_export(tmp_path_factory):
+    """The bundled keyboard model exported to MLX, 8-bit: an export with a tokenizer and a quantization."""
+    out = tmp_path_factory.mktemp("mlx") / "keyboard-q8"
+    result = CliRunner().invoke(app, ["convert", "keyboard-gpt2", "--to", "mlx", "--out", str(out), "--quantize", "8"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_an_mlx_directory_is_verified_against_the_checkpoint_it_records(gpt2_dir, tmp_path):
+    export = tmp_path / "gpt2-mlx"
+    assert CliRunner().invoke(app, ["convert", str(gpt2_dir), "--to", "mlx", "--out", str(export)]).exit_code == 0
+    result = CliRunner().invoke(app, ["verify", str(export), "--seq-len", "8"])
+    assert result.exit_code == 0, result.output
+    assert f"checkpoint: {gpt2_dir}" in result.stdout and "mlx export fp16" in result.stdout
+    assert "greedy tokens: 16/16 match" in result.stdout
+    wrong = CliRunner().invoke(app, ["verify", str(export), "--backend", "torch-ane"])
+    assert wrong.exit_code == 2 and "runs on the mlx backend, not torch-ane" in wrong.stderr
+    # the source moved away: one line saying what to pass
+    moved = tmp_path / "moved"
+    copy = tmp_path / "ckpt"
+    import shutil
+
+    shutil.copytree(gpt2_dir, copy)
+    other = tmp_path / "gpt2-mlx-2"
+    assert CliRunner().invoke(app, ["convert", str(copy), "--to", "mlx", "--out", str(other)]).exit_code == 0
+    copy.rename(moved)
+    gone = CliRunner().invoke(app, ["verify", str(other)])
+    assert gone.exit_code == 2 and "pass --reference CHECKPOINT" in gone.stderr and "is gone" in gone.stderr
+    with_reference = CliRunner().invoke(app, ["verify", str(other), "--reference", str(moved), "--seq-len", "8"])
+    assert with_reference.exit_code == 0, with_reference.output
+
+
+def test_mlx_directories_are_first_class_inputs(keyboard_export, tmp_path):
+    """verify, predict --backend mlx and generate read an export (with its quantization); convert refuses it in
+    one line naming the checkpoint to convert instead; other backends are refused in one line."""
+    runner = CliRunner()
+    verified = runner.invoke(app, ["verify", str(keyboard_export), "--seq-len", "16"])
+    assert verified.exit_code == 0, verified.output
+    assert "mlx export q8" in verified.stdout
+    predicted = runner.invoke(app, ["predict", "--model", str(keyboard_export), "--backend", "mlx", "I went to the "])
+    assert predicted.exit_code == 0, predicted.output
+    assert predicted.stdout.strip() and "(no suggestion)" not in predicted.stdout
+    refused = runner.invoke(app, ["predict", "--model", str(keyboard_export), "I went to the "])
+    assert refused.exit_code == 2 and "runs on --backend mlx, not torch-ane" in refused.stderr
+    generated = runner.invoke(app, ["generate", str(keyboard_export), "The", "--max-tokens", "4"])
+    assert generated.exit_code == 0, generated.output
+    converted = runner.invoke(app, ["convert", str(keyboard_export), "--to", "coreml", "--out",
+                                    str(tmp_path / "k.mlpackage")])
+    assert converted.exit_code == 2 and "convert from the checkpoint it came from" in converted.stderr
+    assert "missing tensor" not in converted.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_on_the_bundled_model_imports_neither_coremltools_nor_mlx():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom ondevice.cli import app\n"
+            "r = CliRunner().invoke(app, ['predict', 'I went to the '])\nassert r.exit_code == 0, r.output\n"
+            "print(sorted(m for m in ('coremltools', 'mlx', 'mlx.core', 'sklearn') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

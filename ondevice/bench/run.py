@@ -25,6 +25,12 @@ RESULTS = ROOT / "benchmarks" / "results" if (ROOT / "benchmarks" / "results").i
 BACKENDS = ("reference", "torch-ane", "mlx", "coreml")
 PEERS = ("mlx_lm", "ane_transformers")
 GENERATED = "gpt2-124m-random"  # GPT-2 small's shapes, random init: made here, never downloaded
+# Realistic shapes, random init, made here by `convert.random_checkpoints` (never downloaded): name -> factory.
+GENERATED_MODELS = {
+    GENERATED: "make_gpt2_124m",
+    "smollm2-135m-random": "make_smollm2_135m",  # SmolLM2-135M: Llama, GQA 3:1, tied head
+    "qwen3-0.6b-random": "make_qwen3_06b",  # Qwen3-0.6B: q/k norm, head_dim 128, tied head
+}
 FULL_MODELS = ("keyboard-gpt2", GENERATED, "all-MiniLM-L6-v2")
 QUICK_MODELS = ("keyboard-gpt2", "all-MiniLM-L6-v2")
 FULL_SEQ_LENS = (16, 64, 128, 256, 512)
@@ -75,16 +81,17 @@ class BenchOptions:
 
 
 def resolve_model(spec: str, cache_dir: Path) -> tuple[str, Path]:
-    """(name shown in the tables, checkpoint directory) for a bundled name, the generated GPT-2, or a dir."""
+    """(name shown in the tables, checkpoint directory) for a bundled name, a generated model (made once into
+    `cache_dir`, reused after), or a dir."""
     from convert.locate import resolve_checkpoint
 
-    if spec == GENERATED:
+    if spec in GENERATED_MODELS:
         from transformers.utils import logging as hf_logging
 
-        from convert.random_checkpoints import make_gpt2_124m
+        from convert import random_checkpoints
 
         hf_logging.disable_progress_bar()  # keep the terminal to our progress bar and tables
-        return spec, make_gpt2_124m(cache_dir / GENERATED)
+        return spec, getattr(random_checkpoints, GENERATED_MODELS[spec])(cache_dir / spec)
     directory = resolve_checkpoint(spec)
     return (directory.name if Path(spec).expanduser().is_dir() else spec), directory
 
@@ -194,12 +201,34 @@ def _finish(records: list[dict], machine: dict) -> list[dict]:
     return records
 
 
+def check_threads(threads: int | None) -> None:
+    """None leaves each library its default; 0 or fewer threads is no thread count at all."""
+    if threads is not None and threads < 1:
+        from canonical.errors import InputError
+
+        raise InputError(f"--threads {threads}: must be at least 1")
+
+
+def failed_models(records: list[dict]) -> dict[str, str]:
+    """Models none of whose measurements succeeded while at least one failed: model -> the first failure's
+    reason. `ondevice bench` exits non-zero when there is any (a skipped backend is not a failure; the
+    runtime's own memory before a model loads measures no model)."""
+    by_model: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("model", "-") != "-" and r.get("kind") not in ("runtime_baseline_memory", "memory_bandwidth"):
+            by_model.setdefault(r["model"], []).append(r)
+    return {model: next(r.get("reason") or "error" for r in rs if r["status"] == "error")
+            for model, rs in by_model.items()
+            if not any(r["status"] == "ok" for r in rs) and any(r["status"] == "error" for r in rs)}
+
+
 def run_bench(options: BenchOptions, console: Console | None = None) -> Path:
     """Run the benchmark; return the output directory holding bench.json, bench.md and bench.png."""
     from ondevice.bench import report
     from ondevice.bench.bandwidth import measure_bandwidth
 
     console = console or Console()
+    check_threads(options.threads)
     options = options.resolved()
     jobs, records = plan(options)  # bad input fails here, before anything is measured or written
     options.out.mkdir(parents=True, exist_ok=True)

@@ -1,21 +1,28 @@
-"""What every command shares: the consoles, the exit codes, and the one place that turns our own errors into
-one line on stderr."""
+"""What every command shares: the consoles, the exit codes, and the one place that turns a user's mistake
+into one line on stderr and exit 2: our own errors, option values checked here (ranges, NaN, 0 as a real
+value), options that do not apply to what was asked, and filesystem errors on outputs."""
 
 from __future__ import annotations
 
 import functools
+import math
+import signal
+from collections.abc import Iterable
 from enum import StrEnum
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from canonical.errors import OndeviceError
+from canonical.errors import InputError, OndeviceError
 
 console = Console()
 errors = Console(stderr=True)
 
 EXIT_FAILED_CHECK = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class Precision(StrEnum):
@@ -23,15 +30,75 @@ class Precision(StrEnum):
     fp16 = "fp16"
 
 
+def error_line(message: str) -> None:
+    """`error: MESSAGE` on stderr, on one line (the message is printed as is: no rich markup)."""
+    errors.print(f"[red]error:[/red] {escape(' '.join(str(message).split()))}", highlight=False, soft_wrap=True)
+
+
+def _filesystem_message(exc: OSError) -> str:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    names = [name for name in (exc.filename, exc.filename2) if name]
+    return f"{' -> '.join(map(str, names))}: {reason}" if names else reason
+
+
 def one_line_errors(command):
-    """Print our own errors as `error: ...` and exit 2; everything else is a bug and keeps its traceback."""
+    """Print a user's mistake as `error: ...` and exit 2; Ctrl-C and SIGTERM exit 130 and 143 with one word.
+    Everything else is a bug and keeps its traceback."""
+    from convert.atomic import Terminated
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            _restore_interrupt()
         try:
             return command(*args, **kwargs)
         except OndeviceError as exc:
-            errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            error_line(str(exc))
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        except OSError as exc:  # an output path that cannot be written: a full disk, a read-only folder, ...
+            error_line(_filesystem_message(exc))
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except Terminated:
+            errors.print("terminated", highlight=False)
+            raise typer.Exit(EXIT_TERMINATED) from None
+        except KeyboardInterrupt:
+            errors.print("interrupted", highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def _restore_interrupt() -> None:
+    """Undo `ondevice/startup.py`'s quiet exit on an early Ctrl-C: from here on Ctrl-C unwinds (and cleans up)."""
+    from ondevice import startup
+
+    if signal.getsignal(signal.SIGINT) is startup.exit_on_interrupt:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# Option values: each check raises InputError naming the option and what it takes.
+
+
+def at_least(option: str, value: int | float | None, minimum: int | float) -> None:
+    if value is not None and not value >= minimum:
+        raise InputError(f"{option} {value}: must be at least {minimum}")
+
+
+def finite(option: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise InputError(f"{option} {value}: must be a finite number")
+
+
+def one_of(option: str, value: object, choices: Iterable[object]) -> None:
+    choices = tuple(choices)
+    if value is not None and value not in choices:
+        raise InputError(f"{option} {value}: choose from {', '.join(map(str, choices))}")
+
+
+def not_applicable(given: dict[str, object], why: str) -> None:
+    """Refuse the options in `given` (option name -> value, None when not given) that `why` excludes.
+    `why` completes "OPTION applies ...": it says what the option applies to and what to use instead."""
+    named = [name for name, value in given.items() if value not in (None, False, (), [])]
+    if named:
+        options = " and ".join(named)
+        raise InputError(f"{options} {'applies' if len(named) == 1 else 'apply'} {why}")

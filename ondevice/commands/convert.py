@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ondevice.commands.common import console, one_line_errors
+from ondevice.commands.common import at_least, console, errors, not_applicable, one_line_errors, one_of
 
 
 class Target(StrEnum):
@@ -16,52 +17,117 @@ class Target(StrEnum):
     mlx = "mlx"
 
 
+MLX_BITS = (4, 8)
+MLX_GROUP_SIZES = (32, 64, 128)
+
+
 @one_line_errors
 def convert(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, bundled name, or cached model id.")],
     to: Annotated[Target, typer.Option("--to", help="coreml: an .mlpackage for the Neural Engine; mlx: MLX weights.")],
     out: Annotated[Path, typer.Option("--out", help="Output path (PATH.mlpackage for coreml, a directory for mlx).")],
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an earlier output of this command (or an empty folder); never anything else.")] = False,
     dtype: Annotated[
         str | None, typer.Option(help="Weights/compute precision: fp16 (default), fp32, bf16 (mlx).")
     ] = None,
     seq_len: Annotated[
         list[int] | None, typer.Option("--seq-len", help="Core ML: Sequence length(s); repeat to enumerate (encoders).")
     ] = None,
-    context: Annotated[int | None, typer.Option(help="Core ML, GPT-2: KV cache capacity in tokens.")] = None,
-    target: Annotated[
-        str, typer.Option(help="Core ML: Minimum deployment target, e.g. iOS18, iOS17, macOS15.")
-    ] = "iOS18",
-    kv_cache: Annotated[
-        str, typer.Option(help="Core ML, GPT-2: state (iOS 18+) or io (cache as inputs/outputs).")
-    ] = "state",
-    compress: Annotated[str, typer.Option(help="Core ML: none, int8, int4, palettize4, palettize6.")] = "none",
+    context: Annotated[int | None, typer.Option(
+        help="Core ML, causal LMs: KV cache capacity in tokens (default: 512, capped by the positions).")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="Core ML: Minimum deployment target, e.g. iOS18 (default), iOS17, macOS15.")] = None,
+    kv_cache: Annotated[str | None, typer.Option(
+        help="Core ML, causal LMs: state (default; iOS 18+) or io (cache as inputs/outputs).")] = None,
+    compress: Annotated[str | None, typer.Option(
+        help="Core ML: none (default), int8, int4, palettize4, palettize6.")] = None,
     calibration_text: Annotated[
         Path | None,
-        typer.Option(help="Core ML int4, GPT-2: GPTQ-calibrate the 4-bit weights on this text (one paragraph a "
-                     "line, .txt or .txt.gz): the training text, never text you evaluate on."),
+        typer.Option(help="Core ML int4, causal LMs: GPTQ-calibrate the 4-bit weights on this text (one paragraph "
+                     "a line, .txt or .txt.gz): the training text, never text you evaluate on."),
     ] = None,
     quantize: Annotated[int | None, typer.Option(help="MLX: Affine weight quantization bits: 4 or 8.")] = None,
-    group_size: Annotated[int, typer.Option(help="MLX: Quantization group size.")] = 64,
+    group_size: Annotated[int | None, typer.Option(help="MLX: Quantization group size: 32, 64 (default), 128.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show the converters' own warnings and progress bars.")] = False,
 ) -> None:
     """Convert a checkpoint into a Core ML package or MLX weights."""
-    if to is Target.coreml:
-        from convert.coreml import CoreMLOptions, convert_to_coreml
+    from convert.atomic import atomic_output
+    from convert.checkpoint import is_mlx_directory, mlx_source, read_model_config
+    from convert.locate import resolve_checkpoint
+    from ondevice.quiet import captured
 
-        options = CoreMLOptions(
-            dtype=dtype or "fp16",
-            seq_lens=tuple(seq_len or ()),
-            context=context,
-            target=target,
-            kv_cache=kv_cache,
-            compress=compress,
-            calibration_text=calibration_text,
-        )
-        written = convert_to_coreml(checkpoint, out, options, overwrite=overwrite)
+    _check_options(to, dtype, seq_len, context, target, kv_cache, compress, calibration_text, quantize, group_size)
+    out = out.expanduser()
+    if to is Target.coreml and out.suffix != ".mlpackage":
+        from canonical.errors import InputError
+
+        raise InputError(f"{out}: a Core ML package path must end in .mlpackage")
+    source = resolve_checkpoint(checkpoint)
+    if is_mlx_directory(source):
+        from canonical.errors import InputError
+
+        origin = mlx_source(source)
+        raise InputError(f"{source}: an MLX directory written by 'ondevice convert --to mlx' (it runs on "
+                         f"--backend mlx); convert from the checkpoint it came from"
+                         + (f" ({origin})" if origin else ""))
+    model_type, config = read_model_config(source)
+    if not config.is_causal:
+        not_applicable({"--context": context, "--kv-cache": kv_cache},
+                       f"to causal LMs; {model_type} is an encoder (its input lengths: --seq-len)")
+    start = time.perf_counter()
+    with captured(verbose) as noise:
+        if to is Target.coreml:
+            from convert.coreml import CoreMLOptions, convert_to_coreml, plan_conversion
+
+            options = CoreMLOptions(dtype=dtype or "fp16", seq_lens=tuple(seq_len or ()), context=context,
+                                    target=target or "iOS18", kv_cache=kv_cache or "state", compress=compress or "none",
+                                    calibration_text=calibration_text)
+            plan = plan_conversion(config, options)  # refuses what the target cannot hold before anything is written
+            what = (f"Core ML package ({options.dtype}, target {options.target}"
+                    + (f", {options.compress}" if options.compress != "none" else "")
+                    + (f", context {plan.context}, {plan.kv_cache} cache" if plan.context else "")
+                    + f", seq_lens {','.join(map(str, plan.seq_lens))})")
+        else:
+            what = f"MLX directory ({dtype or 'fp16'}" + (f", q{quantize} group {group_size or 64}" if quantize else "")
+            what += ")"
+        with atomic_output(out, overwrite=overwrite, protect=[source],
+                           record={"kind": to.value, "source": str(source.resolve())}) as work:
+            # `work` lies in a staging folder beside --out: everything the converter writes, its own temporary
+            # folders included, stays in there until the output is complete, and is removed if it never is.
+            if to is Target.coreml:
+                convert_to_coreml(source, work, options, progress=errors.is_terminal)
+            else:
+                from convert.mlx_export import export_mlx
+
+                export_mlx(source, work, dtype=dtype or "fp16", quantize=quantize, group_size=group_size or 64,
+                           progress=console.is_terminal)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
+    hidden = len(noise.lines)
+    console.print(f"wrote {out}: {what}, {size / 2**20:.1f} MiB, in {time.perf_counter() - start:.1f} s"
+                  + (f" ({hidden} lines of converter output hidden: --verbose shows them)" if hidden else ""),
+                  highlight=False, soft_wrap=True)
+
+
+def _check_options(to: Target, dtype, seq_len, context, target, kv_cache, compress, calibration_text, quantize,
+                   group_size) -> None:
+    """Option values and options that do not apply to the target, before anything is read or written."""
+    if to is Target.mlx:
+        not_applicable({"--compress": compress}, "to --to coreml only (for MLX: --quantize 4 or 8)")
+        not_applicable({"--seq-len": seq_len, "--context": context, "--target": target, "--kv-cache": kv_cache,
+                        "--calibration-text": calibration_text},
+                       "to --to coreml only (an MLX directory has no fixed lengths, deployment target or cache "
+                       "layout; for MLX: --dtype, --quantize, --group-size)")
+        one_of("--dtype", dtype, ("fp32", "fp16", "bf16"))
+        one_of("--quantize", quantize, MLX_BITS)
+        one_of("--group-size", group_size, MLX_GROUP_SIZES)
+        if group_size is not None and quantize is None:
+            not_applicable({"--group-size": group_size}, "with --quantize 4 or 8 only")
     else:
-        from convert.mlx_export import export_mlx
-
-        written = export_mlx(
-            checkpoint, out, dtype=dtype or "fp16", quantize=quantize, group_size=group_size, overwrite=overwrite
-        )
-    console.print(f"wrote {written}", highlight=False, soft_wrap=True)
+        not_applicable({"--quantize": quantize}, "to --to mlx only (for Core ML: --compress int8, int4, "
+                                                 "palettize4 or palettize6)")
+        not_applicable({"--group-size": group_size}, "to --to mlx only (Core ML int4 uses blocks of 32)")
+        one_of("--dtype", dtype, ("fp16", "fp32"))
+        for n in seq_len or ():
+            at_least("--seq-len", n, 1)
+        at_least("--context", context, 2)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ondevice.commands.common import console, one_line_errors
 
@@ -13,25 +14,35 @@ from ondevice.commands.common import console, one_line_errors
 @one_line_errors
 def inspect(
     package: Annotated[Path, typer.Argument(help="A Core ML package (PATH.mlpackage).")],
+    verbose: Annotated[bool, typer.Option(help="Show third-party warnings (coremltools).")] = False,
 ) -> None:
-    """Inputs, outputs, states, functions, op histogram, weight bytes and ANE rule violations of a package."""
-    from coreml_runtime.ane_rules import compute_plan, inspect_package
+    """Inputs, outputs, states, functions, op histogram, weight bytes and ANE rule violations of a package.
+    The weights are checked against the sha256 recorded at conversion first: an altered package is refused."""
+    from ondevice.quiet import captured
 
-    report = inspect_package(package)
+    with captured(verbose):
+        from coreml_runtime.ane_rules import compute_plan, inspect_package
+        from coreml_runtime.integrity import check_package_weights
+
+        digest = check_package_weights(package)
+        report = inspect_package(package)
+        plan = compute_plan(package)
     meta = report.metadata
     console.print(f"{package}: {meta['architecture']} · {meta['precision']} · compression {meta['compression']} · "
                   f"kv cache {meta['kv_cache']} · target {meta['deployment_target']} · seq_lens {meta['seq_lens']}"
-                  + (f" · context {meta['context']}" if meta.get("context") else ""), highlight=False, soft_wrap=True)
+                  + (f" · context {meta['context']}" if meta.get("context") else ""), highlight=False, soft_wrap=True,
+                  markup=False)
     for name, fn in report.functions.items():
-        console.print(f"function [bold]{name}[/bold]", highlight=False)
+        console.print(f"function [bold]{escape(name)}[/bold]", highlight=False)
         for label, features in (("input", fn.inputs), ("state", fn.states), ("output", fn.outputs)):
             for feature in features:
-                console.print(f"  {label:6} {feature}", highlight=False)
+                console.print(f"  {label:6} {feature}", highlight=False, markup=False)
         ops = ", ".join(f"{op} {n}" for op, n in fn.ops.most_common() if op != "const")
         console.print(f"  ops ({sum(fn.ops.values()) - fn.ops['const']} + {fn.ops['const']} const): {ops}",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
     weights = ", ".join(f"{dtype} {n / 2**20:.2f} MiB" for dtype, n in sorted(report.weight_bytes.items()))
-    console.print(f"weights: {weights or 'none'}", highlight=False)
+    console.print(f"weights: {weights or 'none'}" + (f" · sha256 {digest[:16]}… as recorded" if digest else
+                  " · no sha256 recorded (not checked)"), highlight=False)
     if report.violations:
         from collections import Counter
 
@@ -39,12 +50,11 @@ def inspect(
         for (fn_name, rule), count in Counter((v.function, v.rule) for v in report.violations).items():
             first = next(v for v in report.violations if (v.function, v.rule) == (fn_name, rule))
             console.print(f"  [{fn_name}] {rule}: {count} tensor(s), e.g. {first.op} ({first.op_type}) {first.detail}",
-                          highlight=False, soft_wrap=True)
+                          highlight=False, soft_wrap=True, markup=False)
     else:
         console.print("[green]ANE rule violations: none[/green]")
-    plan = compute_plan(package)
     if isinstance(plan, str):
-        console.print(plan, highlight=False, soft_wrap=True)
+        console.print(plan, highlight=False, soft_wrap=True, markup=False)
     else:
         from collections import Counter
 

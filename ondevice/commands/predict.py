@@ -8,13 +8,14 @@ from typing import Annotated
 
 import typer
 
-from ondevice.commands.common import console, one_line_errors
+from ondevice.commands.common import at_least, console, not_applicable, one_line_errors
 
 
 @one_line_errors
 def predict(
     text: Annotated[str | None, typer.Argument(help="The text typed so far; '-' or nothing reads stdin.")] = None,
-    model: Annotated[str, typer.Option(help="Causal LM checkpoint (default: the bundled keyboard model).")] = (
+    model: Annotated[str, typer.Option(help="Causal LM checkpoint (default: the bundled keyboard model), an MLX "
+                                       "directory (--backend mlx) or a package (--backend coreml).")] = (
         "keyboard-gpt2"
     ),
     backend: Annotated[str, typer.Option(help="torch-ane, mlx, or coreml (a converted package, on a Mac).")] = (
@@ -29,6 +30,19 @@ def predict(
 ) -> None:
     """Next-word suggestions, or completions of the word being typed; or, with --eval, quality figures."""
     import json
+
+    at_least("-k", k, 1)
+    if eval_file is None:
+        not_applicable({"--eval-lines": eval_lines, "--baseline-text": baseline_text}, "with --eval FILE only")
+    else:
+        not_applicable({"TEXT": text}, "without --eval (--eval FILE evaluates on the file's lines)")
+        at_least("--eval-lines", eval_lines, 1)
+        for path in (eval_file, baseline_text):
+            if path is not None and not path.is_file():
+                from canonical.errors import InputError
+
+                raise InputError(f"{path}: cannot be read ({'a directory' if path.is_dir() else 'no such file'})")
+    _check_model(model, backend)
 
     from ondevice.keyboard import Predictor
 
@@ -63,7 +77,18 @@ def type_(
     backend: Annotated[str, typer.Option(help="torch-ane, mlx, or coreml.")] = "torch-ane",
 ) -> None:
     """Type in the terminal with suggestions updated on every keystroke (Tab/F1-F3 accept, Enter quits)."""
+    _check_model(model, backend)
     from ondevice.keyboard import Predictor
     from ondevice.keyboard.terminal import run_terminal
 
     run_terminal(Predictor(model, backend=backend))
+
+
+def _check_model(model: str, backend: str) -> None:
+    """An MLX directory runs on the mlx backend only (with its own dtype and quantization)."""
+    from canonical.errors import InputError
+    from convert.checkpoint import is_mlx_directory
+
+    if backend != "mlx" and is_mlx_directory(model):
+        raise InputError(f"{model}: an MLX directory written by 'ondevice convert --to mlx' runs on --backend mlx, "
+                         f"not {backend}")

@@ -5,53 +5,90 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from canonical.errors import OndeviceError
-from ondevice.commands.common import EXIT_FAILED_CHECK, Precision, console, one_line_errors
+from canonical.errors import InputError
+from ondevice.commands.common import EXIT_FAILED_CHECK, Precision, at_least, console, not_applicable, one_line_errors
 
 
 @one_line_errors
 def verify(
     checkpoint: Annotated[str, typer.Argument(
-        help="Checkpoint directory, bundled name, or cached model id; or a PATH.mlpackage (with --reference).")],
-    backend: Annotated[str, typer.Option(help="Backend to check against the transformers CPU reference.")] = (
-        "torch-ane"
-    ),
+        help="Checkpoint directory, bundled name, or cached model id; a PATH.mlpackage (with --reference); or an "
+             "MLX directory (against the checkpoint it was exported from, or --reference).")],
+    backend: Annotated[str | None, typer.Option(
+        help="Backend to check against the transformers CPU reference: torch-ane (default), mlx.")] = None,
     seq_len: Annotated[int | None, typer.Option(help="Tokens per input (default: 64, capped by positions).")] = None,
-    dtype: Annotated[Precision, typer.Option(help="Precision of the backend under test.")] = Precision.fp32,
-    seed: Annotated[int, typer.Option(help="Seed of the random token ids.")] = 0,
+    dtype: Annotated[Precision | None, typer.Option(
+        help="Precision of the backend under test (default: fp32).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random token ids (0 or more).")] = 0,
     reference: Annotated[str | None, typer.Option(
         help="For a .mlpackage or an MLX directory: the checkpoint it was converted from.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show third-party warnings (coremltools, torch, ...).")] = False,
 ) -> None:
     """Compare a backend (or a Core ML package) with the transformers CPU reference on the same random token ids."""
-    from ondevice.verify import verify as run_verify
-    from ondevice.verify import verify_package
+    from convert.checkpoint import is_mlx_directory
+    from ondevice.quiet import captured
+    from ondevice.verify import check_seed
 
-    if checkpoint.rstrip("/").endswith(".mlpackage"):
+    check_seed(seed)
+    at_least("--seq-len", seq_len, 1)
+    is_package = checkpoint.rstrip("/").endswith(".mlpackage")
+    is_mlx = not is_package and is_mlx_directory(checkpoint)
+    if is_package:
+        not_applicable({"--backend": backend, "--dtype": dtype},
+                       "to a checkpoint; a package runs on Core ML in the precision it was converted to")
         if reference is None:
-            raise OndeviceError(f"{checkpoint}: verifying a package needs --reference CHECKPOINT")
-        report = verify_package(checkpoint, reference, seq_len=seq_len, seed=seed)
-    elif reference is not None:
-        from ondevice.verify import verify_mlx_export
-
-        report = verify_mlx_export(checkpoint, reference, seq_len=seq_len, seed=seed)
+            raise InputError(f"{checkpoint}: verifying a package needs --reference CHECKPOINT")
+    elif is_mlx:
+        if backend not in (None, "mlx"):
+            raise InputError(f"{checkpoint}: an MLX directory written by 'ondevice convert --to mlx' runs on the mlx "
+                             f"backend, not {backend}")
+        not_applicable({"--dtype": dtype}, "to a checkpoint; an MLX directory runs in its exported dtype and "
+                                           "quantization")
     else:
-        report = run_verify(checkpoint, backend=backend, seq_len=seq_len, dtype=dtype.value, seed=seed)
+        not_applicable({"--reference": reference},
+                       "to a .mlpackage or an MLX directory (the checkpoint it was converted from)")
+    with captured(verbose):
+        if is_package:
+            from ondevice.verify import verify_package
+
+            report = verify_package(checkpoint, reference, seq_len=seq_len, seed=seed)
+        elif is_mlx:
+            from ondevice.verify import verify_mlx_export
+
+            report = verify_mlx_export(checkpoint, reference, seq_len=seq_len, seed=seed)
+        else:
+            from ondevice.verify import verify as run_verify
+
+            report = run_verify(checkpoint, backend=backend or "torch-ane", seq_len=seq_len,
+                                dtype=(dtype or Precision.fp32).value, seed=seed)
+    _print_report(report)
+    if not report.passed:
+        raise typer.Exit(EXIT_FAILED_CHECK)
+
+
+def _print_report(report) -> None:
     tol = report.tolerance
     table = Table(
-        title=f"{report.model_type} · {report.backend} {report.dtype} vs transformers CPU fp32 · "
-        f"seq_len {report.seq_len}",
+        title=escape(f"{report.model_type} · {report.backend} {report.dtype} vs transformers CPU fp32 · "
+                     f"seq_len {report.seq_len}"),
         caption=f"bounds ({report.dtype}): max |err| ≤ {tol.rel_max_abs:g} × scale, cosine ≥ {tol.cosine:g}",
     )
     table.add_column("output", no_wrap=True)
     for column in ("max |err|", "scale", "rel. error", "cosine", "result"):
         table.add_column(column, justify="right", no_wrap=True)
     for c in report.comparisons:
-        verdict = "[green]ok[/green]" if c.within(tol) else "[red]FAIL[/red]"
+        verdict = "[green]ok[/green]" if c.within(tol) and c.name not in report.nonfinite else "[red]FAIL[/red]"
         table.add_row(c.name, f"{c.max_abs:.3e}", f"{c.scale:.3g}", f"{c.rel_max_abs:.2e}", f"{c.cosine:.8f}", verdict)
-    console.print(f"checkpoint: {report.checkpoint}", highlight=False, soft_wrap=True)
+    console.print(f"checkpoint: {report.checkpoint}", highlight=False, soft_wrap=True, markup=False)
     console.print(table)
+    if report.nonfinite:
+        counts = ", ".join(f"{name} {n}" for name, n in report.nonfinite.items())
+        console.print(f"[red]non-finite values (NaN or inf) in our outputs:[/red] {counts}", highlight=False)
+        if any(c.name == "logits" for c in report.comparisons):
+            console.print("greedy tokens: not compared (non-finite logits agree with nothing)", highlight=False)
     if report.greedy_match is not None:
         steps = len(report.greedy_reference)
         same = sum(a == b for a, b in zip(report.greedy_ours, report.greedy_reference, strict=True))
@@ -60,7 +97,6 @@ def verify(
             verdict += " (reported: exact agreement is required of lossless formats only)"
         console.print(f"greedy tokens: {same}/{steps} {verdict}", soft_wrap=True)
         if not report.greedy_match:
-            console.print(f"  ours:      {report.greedy_ours}\n  reference: {report.greedy_reference}")
+            console.print(f"  ours:      {report.greedy_ours}\n  reference: {report.greedy_reference}",
+                          markup=False, highlight=False)
     console.print("[green]PASS[/green]" if report.passed else "[red]FAIL[/red]")
-    if not report.passed:
-        raise typer.Exit(EXIT_FAILED_CHECK)

@@ -1,0 +1,30 @@
+"""The `ondevice` console script's first moments: importing the CLI takes a few hundred milliseconds, and a
+Ctrl-C then would print a traceback from inside an import. Until a command starts (`commands/common.py`
+restores Python's own handler there, so that a command's Ctrl-C unwinds and cleans up), Ctrl-C prints
+`interrupted` and exits 130: nothing has been written yet, so there is nothing to clean up.
+
+Imported first of all (`ondevice/__init__.py`), so it imports only what the interpreter has already loaded
+(`_signal` rather than `signal`, whose enums take milliseconds to build)."""
+
+from __future__ import annotations
+
+import _signal
+import os
+import sys
+
+
+def exit_on_interrupt(signum, frame) -> None:
+    try:
+        os.write(2, b"interrupted\n")
+    finally:
+        os._exit(130)
+
+
+def install() -> None:
+    """Only in the console script (argv[0] is `ondevice`); only where signals can be set (the main thread)."""
+    if os.path.basename(sys.argv[0] if sys.argv else "") != "ondevice":
+        return
+    try:  # noqa: SIM105 (contextlib is one more import before the handler is in place)
+        _signal.signal(_signal.SIGINT, exit_on_interrupt)
+    except (ValueError, OSError):
+        pass
