@@ -31,6 +31,9 @@ TOKENIZER_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
+    "chat_template.jinja",  # transformers 5 writes the chat template beside tokenizer_config.json
+    "chat_template.json",
+    "generation_config.json",  # end-of-sequence ids and sampling defaults (mlx-lm reads its eos ids too)
     # sentence-transformers: the module list, and its own settings (the modules' folders follow modules.json)
     "modules.json",
     "sentence_bert_config.json",
@@ -82,14 +85,15 @@ def export_mlx(
 
 def _write_config(ckpt: Checkpoint, work: Path, dtype: str, bits: int | None, group_size: int, names: str) -> None:
     config = json.loads((ckpt.directory / "config.json").read_text())
-    quantization = {"group_size": group_size, "bits": bits} if bits else None
-    if quantization:
-        config["quantization"] = quantization  # mlx-lm's key
-    else:
-        config.pop("quantization", None)
     mlx_lm = mlx_lm_of(ckpt.config)
     if mlx_lm is not None:
         config = mlx_lm.config(ckpt.config, config)
+    # mlx-lm's key, set after the family's config (which drops a source's own quantization keys)
+    quantization = {"group_size": group_size, "bits": bits} if bits else None
+    if quantization:
+        config["quantization"] = quantization
+    else:
+        config.pop("quantization", None)
     config[FORMAT_KEY] = {
         "version": FORMAT_VERSION,
         "family": ckpt.config.family,

@@ -165,8 +165,8 @@ def mlx_lm_config(cfg: LlamaConfig, source_config: dict) -> dict:
     }
     if cfg.bos_token_id is not None:
         config.setdefault("bos_token_id", cfg.bos_token_id)
-    if cfg.eos_token_ids:
-        config.setdefault("eos_token_id", list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else cfg.eos_token_id)
+    if cfg.eos_token_ids:  # every id of config.json and generation_config.json, so mlx-lm stops where we do
+        config["eos_token_id"] = list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else cfg.eos_token_id
     return config
 
 

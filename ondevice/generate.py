@@ -1,11 +1,14 @@
 """Text generation, written once against the `CausalLM` protocol: any backend, greedy or sampled.
 
 Sampling is numpy on the float32 logits the backends return (temperature, then top-k, then top-p,
-the order Hugging Face and mlx-lm apply them), seeded so a run can be repeated."""
+the order Hugging Face and mlx-lm apply them), seeded so a run can be repeated. Chat models take their
+prompt through the tokenizer's own chat template (`chat_prompt_ids`) and stop at any of the checkpoint's
+end-of-sequence ids (`config.eos_token_ids`: config.json and generation_config.json together)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +26,11 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):  # NaN fails every comparison
+            raise InputError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise InputError(f"top-k must be at least 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
+        if self.top_p is not None and not 0 < self.top_p <= 1:  # NaN too
             raise InputError(f"top-p must be in (0, 1], got {self.top_p}")
 
 
@@ -63,8 +66,7 @@ def generate(
     never fed back, so a prompt of n tokens needs n + max_tokens - 1 cache slots)."""
     if not prompt:
         raise InputError("the prompt is empty")
-    if max_tokens < 1:
-        raise InputError(f"max tokens must be at least 1, got {max_tokens}")
+    check_max_tokens(max_tokens)
     vocab = lm.config.vocab_size
     bad = [t for t in prompt if not 0 <= t < vocab]
     if bad:
@@ -84,6 +86,31 @@ def generate(
         if token in stop or step + 1 == max_tokens:
             return
         logits = lm.decode(token)
+
+
+def check_max_tokens(max_tokens: int) -> None:
+    if max_tokens < 1:
+        raise InputError(f"max tokens must be at least 1, got {max_tokens}")
+
+
+def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None, where: object = "the checkpoint") -> list[int]:
+    """Token ids of one user turn (after a system message, if given) through the tokenizer's chat template,
+    ending with the template's generation prompt (the assistant's turn begins); InputError when the
+    tokenizer has no chat template or its template refuses the messages."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(f"{where}: the tokenizer has no chat template, so --chat cannot format the prompt "
+                         "(drop --chat to continue the text as it is)")
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    messages.append({"role": "user", "content": prompt})
+    from jinja2 import TemplateError
+
+    try:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    except TemplateError as exc:  # e.g. a template that raises on a system message
+        raise InputError(f"{where}: the chat template refuses these messages ({str(exc).splitlines()[0]})") from exc
+    if isinstance(ids, Mapping):  # a BatchEncoding, where return_dict is not honoured
+        ids = ids["input_ids"]
+    return [int(t) for t in ids]
 
 
 def load_tokenizer(directory: Path):
