@@ -22,8 +22,9 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-# Modules of ours that draw a progress bar with tqdm (module attribute `tqdm`): their bars stay visible.
-OWN_TQDM_BARS = ("convert.coreml",)
+# Modules of ours that draw a progress bar with tqdm (module attribute `tqdm`): their bars stay visible when
+# a command names them (`captured(own_bars=...)`; importing them costs torch, so only conversions do).
+CONVERTER_BARS = ("convert.coreml",)
 LOGGERS = ("coremltools", "torch", "transformers", "huggingface_hub", "absl", "tensorflow")
 
 
@@ -77,8 +78,9 @@ def _fd2_redirected(stream) -> Iterator[tuple[io.TextIOBase | None, object]]:
 
 
 @contextlib.contextmanager
-def captured(verbose: bool = False) -> Iterator[Captured]:
-    """Collect third-party output on stderr instead of printing it (`verbose`: print everything as usual)."""
+def captured(verbose: bool = False, own_bars: tuple[str, ...] = ()) -> Iterator[Captured]:
+    """Collect third-party output on stderr instead of printing it (`verbose`: print everything as usual).
+    `own_bars`: modules whose tqdm progress bars still draw on the terminal."""
     result = Captured()
     if verbose:
         yield result
@@ -93,7 +95,7 @@ def captured(verbose: bool = False) -> Iterator[Captured]:
     with _fd2_redirected(real) as (terminal, sink), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         own = terminal or real
-        for name in OWN_TQDM_BARS:
+        for name in own_bars:
             with contextlib.suppress(Exception):
                 module = importlib.import_module(name)
                 bar = getattr(module, "tqdm", None)

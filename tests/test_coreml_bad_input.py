@@ -201,7 +201,8 @@ def test_altered_weights_are_refused_by_inspect_and_verify(cli_package, gpt2_dir
     else:
         weights.unlink()
     fragment = "missing" if damage == "missing" else "differs from the"
-    for args in (["inspect", str(package)], ["verify", str(package), "--reference", str(gpt2_dir)]):
+    for args in (["inspect", str(package)], ["verify", str(package), "--reference", str(gpt2_dir)],
+                 ["predict", "--backend", "coreml", "--model", str(package), "x"]):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         lines = result.stderr.strip().splitlines()

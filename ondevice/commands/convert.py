@@ -55,7 +55,7 @@ def convert(
     from convert.atomic import atomic_output
     from convert.checkpoint import is_mlx_directory, mlx_source, read_model_config
     from convert.locate import resolve_checkpoint
-    from ondevice.quiet import captured
+    from ondevice.quiet import CONVERTER_BARS, captured
 
     _check_options(to, dtype, seq_len, context, target, kv_cache, compress, calibration_text, quantize, group_size)
     out = out.expanduser()
@@ -76,7 +76,8 @@ def convert(
         not_applicable({"--context": context, "--kv-cache": kv_cache},
                        f"to causal LMs; {model_type} is an encoder (its input lengths: --seq-len)")
     start = time.perf_counter()
-    with captured(verbose) as noise:
+    bars = {"coreml": errors.is_terminal, "mlx": console.is_terminal}  # asked before stderr is captured
+    with captured(verbose, own_bars=CONVERTER_BARS) as noise:
         if to is Target.coreml:
             from convert.coreml import CoreMLOptions, convert_to_coreml, plan_conversion
 
@@ -96,12 +97,12 @@ def convert(
             # `work` lies in a staging folder beside --out: everything the converter writes, its own temporary
             # folders included, stays in there until the output is complete, and is removed if it never is.
             if to is Target.coreml:
-                convert_to_coreml(source, work, options, progress=errors.is_terminal)
+                convert_to_coreml(source, work, options, progress=bars["coreml"])
             else:
                 from convert.mlx_export import export_mlx
 
                 export_mlx(source, work, dtype=dtype or "fp16", quantize=quantize, group_size=group_size or 64,
-                           progress=console.is_terminal)
+                           progress=bars["mlx"])
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
     hidden = len(noise.lines)
     console.print(f"wrote {out}: {what}, {size / 2**20:.1f} MiB, in {time.perf_counter() - start:.1f} s"

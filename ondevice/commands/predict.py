@@ -45,8 +45,14 @@ def predict(
     _check_model(model, backend)
 
     from ondevice.keyboard import Predictor
+    from ondevice.quiet import captured
 
-    predictor = Predictor(model, backend=backend, k=k)
+    with captured():  # a package's backend imports coremltools, whose import notices are noise here
+        if backend == "coreml" and Path(model).is_dir():
+            from coreml_runtime.integrity import check_package_weights
+
+            check_package_weights(model)
+        predictor = Predictor(model, backend=backend, k=k)
     if eval_file is not None:
         from ondevice.keyboard.report import evaluate_file
 
