@@ -107,4 +107,7 @@ def sentence_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, cfg: Be
 
 
 def load_reference(checkpoint: Checkpoint):
+    if not isinstance(checkpoint, Checkpoint):  # an exported MLX directory: its weights are not the source's names
+        raise CheckpointError(f"{checkpoint.directory}: an MLX directory is not a reference; pass the Hugging Face "
+                              "checkpoint it was exported from")
     return (ReferenceCausalLM if checkpoint.config.is_causal else ReferenceEncoder)(checkpoint)

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from canonical.errors import CheckpointError, InputError
+from canonical.errors import CheckpointError, InputError, OndeviceError
 from convert.checkpoint import load_checkpoint
 from ondevice.cli import app
 
@@ -285,3 +285,15 @@ def test_an_early_ctrl_c_prints_one_word(gpt2_dir, tmp_path):
         assert process.returncode == 130, (delay, stderr)
         assert "Traceback" not in stderr and stderr.strip() == "interrupted", (delay, stderr)
         assert list(tmp_path.iterdir()) == []
+
+
+def test_an_mlx_directory_is_neither_a_torch_checkpoint_nor_a_reference(gpt2_dir, tmp_path):
+    from convert.mlx_export import export_mlx
+    from ondevice.backends import load_backend
+    from ondevice.reference import load_reference
+
+    export = load_checkpoint(export_mlx(gpt2_dir, tmp_path / "mlx", progress=False))
+    with pytest.raises(OndeviceError, match="an MLX directory runs on the mlx backend, not torch-ane"):
+        load_backend("torch-ane", export)
+    with pytest.raises(CheckpointError, match="an MLX directory is not a reference"):
+        load_reference(export)

@@ -24,5 +24,10 @@ def load_backend(name: str, checkpoint: Checkpoint, dtype: str = "fp32", capacit
                             "--to coreml --out PATH.mlpackage', then pass PATH.mlpackage")
     if name not in BACKENDS:
         raise OndeviceError(f"unknown backend {name!r} (available: {', '.join([*BACKENDS, 'coreml'])})")
+    if name != "mlx":
+        from convert.checkpoint import Checkpoint
+
+        if not isinstance(checkpoint, Checkpoint):  # an exported MLX directory (MLXCheckpoint)
+            raise OndeviceError(f"{checkpoint.directory}: an MLX directory runs on the mlx backend, not {name}")
     module = importlib.import_module(BACKENDS[name])
     return module.load(checkpoint, dtype=dtype, capacity=capacity)
