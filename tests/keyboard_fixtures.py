@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import string
 from pathlib import Path
 
 import torch
@@ -34,4 +36,121 @@ def make_keyboard_checkpoint(directory: Path, vocab_size: int = 330, seed: int =
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOT, eos_token=EOT).save_pretrained(directory)
     # The n-gram baseline's training text, where a bundled model keeps it.
     (directory / "train.txt.gz").write_bytes(gzip.compress(("\n".join(SENTENCES) + "\n").encode()))
+    return directory
+
+
+# Tokenizers of the Llama family, trained here with `tokenizers` on a few hundred lines of the bundled model's
+# training text, in the two ways real checkpoints mark where words begin.
+TOKENIZER_STYLES = ("byte-level", "sentencepiece-bpe", "sentencepiece-unigram")
+_BYTES = [f"<0x{b:02X}>" for b in range(256)]
+_SENTENCEPIECE_SPECIALS = ["<unk>", "<s>", "</s>"]
+# Llama 3's pre-tokenizer split (Qwen2's differs only in how it groups digits).
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def training_lines(count: int = 300) -> list[str]:
+    from bundled_models import keyboard_gpt2_path
+
+    text = gzip.decompress((keyboard_gpt2_path() / "train.txt.gz").read_bytes()).decode()
+    return text.splitlines()[:count]
+
+
+def byte_level_tokenizer(lines: list[str], vocab_size: int, specials: list[str], bos: str | None):
+    """Llama 3 / Qwen style: a regex split, then byte-level BPE ("Ġ" marks a word's leading space); Llama 3's
+    template puts its begin-of-text token before every encoded text."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(lines, trainer)
+    if bos is not None:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
+    return tokenizer
+
+
+def sentencepiece_bpe_tokenizer(lines: list[str], vocab_size: int):
+    """Llama 2 style (the legacy conversion of its SentencePiece model): "▁" marks a word's leading space and
+    is prepended to the text, BPE with the 256 "<0xNN>" byte-fallback tokens after <unk>, <s>, </s>."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    learner = Tokenizer(models.BPE())
+    learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    learner.train_from_iterator(lines, trainers.BpeTrainer(
+        vocab_size=vocab_size - len(_SENTENCEPIECE_SPECIALS) - len(_BYTES), show_progress=False))
+    learned = json.loads(learner.to_str())["model"]
+    pieces = [p for p, _ in sorted(learned["vocab"].items(), key=lambda item: item[1])]
+    vocab = {p: i for i, p in enumerate(_SENTENCEPIECE_SPECIALS + _BYTES + pieces)}
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+    tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    tokenizer.add_special_tokens(_SENTENCEPIECE_SPECIALS)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                             special_tokens=[("<s>", 1)])
+    return tokenizer
+
+
+def sentencepiece_unigram_tokenizer(lines: list[str], vocab_size: int):
+    """Mistral-like: a Metaspace pre-tokenizer ("▁" before each word, prefix space on the first) and a
+    Unigram model with byte fallback."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    learner = Tokenizer(models.Unigram())
+    learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    learner.train_from_iterator(lines, trainers.UnigramTrainer(
+        vocab_size=vocab_size - len(_SENTENCEPIECE_SPECIALS) - len(_BYTES), unk_token="<unk>",
+        special_tokens=["<unk>"], show_progress=False))
+    pieces = [(p, score) for p, score in json.loads(learner.to_str())["model"]["vocab"] if p != "<unk>"]
+    vocab = [(p, 0.0) for p in _SENTENCEPIECE_SPECIALS] + [(b, -100.0) for b in _BYTES] + pieces
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=0, byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Sequence([decoders.Metaspace(replacement="▁", prepend_scheme="first"),
+                                           decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer.add_special_tokens(_SENTENCEPIECE_SPECIALS)
+    return tokenizer
+
+
+def make_family_keyboard_checkpoint(directory: Path, dialect: str, style: str, vocab_size: int = 520,
+                                    pad_vocab: int = 0, seed: int = 0) -> Path:
+    """A random-init causal LM of `dialect` (gpt2, llama, mistral, qwen2, qwen3) with a tokenizer of `style`
+    (TOKENIZER_STYLES) whose vocabulary the model's matches (plus `pad_vocab` unused ids, as Qwen pads)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from convert.random_checkpoints import make_gpt2, make_llama
+
+    # Real vocabularies (32k-150k tokens) hold a spaced piece for every letter ("Ġk", "▁k"), so that any word
+    # starts with a word-start token; a 500-token one learns them from lines that spell the alphabet.
+    lines = training_lines() + [" ".join(string.ascii_letters)] * 100
+    if style == "byte-level":
+        qwen = dialect.startswith("qwen")
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if qwen else ["<|begin_of_text|>",
+                                                                                   "<|end_of_text|>"]
+        tokenizer = byte_level_tokenizer(lines, vocab_size, specials, None if qwen else "<|begin_of_text|>")
+        bos_token, eos_token, unk_token = specials[0], specials[-1], None
+    elif style == "sentencepiece-bpe":
+        tokenizer = sentencepiece_bpe_tokenizer(lines, vocab_size)
+        bos_token, eos_token, unk_token = "<s>", "</s>", "<unk>"
+    elif style == "sentencepiece-unigram":
+        tokenizer = sentencepiece_unigram_tokenizer(lines, vocab_size)
+        bos_token, eos_token, unk_token = "<s>", "</s>", "<unk>"
+    else:
+        raise ValueError(f"unknown tokenizer style {style!r}")
+    bos, eos = tokenizer.token_to_id(bos_token), tokenizer.token_to_id(eos_token)
+    vocab = tokenizer.get_vocab_size() + pad_vocab
+    if dialect == "gpt2":
+        make_gpt2(directory, seed=seed, vocab_size=vocab, n_embd=48, n_positions=96, initializer_range=0.1,
+                  bos_token_id=bos, eos_token_id=eos)
+    else:
+        make_llama(directory, dialect, seed=seed, vocab_size=vocab, max_position_embeddings=96,
+                   initializer_range=0.1, bos_token_id=bos, eos_token_id=eos)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos_token, eos_token=eos_token,
+                            unk_token=unk_token).save_pretrained(directory)
     return directory

@@ -5,7 +5,12 @@ token is not a continuation), summed over every tokenization that spells it. Bea
 token depth at a time in one batched call. With a beam width, at most that many beams survive a
 depth, and a beam whose probability is already below the k-th word found is dropped (it cannot
 become a new top-k word, though it may have been a rarer spelling of one). With `beam_width=None`
-every spelling of up to `max_tokens` tokens is scored: exact, for verification on small models."""
+every spelling of up to `max_tokens` tokens is scored: exact, for verification on small models.
+
+With `words` (a `lexicon.WordSet`), the search only expands a beam whose letters some word of the index starts
+with, and only finds words of the index: the index is consulted as the search expands, so the beam width is
+spent on real words and the top k are k real words. Exact again with `beam_width=None`: every spelling of an
+index word, and nothing else."""
 
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ def search_words(
     k: int = 3,
     beam_width: int | None = 8,
     max_tokens: int = 4,
+    words=None,
 ) -> list[Suggestion]:
     """root_logprobs: log-probabilities (V,) of the token after the context; expand(sequences) returns
     logits (N, V) after each equally long continuation. `partial` constrains words to start with it
@@ -66,7 +72,7 @@ def search_words(
     for depth in range(max_tokens + 1):
         children: list[_Beam] = []
         for beam, lp in zip(frontier, logprobs, strict=True):
-            if beam.text and len(beam.text) >= len(partial):
+            if beam.text and len(beam.text) >= len(partial) and (words is None or beam.text.lower() in words):
                 p = math.exp(beam.logp + _logsumexp(lp[boundary]))
                 entry = found.setdefault(beam.text.lower(), [0.0, beam.text, 0.0])
                 entry[0] += p
@@ -74,7 +80,7 @@ def search_words(
                     entry[1:] = [beam.text, p]
             if depth == max_tokens:
                 continue
-            children += _expand_beam(beam, lp, classes, partial, bare_start, beam_width)
+            children += _expand_beam(beam, lp, classes, partial, bare_start, beam_width, words)
         if beam_width is not None:
             floor = kth_best()
             children = [c for c in children if c.logp > floor]  # extending a beam only lowers its probability
@@ -88,7 +94,7 @@ def search_words(
 
 
 def _expand_beam(beam: _Beam, lp: np.ndarray, classes: TokenClasses, partial: str, bare_start: bool,
-                 beam_width: int | None) -> list[_Beam]:
+                 beam_width: int | None, words=None) -> list[_Beam]:
     if beam.text:
         kind, mask, remaining = "continue", classes.continues_word, partial[len(beam.text):]
     elif bare_start:
@@ -97,8 +103,39 @@ def _expand_beam(beam: _Beam, lp: np.ndarray, classes: TokenClasses, partial: st
         kind, mask, remaining = "start", classes.starts_word, " " + partial if partial else ""
     # Constrained by typed letters: only tokens that agree with them; otherwise every token of the kind.
     candidates = np.asarray(classes.compatible(kind, remaining), dtype=np.int64) if remaining else np.flatnonzero(mask)
-    if beam_width is not None and len(candidates) > beam_width:
-        candidates = candidates[np.argpartition(lp[candidates], -beam_width)[-beam_width:]]
     strip = 0 if beam.text or bare_start else 1  # a spaced word-start token carries the word's leading space
+    if words is not None and len(candidates):
+        candidates = _in_words(beam, lp, candidates, classes, kind, words, beam_width)
+    elif beam_width is not None and len(candidates) > beam_width:
+        candidates = candidates[np.argpartition(lp[candidates], -beam_width)[-beam_width:]]
     return [_Beam(beam.logp + float(lp[t]), (*beam.tokens, int(t)), beam.text + classes.strings[t][strip:])
             for t in candidates]
+
+
+def _in_words(beam: _Beam, lp: np.ndarray, candidates: np.ndarray, classes: TokenClasses, kind: str, words,
+              beam_width: int | None) -> np.ndarray:
+    """The candidates after which some word of `words` can still be spelled: for a word's first token, one
+    precomputed mask; for a continuation, the index is asked about the most probable candidates first, until
+    `beam_width` of them agree (all of them when exact)."""
+    if not beam.text:
+        candidates = candidates[words.start_mask(classes, kind)[candidates]]
+        if beam_width is not None and len(candidates) > beam_width:
+            candidates = candidates[np.argpartition(lp[candidates], -beam_width)[-beam_width:]]
+        return candidates
+    prefix = beam.text.lower()
+    allowed = words.continuations(classes, prefix)
+    if allowed is not None:  # few words go on from here: the tokens they allow, read off the words
+        candidates = candidates[np.isin(candidates, allowed)]
+        if beam_width is not None and len(candidates) > beam_width:
+            candidates = candidates[np.argpartition(lp[candidates], -beam_width)[-beam_width:]]
+        return candidates
+    if beam_width is None:
+        return np.asarray([t for t in candidates if words.has_prefix(prefix + classes.strings[t].lower())],
+                          dtype=np.int64)
+    kept: list[int] = []  # many words go on: ask about the most probable tokens first
+    for t in candidates[np.argsort(-lp[candidates], kind="stable")]:
+        if words.has_prefix(prefix + classes.strings[t].lower()):
+            kept.append(int(t))
+            if len(kept) == beam_width:
+                break
+    return np.asarray(kept, dtype=np.int64)

@@ -50,7 +50,9 @@ class ContextCache:
             start = ((len(context) - window) // step + 1) * step
             space = context.find(" ", start)
             context = context[space + 1 if space >= 0 else start :]
-        ids = ([self.start_token] if from_start else []) + (self.tokenizer.encode(context).ids if context else [])
+        # The start token is ours to add: a tokenizer's own template (Llama's "<s>") would add a second one.
+        encoded = self.tokenizer.encode(context, add_special_tokens=False).ids if context else []
+        ids = ([self.start_token] if from_start else []) + encoded
         if len(ids) > self.max_tokens:
             half = self.max_tokens // 2
             cut = ((len(ids) - self.max_tokens) // half + 1) * half

@@ -68,6 +68,27 @@ class NGramModel:
             return [Suggestion(w[:1].upper() + w[1:], s) for s, w in ranked]
         return [Suggestion(w, s) for s, w in ranked]
 
+    def known_next(self, context: str, prefix: str, n: int) -> dict[str, float]:
+        """The `n` words most often seen after the last two words of `context` (else after the last one) that
+        start with `prefix`, with their relative frequency there (lower-case words); {} where neither
+        context was seen with such a word: the blend's "where it knows the context"."""
+        history = ([_START] * (self.order - 1) + tokens(context))[-(self.order - 1):]
+        for order in range(self.order - 1, 0, -1):
+            counts = self.next_counts.get(tuple(history[-order:]))
+            if not counts:
+                continue
+            total = sum(counts.values())
+            found: dict[str, float] = {}
+            for word, count in counts.most_common():
+                key = word.lower()
+                if key.startswith(prefix):
+                    found[key] = found.get(key, 0.0) + count / total
+                    if len(found) >= n:
+                        break
+            if found:
+                return found
+        return {}
+
     @staticmethod
     def _add(scores: dict[str, tuple[float, str]], word: str, score: float) -> None:
         key = word.lower()

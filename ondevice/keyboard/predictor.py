@@ -1,8 +1,14 @@
 """`Predictor(...).suggest(text)`: keyboard suggestions for the text typed so far, on any backend.
 
 With nothing of the current word typed, the suggestions are the next words; with some letters typed,
-they are completions of that word. Either way they are whole, real words, deduplicated, ranked by
-probability, with the model's capitalisation (or the user's, when the user typed a capital)."""
+they are completions of that word. Either way they are whole words, deduplicated, ranked by probability.
+
+With a lexicon (`lexicon="english"`, or "auto" where the model's keyboard.json asks for one, as the bundled
+model's does) they are words of a real English lexicon, of the model's training text or of the user's own
+text (`lexicon.py`), found by a search that consults the lexicon as it expands, mixed with the lexicon's
+frequencies and the n-gram baseline's where it knows the context (`blend.py`), and written by the case rules:
+the letters typed as typed, a capital first letter at the start of a sentence, other capitals only where the
+word's form has them. Without one: the model's words and capitalisation (or the user's capital)."""
 
 from __future__ import annotations
 
@@ -15,19 +21,28 @@ from convert.checkpoint import load_checkpoint
 from coreml_runtime.package import TOKENIZER_DIR
 from ondevice.backends import load_backend
 from ondevice.keyboard.beam import Suggestion, search_words
+from ondevice.keyboard.blend import Blend, blend
 from ondevice.keyboard.context import ContextCache
+from ondevice.keyboard.lexicon import Lexicon, sentence_start
 from ondevice.keyboard.words import TokenClasses, split_partial
 
 DEFAULT_MODEL = "keyboard-gpt2"
 END_OF_TEXT = "<|endoftext|>"
+KEYBOARD_SETTINGS = "keyboard.json"  # beside a model: {"lexicon": "english", "blend": {"lexicon": .., "ngram": ..}}
+TRAINING_TEXT = "train.txt.gz"  # beside a bundled model: the text it was trained on
 
 
 class Predictor:
     def __init__(self, model: str | Path = DEFAULT_MODEL, backend: str = "torch-ane", k: int = 3,
                  max_context_tokens: int = 64, beam_width: int | None = 8, max_word_tokens: int = 4,
-                 dtype: str = "fp32", threads: int | None = 1):
+                 dtype: str = "fp32", threads: int | None = 1, lexicon: str | Lexicon | None = "auto",
+                 blend_weights: Blend | None = None, ngram=None):
         """model: a checkpoint (directory, bundled name, cached id), or with backend="coreml" a package
-        written by `ondevice convert --to coreml` (its tokenizer travels inside it)."""
+        written by `ondevice convert --to coreml` (its tokenizer travels inside it).
+
+        lexicon: "auto" (what the model's keyboard.json says; none without one), "english", None (the model's
+        words as it spells them), or a `Lexicon`. blend_weights: the mixture of `blend.py` (default: the
+        model's keyboard.json, else the model alone); ngram: an `NGramModel` for its n-gram part."""
         if backend == "torch-ane" and threads:
             # One keystroke runs a few single-token forwards of a small model: splitting such tiny ops over
             # threads costs more than it saves (measured 10-30 ms per keystroke on one thread, ~1 s on
@@ -48,27 +63,71 @@ class Predictor:
         config = self.lm.config
         self.checkpoint_dir = directory
         self.tokenizer = _load_tokenizer(directory)
-        vocab = config.vocab_size
-        specials = set(self.tokenizer.get_added_tokens_decoder()) | {config.bos_token_id, *config.eos_token_ids}
+        specials = {i for i in (config.bos_token_id, *config.eos_token_ids) if i is not None}
         start = self.tokenizer.token_to_id(END_OF_TEXT)
         if start is None:
             start = config.bos_token_id if config.bos_token_id is not None else 0
-        self.classes = TokenClasses.from_strings([self.tokenizer.decode([i]) for i in range(vocab)], specials)
+        # Where words begin, read off the tokenizer (byte-level "Ġ" or SentencePiece "▁"; words.WordStarts).
+        self.classes = TokenClasses.from_tokenizer(self.tokenizer, config.vocab_size, specials)
         self.context = ContextCache(self.lm, self.tokenizer, start, max_context_tokens)
+        settings = _settings(directory)
+        if lexicon == "auto":
+            lexicon = settings.get("lexicon")
+        if lexicon == "english":
+            training = directory / TRAINING_TEXT
+            lexicon = Lexicon.english_words(training if training.is_file() else None)
+        elif lexicon is not None and not isinstance(lexicon, Lexicon):
+            raise InputError(f"unknown lexicon {lexicon!r} (choose english, auto or none)")
+        self.lexicon: Lexicon | None = lexicon
+        self.blend = blend_weights or Blend(**settings.get("blend", {}))
+        self.ngram = ngram
+        self._word_set = None
 
     def suggest(self, text: str, k: int | None = None) -> list[Suggestion]:
+        k = k or self.k
         context, partial, bare = split_partial(text)
+        before = text[: len(text) - len(partial)]
+        words = self._words(before)
         root = self.context.root_logprobs(context)
+        mixing = words is not None and (self.blend.lexicon > 0 or self.blend.ngram > 0)
         found = search_words(root, self.context.expand, self.classes, partial=partial,
-                             bare_start=bare, k=k or self.k, beam_width=self.beam_width,
-                             max_tokens=self.max_word_tokens)
-        if partial[:1].isupper():  # the user's capital wins over the model's lower case
-            found = [Suggestion(s.word[:1].upper() + s.word[1:], s.probability) for s in found]
-        return found
+                             bare_start=self.classes.first_word_is_bare(context, bare),
+                             k=max(k, self.blend.candidates) if mixing else k, beam_width=self.beam_width,
+                             max_tokens=self.max_word_tokens, words=words)
+        if words is None:
+            if partial[:1].isupper():  # the user's capital wins over the model's lower case
+                found = [Suggestion(s.word[:1].upper() + s.word[1:], s.probability) for s in found]
+            return found
+        ranked = (blend(found, partial, words, self.ngram, context, self.blend, k) if mixing
+                  else [(s.word.lower(), s.probability) for s in found])
+        starts = sentence_start(before)
+        return [Suggestion(words.display(key, partial, starts), score) for key, score in ranked[:k]]
+
+    def _words(self, before: str):
+        """The lexicon plus the user's words before the word being typed; the same while typing inside a word."""
+        if self.lexicon is None:
+            return None
+        if self._word_set is None or self._word_set[0] != before:
+            self._word_set = (before, self.lexicon.for_text(before))
+        return self._word_set[1]
 
     def reset(self) -> None:
         """Forget everything cached: the next suggestion is computed from scratch."""
         self.context.reset()
+        self._word_set = None
+
+
+def _settings(directory: Path) -> dict:
+    """The model's keyboard.json (lexicon and blend weights), or {} where it has none."""
+    import json
+
+    path = directory / KEYBOARD_SETTINGS
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable keyboard settings file ({exc})") from exc
 
 
 def _coreml_package(package: str | Path):
@@ -87,10 +146,18 @@ def _coreml_package(package: str | Path):
 
 
 def _load_tokenizer(directory: Path):
-    """The checkpoint's fast tokenizer (tokenizer.json, or GPT-2's vocab.json + merges.txt)."""
+    """The checkpoint's fast tokenizer: its tokenizer.json as written (transformers 5 would swap in the
+    pipeline its model type usually has: Qwen2's byte-level one for any qwen2 checkpoint), or GPT-2's
+    vocab.json + merges.txt through transformers."""
+    from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    if not (directory / "tokenizer.json").is_file() and not (directory / "vocab.json").is_file():
+    if (directory / "tokenizer.json").is_file():
+        try:
+            return Tokenizer.from_file(str(directory / "tokenizer.json"))
+        except Exception as exc:  # tokenizers raises its own Exception subclass for a malformed file
+            raise InputError(f"{directory}: no usable tokenizer files ({exc})") from exc
+    if not (directory / "vocab.json").is_file():
         # transformers 5 returns an empty tokenizer for a directory without one, rather than failing.
         raise InputError(f"{directory}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
     try:
