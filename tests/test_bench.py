@@ -15,15 +15,16 @@ import jsonschema
 import pytest
 from rich.console import Console
 
-from convert.random_checkpoints import make_bert, make_gpt2
+from convert.random_checkpoints import make_bert, make_gpt2, make_llama
 from ondevice.bench.records import SCHEMA
 from ondevice.bench.run import BenchOptions, run_bench
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    """One run: a tiny GPT-2 (with the bundled keyboard model's tokenizer, so that predictive text runs)
-    and a tiny BERT, on the reference, torch-ane, mlx, coreml and the mlx_lm peer; each in its own process."""
+    """One run: a tiny GPT-2 (with the bundled keyboard model's tokenizer, so that predictive text runs), a
+    tiny Qwen3-dialect Llama (q/k norm, GQA, tied head) and a tiny BERT, on the reference, torch-ane, mlx,
+    coreml and the mlx_lm peer; each in its own process."""
     from bundled_models import keyboard_gpt2_path
 
     root = tmp_path_factory.mktemp("bench")
@@ -31,8 +32,10 @@ def bench(tmp_path_factory):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(Path(keyboard_gpt2_path()) / name, gpt2 / name)
     bert = make_bert(root / "bert")
+    llama = make_llama(root / "llama", "qwen3", hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=32, intermediate_size=64, tie_word_embeddings=True)
     backends = ["reference", "torch-ane", "mlx", "coreml", "mlx_lm"]
-    options = BenchOptions(models=[str(gpt2), str(bert)], backends=backends,
+    options = BenchOptions(models=[str(gpt2), str(llama), str(bert)], backends=backends,
                            seq_lens=[8], repeats=1, threads=1, decode_tokens=4, keystrokes=12, reuse_lines=1,
                            bandwidth_mib=16, cache_dir=root / "cache", out=root / "out")
     console = Console(file=io.StringIO(), width=200)
@@ -87,10 +90,37 @@ def test_each_backend_measures_what_its_model_has(bench):
     assert _find(records, kind="memory_bandwidth", status="ok")
 
 
+def test_the_llama_family_has_every_row_and_the_mlx_lm_peer(bench):
+    """reference, torch-ane and mlx from the checkpoint, and ours against mlx-lm on the same MLX export."""
+    _, document, _ = bench
+    records = document["records"]
+    for backend in ("reference", "torch-ane", "mlx"):
+        rows = _find(records, model="llama", backend=backend, source="checkpoint", status="ok")
+        assert {"load_cold", "prefill", "decode", "peak_memory"} <= {r["kind"] for r in rows}, backend
+    for kind in ("prefill", "decode"):
+        (ours,) = _find(records, model="llama", backend="mlx", source="mlx-export", kind=kind, status="ok")
+        (theirs,) = _find(records, model="llama", backend="mlx_lm", kind=kind, status="ok")
+        assert ours["vs_peer"]["peer"] == "mlx_lm" and ours["vs_peer"]["value"] == theirs["value"]
+
+
+def test_generated_models_are_made_by_their_factories(tmp_path, monkeypatch):
+    """`--model smollm2-135m-random` and `qwen3-0.6b-random` are made by `convert.random_checkpoints` into the
+    cache (stubbed here: the real ones are 0.5 and 2.4 GB)."""
+    from convert import random_checkpoints
+    from ondevice.bench.run import GENERATED_MODELS, resolve_model
+
+    made = []
+    for factory in set(GENERATED_MODELS.values()):
+        monkeypatch.setattr(random_checkpoints, factory, lambda d, f=factory: made.append((f, d)) or d)
+    assert resolve_model("smollm2-135m-random", tmp_path) == ("smollm2-135m-random", tmp_path / "smollm2-135m-random")
+    assert resolve_model("qwen3-0.6b-random", tmp_path)[1] == tmp_path / "qwen3-0.6b-random"
+    assert [f for f, _ in made] == ["make_smollm2_135m", "make_qwen3_06b"]
+
+
 @pytest.mark.skipif(sys.platform == "darwin", reason="on a Mac Core ML runs")
 def test_coreml_is_skipped_with_its_reason_off_macos(bench):
     _, document, _ = bench
-    for model in ("gpt2", "bert"):
+    for model in ("gpt2", "llama", "bert"):
         (coreml,) = _find(document["records"], model=model, backend="coreml")
         assert coreml["status"] == "skipped" and "macOS" in coreml["reason"]
 

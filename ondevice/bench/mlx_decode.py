@@ -1,8 +1,9 @@
-"""Our MLX GPT-2 against mlx-lm's, on the same weights: greedy decode tokens/s and prefill time, for
-`ondevice bench`'s mlx_lm peer and `benchmarks/mlx_decode_vs_mlx_lm.py`.
+"""Our MLX model against mlx-lm's, on the same weights: greedy decode tokens/s and prefill time, for
+`ondevice bench`'s mlx_lm peer and `benchmarks/mlx_decode_vs_mlx_lm.py`; any causal LM whose family mlx-lm
+has (GPT-2, the Llama family: `convert/mlx_lm_<family>.py`).
 
-mlx-lm cannot read a transformers-5 `save_pretrained` GPT-2 directory, so both sides load our MLX
-export of the checkpoint (`convert.mlx_export.export_mlx`, mlx-lm's own weight names): the same file.
+Both sides load our MLX export of the checkpoint (`convert.mlx_export.export_mlx`, mlx-lm's own weight
+names and config keys): the same file (mlx-lm cannot read a transformers-5 `save_pretrained` GPT-2).
 mlx and mlx-lm are imported when a function runs, so that importing this module needs neither."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["decode_tokens_per_s", "export_for_mlx_lm", "mlx_lm_prefill_s", "mlx_
 
 def export_for_mlx_lm(checkpoint, out: Path, dtype: str):
     """(our MLX model loaded from the export, mlx-lm's model loaded from it, the export's directory), or
-    None when mlx-lm's GPT-2 cannot represent the checkpoint. `checkpoint`: a `convert` Checkpoint."""
+    None when mlx-lm cannot run the checkpoint with our logits. `checkpoint`: a `convert` Checkpoint."""
     from mlx_lm.utils import load_model
 
     from convert.mlx_checkpoint import load_mlx_checkpoint

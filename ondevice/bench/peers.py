@@ -1,5 +1,6 @@
-"""Peers measured in the same run, on the same weights and inputs: mlx-lm's GPT-2 against our MLX GPT-2,
-and Apple's `ane_transformers` DistilBERT against our Core ML DistilBERT (Mac only).
+"""Peers measured in the same run, on the same weights and inputs: mlx-lm against our MLX model on any causal
+LM whose family mlx-lm has (GPT-2, the Llama family), and Apple's `ane_transformers` DistilBERT against our
+Core ML DistilBERT (Mac only).
 
 Fairness: both sides load the same files, take the same prompt and the same number of tokens, get the
 same warm-up, and their repeats alternate (ours, theirs, theirs, ours, ...) in one process so that drift
@@ -23,8 +24,9 @@ DISTILBERT = "distilbert-base-random"  # what the ane_transformers records are a
 
 
 def mlx_lm_records(job: dict) -> list[dict]:
-    """mlx-lm cannot read a transformers-5 `save_pretrained` GPT-2 directory, so both sides load our MLX
-    export of the checkpoint (mlx-lm's own weight names), the same file."""
+    """Both sides load our MLX export of the checkpoint (mlx-lm's own weight names and config keys), the same
+    file: mlx-lm cannot read a transformers-5 `save_pretrained` GPT-2 directory, and the export is what an
+    app would ship."""
     ours = Target(job["model"], "mlx", device_of("mlx"), job["precision"], source="mlx-export")
     theirs = Target(job["model"], MLX_LM, ours.device, job["precision"], source="mlx-export")
     try:
@@ -37,7 +39,11 @@ def mlx_lm_records(job: dict) -> list[dict]:
     checkpoint = load_checkpoint(job["checkpoint"])
     pair = export_for_mlx_lm(checkpoint, Path(job["export_dir"]), job["precision"])
     if pair is None:
-        return [skipped(theirs, "mlx-lm's GPT-2 needs a tied head, a 4x MLP and the tanh GELU")]
+        from convert.registry import mlx_lm_of
+
+        why = ("mlx-lm has no model of the family" if mlx_lm_of(checkpoint.config) is None else
+               "mlx-lm's model of the family cannot express this checkpoint's config")
+        return [skipped(theirs, f"{why} ({checkpoint.config.family})")]
     lm, model, _ = pair
     ids = np.random.default_rng(0).integers(0, checkpoint.config.vocab_size,
                                             size=max([*job["seq_lens"], PROMPT_TOKENS])).tolist()
