@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ane_model.layers import Attention, LayerNormANE, RMSNormANE, SwiGLU
+from ane_model.layers import Attention, HeadChunk, LayerNormANE, RMSNormANE, SwiGLU
 
 
 class FusedConv1x1(nn.Conv2d):
@@ -36,6 +36,19 @@ class FusedConv1x1(nn.Conv2d):
         batch, channels, _, seq = x.shape
         rows = x.permute(0, 3, 1, 2).reshape(batch * seq, channels)  # a view when x is positions-major
         weight_t = self.weight[:, :, 0, 0].t()  # (C, C'), rows contiguous
+        y = rows @ weight_t if self.bias is None else torch.addmm(self.bias, rows, weight_t)
+        return y.view(batch, seq, -1, 1).permute(0, 2, 3, 1)
+
+
+class FusedHeadChunk(HeadChunk):
+    """A vocabulary head chunk as `FusedConv1x1` computes a projection: one product over the positions with
+    the weight stored transposed (`fuse_for_cpu` re-strides it in place; a tied embedding's row gathers read
+    the same tensor, a few rows per call)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, S) -> (B, V_j, 1, S)
+        batch, channels, _, seq = x.shape
+        rows = x.permute(0, 3, 1, 2).reshape(batch * seq, channels)
+        weight_t = self.weight.t()  # (C, V_j), rows contiguous
         y = rows @ weight_t if self.bias is None else torch.addmm(self.bias, rows, weight_t)
         return y.view(batch, seq, -1, 1).permute(0, 2, 3, 1)
 
@@ -113,13 +126,17 @@ def _is_pointwise(conv: nn.Conv2d) -> bool:
     return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
 
 
-_FUSED = {LayerNormANE: FusedLayerNorm, RMSNormANE: FusedRMSNorm, Attention: FusedAttention, SwiGLU: FusedSwiGLU}
+_FUSED = {LayerNormANE: FusedLayerNorm, RMSNormANE: FusedRMSNorm, Attention: FusedAttention, SwiGLU: FusedSwiGLU,
+          HeadChunk: FusedHeadChunk}
 
 
 def fuse_for_cpu(model: nn.Module) -> nn.Module:
     """Switch `model`'s modules, in place, to their fused CPU forms; returns `model`."""
     for module in model.modules():
-        if type(module) in _FUSED:
+        if type(module) is HeadChunk:
+            module.__class__ = FusedHeadChunk
+            module.weight.data = module.weight.data.t().contiguous().t()  # the same (V_j, C) values, (C, V_j) in memory
+        elif type(module) in _FUSED:
             module.__class__ = _FUSED[type(module)]
         elif type(module) is nn.Conv2d and _is_pointwise(module):
             module.__class__ = FusedConv1x1

@@ -28,7 +28,8 @@ class GPT2Model(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.cfg = cfg
-        self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # Tied (every GPT-2 checkpoint): the head's chunks are the token embedding too, stored once (`embed_tokens`).
+        self.tok_embed = None if cfg.tie_word_embeddings else nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.pos_embed = nn.Embedding(cfg.max_positions, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_norm = LayerNormANE(cfg.hidden_size, cfg.layer_norm_eps)
@@ -36,10 +37,23 @@ class GPT2Model(nn.Module):
 
     @classmethod
     def from_canonical(cls, cfg: GPT2Config, weights: dict[str, torch.Tensor]) -> GPT2Model:
+        """Tied (as transformers ties it): the head is `tok_embed.weight`, whatever `lm_head.weight` holds."""
         model = cls(cfg)
         named = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
-        load_canonical(model, named | model.lm_head.canonical_to_chunks("lm_head", weights))
+        head = {"lm_head.weight": named.pop("tok_embed.weight")} if cfg.tie_word_embeddings else weights
+        load_canonical(model, named | model.lm_head.canonical_to_chunks("lm_head", head))
         return model.eval()
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, S, C): rows of the head's chunks when tied, of `tok_embed` otherwise."""
+        return self.lm_head.embed(input_ids) if self.tok_embed is None else self.tok_embed(input_ids)
+
+    def layer_inputs(self, seq: int, offset, dtype: torch.dtype) -> tuple:
+        """What a block takes besides (x, mask, cache, layer): nothing for GPT-2 (positions are embedded)."""
+        return ()
+
+    def limit_positions(self, positions: int) -> None:
+        """Export for a context of `positions` tokens: GPT-2's learned position table is kept whole."""
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCacheProtocol | None = None) -> torch.Tensor:
         """input_ids (B, S) -> final-norm hidden states (B, C, 1, S); appends to `cache` if given."""
@@ -51,7 +65,7 @@ class GPT2Model(nn.Module):
                 f"{offset + seq} tokens exceed the model's {self.cfg.max_positions} positions (n_positions)"
             )
         positions = torch.arange(seq) + offset
-        x = self.tok_embed(input_ids) + self.pos_embed(positions)  # (B, S, C)
+        x = self.embed_tokens(input_ids) + self.pos_embed(positions)  # (B, S, C)
         x = x.transpose(1, 2).unsqueeze(2)  # rule 1: (B, C, 1, S), once, at the input
         mask = causal_mask(seq, key_len, offset, x.dtype)
         for i, layer in enumerate(self.layers):

@@ -44,7 +44,7 @@ class GPT2Branches:
         self.model, self.cache = model, cache
         self.heads, self.hidden = model.cfg.num_heads, model.cfg.hidden_size
         self.layers = [_LayerWeights(block) for block in model.layers]
-        self.head = [_t(chunk) for chunk in model.lm_head.chunks]
+        self.head = [chunk.weight.t() for chunk in model.lm_head.chunks]  # (C, V_j) views, contiguous once fused
         self._kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._base = -1  # the cache length the remembered branches continue
 
@@ -100,7 +100,7 @@ class GPT2Branches:
         length, heads, hidden = self.cache.length, self.heads, self.hidden
         head_dim = hidden // heads
         start = length + first
-        x = (self.model.tok_embed.weight[ids] + self.model.pos_embed.weight[start : start + steps]).view(-1, hidden)
+        x = (self.model.embed_tokens(ids) + self.model.pos_embed.weight[start : start + steps]).view(-1, hidden)
         # Query i of a row sees its own branch tokens up to first + i (the context cache entirely).
         own_len = first + steps
         blocked = torch.arange(own_len)[None, :] > (torch.arange(steps) + first)[:, None]

@@ -78,19 +78,61 @@ class RMSNormANE(nn.Module):
         return unit * torch.rsqrt(mean_square + self.eps / (scale * scale)) * self.weight
 
 
+class HeadChunk(nn.Module):
+    """One chunk of a vocabulary head: logits (B, V_j, 1, S) = weight (V_j, C) @ x (B, C, S) per position.
+
+    The weight is kept as an embedding table is, `(V_j, C)`, and applied as a matmul rather than a 1x1
+    conv (rule 2's usual form): a conv needs `(V_j, C, 1, 1)`, which coremltools folds into a constant of its
+    own, so a tied embedding's gather and the head would store the table twice. As a matmul, the gather
+    (`ChunkedHead.embed`) and the product read one constant. The product keeps the (B, V_j, 1, S) layout
+    (rule 1): no transpose of activations or weights."""
+
+    def __init__(self, fan_in: int, size: int, bias: bool):
+        super().__init__()
+        self.in_channels, self.out_channels = fan_in, size
+        self.weight = nn.Parameter(torch.empty(size, fan_in).normal_(std=fan_in ** -0.5))
+        self.bias = nn.Parameter(torch.zeros(size)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, S) -> (B, V_j, 1, S)
+        y = torch.matmul(self.weight, x.squeeze(2))  # (V_j, C) @ (B, C, S): Core ML's matmul of the constant
+        if self.bias is not None:
+            y = y + self.bias.unsqueeze(1)
+        return y.unsqueeze(2)
+
+
 class ChunkedHead(nn.Module):
-    """A vocabulary projection split along its output channels (rule 7)."""
+    """A vocabulary projection split along its output channels (rule 7), each chunk a `HeadChunk`.
+
+    A tied token embedding reads its rows from the same chunks (`embed`), so a package stores the table once."""
 
     def __init__(self, fan_in: int, vocab: int, bias: bool, chunk: int = ANE_MAX_CHANNELS):
         super().__init__()
         sizes = [min(chunk, vocab - start) for start in range(0, vocab, chunk)]
-        self.chunks = nn.ModuleList(conv_linear(fan_in, size, bias) for size in sizes)
+        self.starts = list(range(0, vocab, chunk))
+        self.chunks = nn.ModuleList(HeadChunk(fan_in, size, bias) for size in sizes)
 
     def forward_chunks(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [chunk(x) for chunk in self.chunks]  # each (B, V_j, 1, S)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.forward_chunks(x), dim=1)  # (B, V, 1, S)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` (B, S) of the head's weight, (B, S, C): the token embedding of a tied model.
+
+        One chunk: a gather. Several (vocabularies above 16,384): each chunk gathers the ids clipped into its
+        range and keeps the rows whose id is its own, and the chunks' rows are summed, so no (V, C) table is
+        ever assembled (coremltools would fold a concatenation of the chunks into a second copy)."""
+        if len(self.chunks) == 1:
+            return F.embedding(ids, self.chunks[0].weight)
+        rows = None
+        for start, chunk in zip(self.starts, self.chunks, strict=True):
+            local = ids - start
+            clipped = local.clamp(0, chunk.out_channels - 1)
+            own = (clipped == local).unsqueeze(-1).to(chunk.weight.dtype)  # (B, S, 1): 1 where the id is this chunk's
+            part = F.embedding(clipped, chunk.weight) * own
+            rows = part if rows is None else rows + part
+        return rows
 
     def canonical_to_chunks(self, prefix: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Split a canonical `(V, C)` head weight (and bias) into this module's per-chunk names."""
@@ -152,6 +194,18 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos().t().contiguous(), persistent=False)  # (D, T)
         self.register_buffer("signed_sin", torch.cat([-sin[:, :half], sin[:, half:]], dim=1).t().contiguous(),
                              persistent=False)
+
+    @property
+    def positions(self) -> int:
+        return self.cos.shape[1]
+
+    def truncate(self, positions: int) -> None:
+        """Keep the rows of the first `positions` positions only: an export for a context of that many tokens
+        stores no more (Qwen3's 40,960 or Llama 3.x's 131,072 positions would otherwise be up to 128 MB of
+        constants in a package that can never reach them)."""
+        if positions < self.positions:
+            self.cos = self.cos[:, :positions].contiguous()
+            self.signed_sin = self.signed_sin[:, :positions].contiguous()
 
     def forward(self, seq: int, offset, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sine for positions offset .. offset + seq - 1, tiled over `heads` heads:

@@ -41,7 +41,8 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # Tied (SmolLM2, small Qwens): the head's chunks are the token embedding too, stored once (`embed_tokens`).
+        self.tok_embed = None if cfg.tie_word_embeddings else nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.rotary = RotaryEmbedding(cfg.rope_inverse_frequencies(), cfg.max_positions)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_norm = RMSNormANE(cfg.hidden_size, cfg.rms_norm_eps)
@@ -50,17 +51,31 @@ class LlamaModel(nn.Module):
 
     @classmethod
     def from_canonical(cls, cfg: LlamaConfig, weights: dict[str, torch.Tensor]) -> LlamaModel:
-        """A tied head (SmolLM2, small Qwens) is filled from `tok_embed.weight` when the canonical weights
-        carry no `lm_head.weight` of their own."""
+        """A tied head (SmolLM2, small Qwens) is filled from `tok_embed.weight` and serves as the embedding."""
         model = cls(cfg)
-        head = dict(weights)
-        if "lm_head.weight" not in head:
-            if not cfg.tie_word_embeddings:
-                raise CheckpointError("canonical weights lack lm_head.weight and the config does not tie it")
-            head["lm_head.weight"] = weights["tok_embed.weight"]
         named = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
+        if cfg.tie_word_embeddings:
+            head = {"lm_head.weight": named.pop("tok_embed.weight")}
+        elif "lm_head.weight" in weights:
+            head = weights
+        else:
+            raise CheckpointError("canonical weights lack lm_head.weight and the config does not tie it")
         load_canonical(model, named | model.lm_head.canonical_to_chunks("lm_head", head))
         return model.eval()
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, S, C): rows of the head's chunks when tied, of `tok_embed` otherwise."""
+        return self.lm_head.embed(input_ids) if self.tok_embed is None else self.tok_embed(input_ids)
+
+    def layer_inputs(self, seq: int, offset, dtype: torch.dtype) -> tuple:
+        """What a block takes besides (x, mask, cache, layer): the RoPE tables of positions offset .. offset +
+        seq - 1, tiled over the query heads, once per forward and shared by every layer."""
+        cos, sin = self.rotary(seq, offset, self.cfg.num_heads)
+        return ((cos.to(dtype), sin.to(dtype)),)
+
+    def limit_positions(self, positions: int) -> None:
+        """Export for a context of `positions` tokens: the RoPE tables keep those rows only."""
+        self.rotary.truncate(positions)
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCacheProtocol | None = None) -> torch.Tensor:
         """input_ids (B, S) -> final-norm hidden states (B, C, 1, S); appends to `cache` if given."""
@@ -72,12 +87,11 @@ class LlamaModel(nn.Module):
                 f"{offset + seq} tokens exceed the model's {self.cfg.max_positions} positions "
                 "(max_position_embeddings)"
             )
-        x = self.tok_embed(input_ids).transpose(1, 2).unsqueeze(2)  # rule 1: (B, C, 1, S), once, at the input
+        x = self.embed_tokens(input_ids).transpose(1, 2).unsqueeze(2)  # rule 1: (B, C, 1, S), once, at the input
         mask = causal_mask(seq, key_len, offset, x.dtype)
-        cos, sin = self.rotary(seq, offset, self.cfg.num_heads)  # once per forward, shared by every layer
-        rope = (cos.to(x.dtype), sin.to(x.dtype))
+        extras = self.layer_inputs(seq, offset, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, cache, i, rope)
+            x = layer(x, mask, cache, i, *extras)
         if cache is not None:
             cache.advance(seq)
         return self.final_norm(x)

@@ -53,9 +53,19 @@ class CoreMLOptions:
     kv_cache: str = "state"
     compress: str = "none"
     calibration_text: Path | None = None  # int4, causal LMs: GPTQ on this text (the training text, not evaluation text)
+    allow_large: bool = False  # write an iOS package whose weights exceed IOS_WEIGHT_LIMIT anyway
 
 
 TARGET_NAMES = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
+# About what an iOS app can map and keep resident for one model (its memory limit is a few GB on 6-8 GB
+# devices, shared with everything else the app holds); beyond it a package is refused unless allow_large.
+IOS_WEIGHT_LIMIT = 1_000_000_000
+# Bytes one stored weight takes, (vocabulary tables, everything else), per compression (`coreml_compress.py`
+# keeps the tables at 8 bits for int4 and at 6 bits for palettize4). Scales, zero points and look-up tables
+# add a few percent: int4 stores an fp16 scale and a 4-bit zero point per block of 32 weights.
+_BYTES_PER_WEIGHT = {"int8": (1.0, 1.0), "int4": (1.0, 0.5 + 2.5 / 32), "palettize6": (0.75, 0.75),
+                     "palettize4": (0.75, 0.5)}
+_SMALLER_FIRST = ("int8", "palettize6", "int4", "palettize4")  # least lossy first
 
 
 def _targets() -> dict[str, object]:
@@ -125,6 +135,49 @@ def _plan_causal(config, options: CoreMLOptions, target, ios18: bool) -> Plan:
     return Plan(options, target, (prefill,), context, options.kv_cache, multifunction=ios18)
 
 
+def stored_parameters(config, weights: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(parameters of the vocabulary tables, of everything else) as a package stores them: a tied head once."""
+    from convert.coreml_compress import is_vocabulary_table
+
+    tied = getattr(config, "tie_word_embeddings", False)
+    tables = other = 0
+    for name, tensor in weights.items():
+        if tied and name == "lm_head.weight":
+            continue  # the same tensor as tok_embed.weight, one constant in the package
+        if is_vocabulary_table(name):
+            tables += tensor.numel()
+        else:
+            other += tensor.numel()
+    return tables, other
+
+
+def estimated_weight_bytes(config, weights: dict[str, torch.Tensor], dtype: str, compress: str) -> int:
+    """About how many bytes the package's weight.bin will hold (functions share their weights)."""
+    tables, other = stored_parameters(config, weights)
+    per_table, per_other = _BYTES_PER_WEIGHT.get(compress, (2.0, 2.0) if dtype == "fp16" else (4.0, 4.0))
+    return int(tables * per_table + other * per_other)
+
+
+def check_size(config, weights: dict[str, torch.Tensor], options: CoreMLOptions, limit: int | None = None) -> None:
+    """Refuse an iOS package whose weights would exceed `limit` (IOS_WEIGHT_LIMIT by default) unless allow_large,
+    naming the size and the least lossy compression that would fit."""
+    limit = IOS_WEIGHT_LIMIT if limit is None else limit
+    if options.allow_large or not options.target.lower().startswith("ios"):
+        return
+    size = estimated_weight_bytes(config, weights, options.dtype, options.compress)
+    if size <= limit:
+        return
+    scheme = options.dtype if options.compress == "none" else options.compress
+    candidates = _SMALLER_FIRST[_SMALLER_FIRST.index(options.compress) + 1:] if options.compress in _SMALLER_FIRST \
+        else _SMALLER_FIRST
+    sizes = [(c, estimated_weight_bytes(config, weights, options.dtype, c)) for c in candidates]
+    fits = [(c, n) for c, n in sizes if n <= limit]
+    advice = (f"--compress {fits[0][0]} would make them about {fits[0][1] / 1e9:.2f} GB"
+              if fits else "no compression makes them fit")
+    raise ConversionError(f"the weights come to about {size / 1e9:.2f} GB ({scheme}), above the ~{limit / 1e9:.0f} GB "
+                          f"an iOS app can load: {advice} (or pass --allow-large to write it anyway)")
+
+
 def convert_to_coreml(checkpoint: str | Path | Checkpoint, out: str | Path, options: CoreMLOptions,
                       overwrite: bool = False, progress: bool = True) -> Path:
     """Convert `checkpoint` into the package `out` (PATH.mlpackage); return `out`."""
@@ -135,6 +188,7 @@ def convert_to_coreml(checkpoint: str | Path | Checkpoint, out: str | Path, opti
         raise ConversionError(f"{out}: already exists (pass --overwrite to replace it)")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     plan = plan_conversion(ckpt.config, options)
+    check_size(ckpt.config, ckpt.weights, options)
     causal = ckpt.config.is_causal
     stages = ["calibrate"] * (options.calibration_text is not None)
     stages += ["export + convert prefill", "export + convert decode"] if plan.multifunction else ["export + convert"]
@@ -226,12 +280,14 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
 
     model = build_ane_model(ckpt.config, ckpt.weights)
     if plan.options.calibration_text is not None:
-        from convert.coreml_calibrate import calibrate_int4, calibration_windows
+        from convert.coreml_calibrate import calibrate_int4, calibration_windows, window_length
 
         bar.set_postfix_str("calibrate")
-        windows = calibration_windows(plan.options.calibration_text, ckpt.directory, ckpt.config.max_positions)
+        windows = calibration_windows(plan.options.calibration_text, ckpt.directory, window_length(ckpt.config))
         calibrate_int4(model, windows)  # the blocks' convs carry uint4 metadata that ct.convert honours
         bar.update()
+    if hasattr(model, "limit_positions"):  # optional: position tables (RoPE) then hold the package's context only
+        model.limit_positions(plan.context)
     names = logits_names(LOGITS, len(model.lm_head.chunks))
     out_dtype = _float(plan.options.dtype)
     position = ct.TensorType(POSITION, shape=(1,), dtype=np.int32)

@@ -1,4 +1,5 @@
-"""Calibrate the ANE-layout GPT-2 on a text file before export: GPTQ for the int4 scheme.
+"""Calibrate an ANE-layout causal LM (GPT-2, the Llama family) on a text file before export: GPTQ for the
+int4 scheme.
 
 Why: round-to-nearest int4 (`coreml_compress.py`) rounds every weight on its own, so the errors of one
 output channel add up in whatever direction they fall. GPTQ rounds a layer's input channels one at a
@@ -33,10 +34,11 @@ from ane_model.layers import causal_mask
 from canonical.errors import ConversionError
 
 CALIBRATION_WINDOWS = 128
+MAX_WINDOW = 512  # tokens per window at most: a Qwen3's 40,960 positions would make each window a book
 BLOCK_SIZE = 32  # input channels per scale and zero point, as the uncalibrated int4 scheme uses
 
 
-def calibration_windows(text: Path, tokenizer_dir: Path, length: int, count: int = CALIBRATION_WINDOWS,
+def calibration_windows(text: Path, tokenizer_dir: Path, length: int, count: int | None = None,
                         seed: int = 0) -> list[torch.Tensor]:
     """`count` token windows (1, length) at seeded random offsets in `text` (one paragraph a line,
     plain or .gz), each paragraph preceded by the end-of-text token as the model reads text at inference."""
@@ -54,8 +56,14 @@ def calibration_windows(text: Path, tokenizer_dir: Path, length: int, count: int
     if len(ids) <= length:
         raise ConversionError(f"{text}: {len(ids)} tokens, too few for one {length}-token calibration window")
     stream = torch.tensor(ids)
+    count = CALIBRATION_WINDOWS if count is None else count
     starts = torch.randint(0, len(stream) - length, (count,), generator=torch.Generator().manual_seed(seed))
     return [stream[start:start + length][None] for start in starts.tolist()]
+
+
+def window_length(config) -> int:
+    """Tokens per calibration window: the model's context, up to MAX_WINDOW."""
+    return min(config.max_positions, MAX_WINDOW)
 
 
 def calibrate_int4(model: nn.Module, windows: list[torch.Tensor], block_size: int = BLOCK_SIZE) -> nn.Module:
@@ -78,22 +86,25 @@ def calibrate_int4(model: nn.Module, windows: list[torch.Tensor], block_size: in
                                     quantization_scheme="affine")
     config = LayerwiseCompressorConfig(global_config=layer_config, calibration_nsamples=len(windows))
     # LayerwiseCompressor runs a sequence of layers that each take the previous output alone.
-    stages = nn.Sequential(*(_Stage(block) for block in model.layers))
+    layer_inputs = getattr(model, "layer_inputs", lambda seq, offset, dtype: ())  # optional: GPT-2 needs none
+    stages = nn.Sequential(*(_Stage(block, layer_inputs) for block in model.layers))
     with torch.no_grad():
         LayerwiseCompressor(stages, config).compress(_block_inputs(model, windows), device="cpu", inplace=True)
     return model.eval()
 
 
 class _Stage(nn.Module):
-    """A block as a one-input layer: no cache, the causal mask made from the input's length."""
+    """A block as a one-input layer: no cache, the causal mask made from the input's length, and whatever else
+    the family's blocks take for positions 0 .. S-1 (`layer_inputs`: RoPE tables for the Llama family)."""
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, layer_inputs):
         super().__init__()
         self.block = block
+        self.layer_inputs = layer_inputs  # a bound method of the model, not a submodule (GPTQ must not see it)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, S)
         seq = x.shape[-1]
-        return self.block(x, causal_mask(seq, seq, 0, x.dtype), None, 0)
+        return self.block(x, causal_mask(seq, seq, 0, x.dtype), None, 0, *self.layer_inputs(seq, 0, x.dtype))
 
 
 class _Stop(Exception):

@@ -53,8 +53,15 @@ def compress(model, scheme: str, target):
 _TABLE_NAMES = ("tok_embed", "pos_embed", "lm_head", "mlm_decoder")
 
 
+def is_vocabulary_table(name: str) -> bool:
+    """Whether a weight constant (or canonical weight, dotted) is a vocabulary table. A tied model's token
+    embedding is its head's chunks, one constant named after `lm_head`."""
+    name = name.replace(".", "_")
+    return any(part in name for part in _TABLE_NAMES)
+
+
 def vocabulary_tables(model) -> list[str]:
     """Names of the embedding and vocabulary-head weight constants of a converted model."""
     from coremltools.optimize import coreml as cto
 
-    return [name for name in cto.get_weights_metadata(model) if any(part in name for part in _TABLE_NAMES)]
+    return [name for name in cto.get_weights_metadata(model) if is_vocabulary_table(name)]

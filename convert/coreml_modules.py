@@ -42,7 +42,7 @@ class CausalLMWithState(nn.Module):
         self.register_buffer(VALUE_CACHE, torch.zeros(cache_shape(model, context), dtype=CACHE_DTYPE))
 
     def forward(self, input_ids: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        dtype = self.model.tok_embed.weight.dtype
+        dtype = self.model.final_norm.weight.dtype  # the model's (a tied model has no tok_embed)
         cache = StaticKVCache(self.key_cache.to(dtype), self.value_cache.to(dtype), position)
         hidden = self.model.hidden_states(input_ids, cache)  # (1, C, 1, S)
         self.key_cache.copy_(cache.new_keys.to(CACHE_DTYPE))

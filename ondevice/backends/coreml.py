@@ -142,8 +142,9 @@ class CoreMLCausalLM:
         while tokens:
             part = tokens[: self.chunk]
             # A padded chunk writes its padding past the real tokens (masked, overwritten later), but
-            # its positions must stay inside the position table: near the end, go token by token.
-            if len(part) > 1 and self._length + self.chunk <= self.config.max_positions:
+            # its positions must stay inside the position tables, which a package may hold for its context
+            # only (RoPE): near the end, go token by token.
+            if len(part) > 1 and self._length + self.chunk <= min(self.capacity, self.config.max_positions):
                 logits.append(self._call(prefill_fn, part + [0] * (self.chunk - len(part)), len(part)))
                 tokens = tokens[len(part):]
             else:
