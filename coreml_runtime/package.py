@@ -16,7 +16,7 @@ from canonical.errors import ConversionError
 AUTHOR = "ondevice-transformers"
 TOKENIZER_DIR = Path("Data") / AUTHOR / "tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "added_tokens.json")
+                   "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 FORMAT_VERSION = "1"
 
 

@@ -221,7 +221,10 @@ def verify_package(package: str, reference: str | Checkpoint, seq_len: int | Non
 # measured (worst relative error; worst cosine) beside each; q8/q4 over fp32 and fp16 exports alike.
 MLX_EXPORT_TOLERANCES = {
     "bf16": Tolerance(rel_max_abs=0.066, cosine=0.9995),  # gpt2 0.0214, 0.99989; llama 0.0544, 0.99970
-    "q8": Tolerance(rel_max_abs=0.045, cosine=0.9995),  # gpt2 0.0370, 0.99967; llama 0.0126, 0.99996
+    # q8: gpt2 0.0370, 0.99967; llama test checkpoints of tests/test_llama_mlx_parity.py (sharper: init 0.2,
+    # randomised norms) up to 0.094, 0.99886 (groups of 32), CLI exports of tests/test_llama_mlx_export.py 0.068,
+    # 0.99906 (mistral): 1.2x the worst error, 1.5x the worst cosine gap.
+    "q8": Tolerance(rel_max_abs=0.12, cosine=0.9983),
     "q4": Tolerance(rel_max_abs=0.68, cosine=0.88),  # gpt2 0.563, 0.92409; llama 0.200, 0.98851
 }
 

@@ -47,7 +47,7 @@ def test_verify_an_mlx_export_against_its_source(gpt2_dir, bert_dir, tmp_path):
     result = CliRunner().invoke(app, ["verify", str(export), "--reference", str(gpt2_dir), "--seq-len", "16"])
     assert result.exit_code == 0, result.output
     assert "mlx export q8" in result.stdout
-    assert "bounds (q8): max |err| ≤ 0.045 × scale, cosine ≥ 0.9995" in result.stdout
+    assert "bounds (q8): max |err| ≤ 0.12 × scale, cosine ≥ 0.9983" in result.stdout
     assert "required of lossless formats only" in result.stdout
     fp16 = tmp_path / "gpt2-fp16"
     assert CliRunner().invoke(app, ["convert", str(gpt2_dir), "--to", "mlx", "--out", str(fp16)]).exit_code == 0

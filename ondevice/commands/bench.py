@@ -13,8 +13,9 @@ from ondevice.commands.common import EXIT_FAILED_CHECK, at_least, console, error
 @one_line_errors
 def bench(
     model: Annotated[list[str] | None, typer.Option(
-        "--model", help="keyboard-gpt2, all-MiniLM-L6-v2, gpt2-124m-random (made locally), a checkpoint "
-        "directory or an MLX directory (--backends mlx); repeatable.")] = None,
+        "--model", help="keyboard-gpt2, all-MiniLM-L6-v2, gpt2-124m-random, smollm2-135m-random, "
+        "qwen3-0.6b-random (made locally), a checkpoint directory or an MLX directory (--backends mlx); "
+        "repeatable.")] = None,
     backends: Annotated[list[str] | None, typer.Option(
         "--backends", help="reference, torch-ane, mlx, coreml; peers mlx_lm, ane_transformers (repeat, or "
         "comma-separate).")] = None,
