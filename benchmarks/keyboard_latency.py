@@ -8,8 +8,12 @@
    engine does, (b) recomputing the whole context on every keystroke, and reports (b)/(a), for the
    whole keystroke and for its context part alone (the word search that follows is the same work
    either way, bar the expansions memoised while typing inside a word).
-Timings hold for the machine named in the output only; the ratio is the portable figure. The
-measurements are `ondevice.bench.keyboard`'s, the same that `ondevice bench` runs."""
+Timings hold for the machine named in the output only; the ratio is the portable figure. A keystroke is
+a few batched forwards, each reading every weight once, so the output states how fast this machine reads
+memory: the copy bandwidth of one thread over an array of the size of the model's weights (about the
+weights' working set) and of 512 MiB (DRAM), as `ondevice.bench.bandwidth` measures it. The keyboard runs as
+users get it: the model's lexicon and blend (`keyboard.json`) included. The measurements are
+`ondevice.bench.keyboard`'s, the same that `ondevice bench` runs."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ondevice.bench.bandwidth import measure_bandwidth
 from ondevice.bench.keyboard import replay, reuse_vs_recompute
 from ondevice.keyboard import Predictor
 from ondevice.keyboard.report import read_lines
@@ -45,10 +50,17 @@ def main() -> None:
     keystrokes = replay(Predictor(args.model, backend=args.backend), lines)
     times = reuse_vs_recompute(predictor, read_lines(text))
     reuse, recompute = times.reuse, times.recompute
+    weight_bytes = _weight_bytes(predictor)
+    working_set = measure_bandwidth(mib=max(1, round(weight_bytes / 2**20)), repeats=20, threads=1)
+    dram = measure_bandwidth(mib=512, repeats=3, threads=1)
     result = {
         "benchmark": "keyboard_latency", "model": str(args.model), "backend": args.backend, "precision": "fp32",
         "machine": {"cpu": platform.processor() or platform.machine(), "system": platform.platform(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(),
+                    "weight_bytes": weight_bytes,
+                    "copy_gb_s_weight_sized_1_thread": working_set["bytes_per_s"] / 1e9,
+                    "copy_gb_s_512_mib_1_thread": dram["bytes_per_s"] / 1e9},
+        "lexicon": predictor.lexicon is not None, "blend": vars(predictor.blend) if predictor.lexicon else None,
         "keystrokes": len(keystrokes),
         "keystroke_p50_ms": float(np.percentile(keystrokes, 50)),
         "keystroke_p95_ms": float(np.percentile(keystrokes, 95)),
@@ -61,7 +73,10 @@ def main() -> None:
     result["context_recompute_mean_ms"] = float(np.mean(times.recompute_context))
     result["context_reuse_speedup"] = result["context_recompute_mean_ms"] / result["context_reuse_mean_ms"]
 
-    table = Table(title=f"predictive text · {args.backend} fp32 · batch 1 · {result['machine']['cpu']}")
+    machine = result["machine"]
+    table = Table(title=f"predictive text · {args.backend} fp32 · batch 1 · {machine['cpu']} · reads "
+                        f"{machine['copy_gb_s_weight_sized_1_thread']:.1f} GB/s ({weight_bytes / 1e6:.0f} MB of "
+                        f"weights), {machine['copy_gb_s_512_mib_1_thread']:.1f} GB/s from DRAM, 1 thread")
     for column in ("measure", "value"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     table.add_row(f"keystroke latency p50 ({len(keystrokes)} keys)", f"{result['keystroke_p50_ms']:.2f} ms")
@@ -77,6 +92,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "keyboard_latency.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(keystrokes, reuse, recompute, args.out / "keyboard_latency.png")
+
+
+def _weight_bytes(predictor) -> int:
+    """Bytes of the weights one forward reads (the torch backend's model; 0 where it is not a torch module)."""
+    model = getattr(predictor.lm, "model", None)
+    if not hasattr(model, "parameters"):
+        return 0
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _plot(keystrokes: list[float], reuse: list[float], recompute: list[float], path: Path) -> None:

@@ -36,7 +36,8 @@ def examples(wordnet_dir: Path) -> list[str]:
     return found
 
 
-def sentences(raw: list[str]) -> list[str]:
+def sentences(raw: list[str], part: int = 0) -> list[str]:
+    """The sample `part` (0: the held-out set; 1: development text for the blend weights, disjoint from it)."""
     kept, seen = [], set()
     for example in raw:
         words = example.split()
@@ -48,7 +49,7 @@ def sentences(raw: list[str]) -> list[str]:
         if sentence.lower() in seen:
             continue
         seen.add(sentence.lower())
-        if hashlib.sha256(sentence.encode()).digest()[0] % KEEP_EVERY == 0:
+        if hashlib.sha256(sentence.encode()).digest()[0] % KEEP_EVERY == part:
             kept.append(sentence)
     return sorted(kept, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
 
@@ -65,13 +66,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bundled_models/keyboard-gpt2/heldout-everyday.txt"))
     parser.add_argument("--wordnet-dir", type=Path, default=None, help="an unpacked usr/share/wordnet")
+    parser.add_argument("--dev-out", type=Path, default=None, help="also write development sentences here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         source = "local copy"
         directory = args.wordnet_dir
         if directory is None:
             directory, source = fetch_wordnet(Path(tmp))
-        kept = sentences(examples(directory))
+        raw = examples(directory)
+        kept = sentences(raw)
+        if args.dev_out:
+            args.dev_out.parent.mkdir(parents=True, exist_ok=True)
+            args.dev_out.write_text("\n".join(sentences(raw, part=1)) + "\n")
     args.out.write_text("\n".join(kept) + "\n")
     print(f"{len(kept)} sentences, {sum(len(s.split()) for s in kept)} words from {source} -> {args.out}")
 

@@ -1,10 +1,12 @@
-"""Evaluate a trained keyboard model on its held-out text and write evaluation.json + MODEL_CARD.md.
+"""Evaluate a trained keyboard model on its two held-out sets and write evaluation.json + MODEL_CARD.md.
 
-    python -m training.model_card bundled_models/keyboard-gpt2
+    python -m training.model_card bundled_models/keyboard-gpt2 [--docs-lines N]
 
-The full held-out split is evaluated (model and n-gram baseline), and so is the small fixed subset
-that CI re-runs (`CI_SUBSET_LINES` first lines): CI fails when its Acc@3 or KSR@3 falls more than 2
-points below the figures recorded here."""
+The documentation held-out split (`heldout.txt`, the first N paragraphs; all by default) and the everyday
+English one (`heldout-everyday.txt`, WordNet usage examples, `training/everyday.py`) are evaluated as users get
+the keyboard (the model's keyboard.json: lexicon and blend), beside the model alone (its own spellings and
+capitals: the keyboard before the lexicon) and the n-gram baseline; so is the small fixed subset of each that
+CI re-runs: CI fails when its Acc@3 or KSR@3 falls more than 2 points below the figures recorded here."""
 
 from __future__ import annotations
 
@@ -14,43 +16,154 @@ import time
 from pathlib import Path
 
 from ondevice.keyboard import Predictor
-from ondevice.keyboard.report import evaluate_file, load_baseline
+from ondevice.keyboard.evaluate import EvalReport, evaluate
+from ondevice.keyboard.report import load_baseline, read_lines
 
 CI_SUBSET_LINES = 40
+EVERYDAY = "heldout-everyday.txt"
+CI_EVERYDAY_LINES = 150
 
 
-def evaluate_bundle(directory: Path) -> dict:
+def _merged(a: EvalReport, b: EvalReport) -> EvalReport:
+    merged = EvalReport(a.name, a.words + b.words, [x + y for x, y in zip(a.next_hits, b.next_hits, strict=True)],
+                        {n: a.completion_hits[n] + b.completion_hits[n] for n in a.completion_hits},
+                        {n: a.completion_words[n] + b.completion_words[n] for n in a.completion_words},
+                        a.keys_without + b.keys_without, a.keys_with + b.keys_with, a.latencies_ms + b.latencies_ms)
+    return merged
+
+
+def _evaluate(path: Path, predictor: Predictor | None, baseline, lines_limit: int | None, head: int) -> tuple:
+    """Replay `path` (its first `lines_limit` lines) once; return evaluate_file-style summaries of the first `head`
+    lines (CI's subset) and of all of them: "model" (None without a predictor) and "ngram"."""
+    lines = read_lines(path, lines_limit)
+    parts = {}
+    for name, suggest in (("model", predictor.suggest if predictor else None),
+                          ("ngram", lambda text: baseline.suggest(text, 3))):
+        if suggest is None:
+            continue
+        if predictor is not None:
+            predictor.reset()
+        first = evaluate(name, suggest, lines[:head])
+        rest = evaluate(name, suggest, lines[head:])
+        parts[name] = (first, _merged(first, rest))
+    backend = predictor.lm.backend if predictor else None
+    head_summary = {"eval_file": str(path), "lines": min(head, len(lines)), "backend": backend,
+                    **{name: pair[0].to_json() for name, pair in parts.items()}}
+    full_summary = {"eval_file": str(path), "lines": len(lines), "backend": backend,
+                    **{name: pair[1].to_json() for name, pair in parts.items()}}
+    return head_summary, full_summary
+
+
+def evaluate_bundle(directory: Path, docs_lines: int | None = None) -> dict:
+    """The keyboard as shipped, the model alone and the n-gram baseline on both held-out sets; CI's subsets are
+    the first lines of the same replays."""
     predictor = Predictor(directory)
-    heldout = directory / "heldout.txt"
+    heldout, everyday = directory / "heldout.txt", directory / EVERYDAY
     started = time.time()
-    baseline = load_baseline(predictor)  # built once, used for both evaluations
-    full = evaluate_file(predictor, heldout, baseline=baseline)
-    subset = evaluate_file(Predictor(directory), heldout, CI_SUBSET_LINES, baseline=baseline)
-    return {"full": full, "ci_subset": subset, "ci_subset_lines": CI_SUBSET_LINES,
-            "minutes": round((time.time() - started) / 60, 1)}
+    baseline = load_baseline(predictor)  # built once, used for every evaluation
+    alone = Predictor(directory, lexicon=None)
+    subset, full = _evaluate(heldout, predictor, baseline, docs_lines, CI_SUBSET_LINES)
+    result = {"full": full, "ci_subset": subset, "ci_subset_lines": CI_SUBSET_LINES,
+              "model_alone": {"full": _evaluate(heldout, alone, baseline, docs_lines, CI_SUBSET_LINES)[1]["model"]}}
+    if everyday.is_file():
+        subset, full = _evaluate(everyday, predictor, baseline, None, CI_EVERYDAY_LINES)
+        result |= {"everyday": full, "ci_subset_everyday": subset, "ci_subset_everyday_lines": CI_EVERYDAY_LINES}
+        result["model_alone"]["everyday"] = _evaluate(everyday, alone, baseline, None, CI_EVERYDAY_LINES)[1]["model"]
+    result["minutes"] = round((time.time() - started) / 60, 1)
+    return result
 
 
-def _row(label: str, key: str, evaluation: dict, percent: bool = True) -> str:
-    model, ngram = evaluation["model"][key], evaluation["ngram"][key]
-    if percent:
-        return f"| {label} | {100 * model:.1f}% | {100 * ngram:.1f}% | {100 * (model - ngram):+.1f} pts |"
-    return f"| {label} | {model:.1f} | {ngram:.2f} | |"
+_METRICS = [
+    ("next-word Acc@1", "next_word_acc1", True), ("next-word Acc@3", "next_word_acc3", True),
+    ("completion Acc@3 after 1 letter", "completion_acc3_after_1", True),
+    ("completion Acc@3 after 2 letters", "completion_acc3_after_2", True),
+    ("completion Acc@3 after 3 letters", "completion_acc3_after_3", True),
+    ("keystroke savings KSR@3", "ksr3", True),
+    ("latency p50 (ms)", "latency_p50_ms", False), ("latency p95 (ms)", "latency_p95_ms", False),
+]
+
+
+def _table(evaluation: dict, alone: dict | None) -> str:
+    """Rows: the keyboard as shipped, the model alone (before the lexicon), the n-gram baseline."""
+    rows = ["| metric | keyboard | model alone | n-gram baseline | keyboard − n-gram |", "|---|---|---|---|---|"]
+    for label, key, percent in _METRICS:
+        keyboard, ngram = evaluation["model"][key], evaluation["ngram"][key]
+        before = alone[key] if alone else None
+        if percent:
+            cells = [f"{100 * keyboard:.1f}%", f"{100 * before:.1f}%" if before is not None else "",
+                     f"{100 * ngram:.1f}%", f"{100 * (keyboard - ngram):+.1f} pts"]
+        else:
+            cells = [f"{keyboard:.1f}", f"{before:.1f}" if before is not None else "", f"{ngram:.2f}", ""]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _ablation(directory: Path) -> str:
+    path = directory / "ablation.json"
+    if not path.is_file():
+        return ""
+    data = json.loads(path.read_text())
+    rows = ["| variant (each adds to the one above) | docs KSR@3 | docs next-word Acc@3 | docs completion Acc@3, 2 "
+            "letters | everyday KSR@3 | everyday next-word Acc@3 | everyday completion Acc@3, 2 letters | "
+            "p95 (ms) |", "|---|---|---|---|---|---|---|---|"]
+    for v in data["variants"]:
+        d, e = v["docs"], v["everyday"]
+        rows.append(f"| {v['variant']} | {100 * d['ksr3']:.1f}% | {100 * d['next_word_acc3']:.1f}% | "
+                    f"{100 * d['completion_acc3_after_2']:.1f}% | {100 * e['ksr3']:.1f}% | "
+                    f"{100 * e['next_word_acc3']:.1f}% | {100 * e['completion_acc3_after_2']:.1f}% | "
+                    f"{max(d['latency_p95_ms'], e['latency_p95_ms']):.1f} |")
+    return (f"What each part adds (`python -m training.ablation`, the first {data['docs_lines']} documentation "
+            f"paragraphs and {data['everyday_lines']} everyday sentences; weights chosen on development text, "
+            "see `ablation.json`):\n\n" + "\n".join(rows) + "\n")
 
 
 def model_card(directory: Path, training: dict, evaluation: dict) -> str:
     recipe, corpus, full = training["recipe"], training["corpus"], evaluation["full"]
-    rows = "\n".join([
-        _row("next-word Acc@1", "next_word_acc1", full), _row("next-word Acc@3", "next_word_acc3", full),
-        _row("completion Acc@3 after 1 letter", "completion_acc3_after_1", full),
-        _row("completion Acc@3 after 2 letters", "completion_acc3_after_2", full),
-        _row("completion Acc@3 after 3 letters", "completion_acc3_after_3", full),
-        _row("keystroke savings KSR@3", "ksr3", full),
-        _row("latency p50 (ms)", "latency_p50_ms", full, percent=False),
-        _row("latency p95 (ms)", "latency_p95_ms", full, percent=False),
-    ])
+    finetune = training.get("finetune")
+    settings = json.loads((directory / "keyboard.json").read_text()) if (directory / "keyboard.json").is_file() else {}
+    blend = settings.get("blend", {})
+    alone = evaluation.get("model_alone", {})
+    which_docs = f"the first {full['lines']} of the 643" if full["lines"] < 643 else f"all {full['lines']}"
     size_mb = (directory / "model.safetensors").stat().st_size / 1e6
     log = "\n".join(f"| {e['step']} | {e['train_loss']:.3f} | {e['heldout_loss']:.3f} | {e['minutes']} |"
                     for e in training["log"])
+    general = ""
+    continued = ""
+    if finetune:
+        general = f"""
+- General English: {finetune['source']}: the glosses of WordNet 3.0 ({finetune['general_sentences']:,}
+  definitions written as sentences, {finetune['general_words']:,} words), Debian's `wordnet-base`. Licence:
+  {finetune['licence']}, which permits use, copying, modification and distribution with its notice (below).
+  WordNet's usage examples are not trained on: they are the everyday held-out set."""
+        flog = "\n".join(f"| {e['step']} | {e['docs']:.3f} | {e['everyday']:.3f} | {e['minutes']} |"
+                         for e in finetune["log"])
+        continued = f"""
+Then continued training on general English (`python -m training.finetune`): {finetune['steps']} steps of
+{finetune['batch']} x {recipe['n_positions']}-token windows, {finetune['mix']}, peak learning rate
+{finetune['lr']}, {finetune['minutes']} minutes on {finetune['threads']} thread(s).
+
+| step | documentation held-out loss | everyday held-out loss | minutes |
+|---|---|---|---|
+{flog}
+"""
+    everyday = evaluation.get("everyday")
+    everyday_section = ""
+    if everyday:
+        everyday_section = f"""
+### Everyday English: {everyday['lines']} WordNet usage examples ({everyday['model']['words']:,} words)
+
+`heldout-everyday.txt` (`python -m training.everyday`): usage examples of WordNet 3.0, sentences its
+lexicographers wrote to show words in use, written as sentences; a fixed sample by hash. A source the model
+was not trained on{' (it was trained on the glosses of the same database, not on its examples)' if finetune else ''}.
+
+{_table(everyday, alone.get('everyday'))}
+"""
+    ci_everyday = ""
+    if "ci_subset_everyday" in evaluation:
+        sub = evaluation["ci_subset_everyday"]["model"]
+        ci_everyday = (f" and the first {evaluation['ci_subset_everyday_lines']} everyday sentences "
+                       f"({sub['words']:,} words: next-word Acc@3 {100 * sub['next_word_acc3']:.1f}%, KSR@3 "
+                       f"{100 * sub['ksr3']:.1f}%, key `ci_subset_everyday`)")
     return f"""# keyboard-gpt2: the bundled predictive-text model
 
 A small GPT-2 for keyboard-style next-word suggestions and word completion, the default model of
@@ -75,7 +188,7 @@ text works right after install with no download.
 - Prose only: paragraphs and list items, without code blocks, tables, navigation or paragraphs that
   are mostly identifiers. Split by document (one page in 20 held out, by hash of its path), so no
   held-out sentence has a twin in training: {corpus['train_words']:,} training words
-  ({training['train_tokens']:,} tokens), {corpus['heldout_words']:,} held-out words.
+  ({training['train_tokens']:,} tokens), {corpus['heldout_words']:,} held-out words.{general}
 
 ## Training
 One command: `python -m training.train --out bundled_models/keyboard-gpt2` (downloads the Debian
@@ -91,34 +204,64 @@ Took {training['minutes']} minutes on {training['device']} ({training['torch']})
 | step | train loss | held-out loss | minutes |
 |---|---|---|---|
 {log}
+{continued}
+## The keyboard around the model
+`keyboard.json` asks for the English lexicon and sets the blend (`ondevice/keyboard/lexicon.py`, `blend.py`):
+- Lexicon: the words of `wordfreq`'s large English list used at least once per million words (Zipf >= 3;
+  `wordfreq` code Apache-2.0, its word data CC BY-SA 4.0, installed as a dependency, not redistributed here),
+  plus words of the training text used 5 times or more (identifier-shaped ones left out), plus every word the
+  user has typed in the text. The word search consults it as it expands, so the top 3 are 3 real words; the
+  typed fragment is offered only if it is a word.
+- Case: the letters typed keep their case; a capital first letter only at the start of a sentence or where
+  the word's form has one: the user's own form in this text, the training text's for its own domain words
+  ("Python", "API"), SCOWL's capitalised-only words ("London", "Monday"; Debian `wamerican`, permissive
+  licence, `ondevice/keyboard/names.py`), "I".
+- Blend: score = (1 - {blend.get('lexicon', 0)} - {blend.get('ngram', 0)}·known) · P(model) + {blend.get('lexicon', 0)}
+  · P(lexicon unigram) + {blend.get('ngram', 0)} · known · P(n-gram), known where the n-gram has seen the
+  last word; chosen on development text (WordNet examples outside the held-out sample, held-out
+  documentation past the paragraphs reported here).
 
+{_ablation(directory)}
 ## Evaluation
-`ondevice predict --eval bundled_models/keyboard-gpt2/heldout.txt` on all {full['lines']} held-out
-paragraphs ({full['model']['words']:,} words), torch-ane backend, k = 3, default beam (width 8, words of up to
-4 tokens), context capped at 64 tokens. The baseline is a word trigram model with stupid backoff
-built from the same training text. Latencies are per call of this machine's replay (2-core x86 CPU).
+`ondevice predict --eval FILE` ({which_docs} documentation held-out paragraphs; all
+everyday sentences), torch-ane backend, k = 3, default beam (width 8, words of up to 4 tokens), context capped
+at 64 tokens. "keyboard": as shipped (lexicon, case rules, blend); "model alone": the model's own spellings
+and capitals, the keyboard before the lexicon; the baseline is a word trigram model with stupid backoff
+built from the documentation training text. Words match exactly, case included. Latencies are per call of
+this machine's replay (2-core x86 CPU, shared with other jobs while measured).
 
-| metric | model | n-gram baseline | difference |
-|---|---|---|---|
-{rows}
+### Documentation: {full['lines']} paragraphs ({full['model']['words']:,} words)
 
-CI re-runs the first {evaluation['ci_subset_lines']} held-out paragraphs
-({evaluation['ci_subset']['model']['words']:,} words) and fails if the model's Acc@3 or KSR@3 falls more than
-2 points below: next-word Acc@3 {100 * evaluation['ci_subset']['model']['next_word_acc3']:.1f}%,
-KSR@3 {100 * evaluation['ci_subset']['model']['ksr3']:.1f}% (`evaluation.json`, key `ci_subset`).
+{_table(full, alone.get('full'))}
+{everyday_section}
+CI re-runs the first {evaluation['ci_subset_lines']} documentation paragraphs
+({evaluation['ci_subset']['model']['words']:,} words: next-word Acc@3
+{100 * evaluation['ci_subset']['model']['next_word_acc3']:.1f}%, KSR@3
+{100 * evaluation['ci_subset']['model']['ksr3']:.1f}%, key `ci_subset`){ci_everyday} and fails if Acc@3 or KSR@3
+falls more than 2 points below (`evaluation.json`).
 
 ## Limits
-Technical English from one source: it knows how documentation is written, not how people text. It
-has not been tuned for safety or filtered for anything beyond prose; it suggests single words only.
+Mostly technical English: it knows how documentation is written far better than how people text, and the
+everyday figures come largely from the lexicon and the blend. Not tuned for safety or filtered beyond prose;
+single words only.
+
+## Licence notices
+WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. THIS SOFTWARE AND DATABASE IS
+PROVIDED "AS IS" AND PRINCETON UNIVERSITY MAKES NO REPRESENTATIONS OR WARRANTIES, EXPRESS OR IMPLIED. BY WAY
+OF EXAMPLE, BUT NOT LIMITATION, PRINCETON UNIVERSITY MAKES NO REPRESENTATIONS OR WARRANTIES OF MERCHANT-
+ABILITY OR FITNESS FOR ANY PARTICULAR PURPOSE OR THAT THE USE OF THE LICENSED SOFTWARE, DATABASE OR
+DOCUMENTATION WILL NOT INFRINGE ANY THIRD PARTY PATENTS, COPYRIGHTS, TRADEMARKS OR OTHER RIGHTS. (The
+held-out `heldout-everyday.txt`{' and the training glosses' if finetune else ''} are derived from WordNet 3.0.)
 """
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path)
+    parser.add_argument("--docs-lines", type=int, default=None, help="documentation paragraphs (default: all)")
     args = parser.parse_args()
     training = json.loads((args.directory / "training.json").read_text())
-    evaluation = evaluate_bundle(args.directory)
+    evaluation = evaluate_bundle(args.directory, args.docs_lines)
     (args.directory / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     (args.directory / "MODEL_CARD.md").write_text(model_card(args.directory, training, evaluation))
     print(json.dumps({k: evaluation[k]["model"] for k in ("full", "ci_subset")}, indent=2))

@@ -93,6 +93,26 @@ def search_words(
     return [Suggestion(spelling, total) for total, spelling, _ in ranked]
 
 
+def score_spellings(root_logprobs: np.ndarray, expand: Callable[[Sequence[Sequence[int]]], np.ndarray],
+                    classes: TokenClasses, spellings: dict[str, Sequence[int]]) -> dict[str, float]:
+    """The probability of each word's one given spelling (word -> its token ids): the tokens' probabilities times
+    that the word ends after them, scored like the search's words (one batched `expand` per token depth, the
+    expansions the search already made reused). For words the search did not reach: longer than its
+    `max_tokens`, or pruned by its beam."""
+    boundary = ~classes.continues_word
+    logp = {word: 0.0 for word in spellings}
+    longest = max((len(t) for t in spellings.values()), default=0)
+    for depth in range(longest + 1):
+        here = [(w, t) for w, t in spellings.items() if len(t) >= depth]
+        if depth == 0:
+            rows = np.repeat(root_logprobs[None, :], len(here), axis=0)
+        else:
+            rows = log_softmax(expand([tuple(t[:depth]) for _, t in here]))
+        for (word, tokens), lp in zip(here, rows, strict=True):
+            logp[word] += float(lp[tokens[depth]]) if depth < len(tokens) else _logsumexp(lp[boundary])
+    return {word: math.exp(v) for word, v in logp.items()}
+
+
 def _expand_beam(beam: _Beam, lp: np.ndarray, classes: TokenClasses, partial: str, bare_start: bool,
                  beam_width: int | None, words=None) -> list[_Beam]:
     if beam.text:

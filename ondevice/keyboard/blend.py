@@ -1,52 +1,69 @@
-"""Words the model cannot spell well: the model's word probabilities mixed with the lexicon's frequencies and,
-where it has seen the context, the n-gram baseline's.
+"""Words the model cannot spell well: the model's word probabilities combined with a count-based prior, the
+lexicon's frequencies (and the n-gram baseline's, where it knows the context).
 
-For a candidate word w after a context c (every candidate agrees with the letters typed, so the mixture ranks
-completions as it ranks next words):
+For a candidate word w after a context c (every candidate agrees with the letters typed, so the combination
+ranks completions as it ranks next words), a product of experts, weighted in log space:
 
-    score(w) = (1 - lexicon - ngram·known) · P_model(w | c) + lexicon · P_lexicon(w) + ngram · known · P_ngram(w | c)
+    score(w) ∝ P_model(w | c) ^ (1 - lexicon) · P_prior(w | c) ^ lexicon
+    P_prior(w | c) = (1 - ngram·known) · P_lexicon(w) + ngram·known · P_ngram(w | c)
 
-- P_model: the word search's probability (`beam.search_words`, summed over the word's spellings); 0 for a word
-  the search did not reach;
-- P_lexicon: the word's unigram frequency, (1 - own_text) · `Lexicon.frequency` (general English mixed with
-  the model's training text) + own_text · its share of the words typed so far in this text (a cache model: a
-  name the user typed comes back even where the model cannot spell it);
+- P_model: the word search's probability (`beam.search_words`, summed over the word's spellings); for a
+  candidate the search did not reach (longer than its 4 tokens, as " warranty" is in the bundled model's
+  vocabulary, or pruned), the probability of the tokenizer's own spelling of it (`beam.score_spellings`);
+  `FLOOR` where the model has no spelling of it at all;
+- P_lexicon: (1 - own_text) · `Lexicon.frequency` (general English mixed with the model's training text) +
+  own_text · the word's share of the words typed so far in this text (a cache model: a name the user typed
+  comes back even where the model cannot spell it); `FLOOR` for a word of neither;
 - P_ngram: the n-gram baseline's relative frequency of w after the last one or two words, at the longest
   context it has seen (`NGramModel.known_next`); known = 1 where it has seen at least the last word, else 0.
 
+Why a product and not a sum: the two experts differ by orders of magnitude (a 5M-parameter documentation
+model gives "warranty" 1e-9, English uses it 4e-6 of the time); a sum is decided by whichever is larger, a
+product keeps each one's preferences among the candidates: "warrant" and "warranty" (model) over "warriors"
+and "warren" (frequent in English, 1e-11 after "provided without" for the model).
+
 Candidates: the model's words, the lexicon's most frequent words that start with the typed letters, the
-user's own words that do, and the n-gram's. The weights are the model's (`keyboard.json` beside a bundled
-model), chosen on development text, never on the text the model card reports."""
+user's own words that do, and the n-gram's. The scores are normalised over the candidates (the
+`probability` a suggestion carries). The weights are the model's (`keyboard.json` beside a bundled model)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ondevice.keyboard.beam import Suggestion
 
+FLOOR = 1e-12
+
 
 @dataclass(frozen=True)
 class Blend:
-    lexicon: float = 0.0  # weight of the lexicon's unigram frequency
-    ngram: float = 0.0  # weight of the n-gram baseline, where it knows the context
+    lexicon: float = 0.0  # weight (log space) of the count-based prior against the model
+    ngram: float = 0.0  # share of the n-gram baseline in the prior, where it knows the context
     own_text: float = 0.1  # share of the user's own text in the lexicon's unigram
-    candidates: int = 8  # words taken from each source before mixing
+    candidates: int = 8  # words taken from each source before combining
 
     def score(self, model: dict[str, float], unigram: dict[str, float], ngram: dict[str, float],
               candidates: list[str]) -> dict[str, float]:
-        """Mixed scores of `candidates` (lower-case words) from each source's probabilities (lower-case keys)."""
-        ngram_weight = self.ngram if ngram else 0.0
-        model_weight = 1.0 - self.lexicon - ngram_weight
-        return {w: model_weight * model.get(w, 0.0) + self.lexicon * unigram.get(w, 0.0)
-                + ngram_weight * ngram.get(w, 0.0) for w in candidates}
+        """Normalised scores of `candidates` (lower-case words) from each source's probabilities."""
+        share = self.ngram if ngram else 0.0
+        logs = {}
+        for w in candidates:
+            prior = (1 - share) * unigram.get(w, 0.0) + share * ngram.get(w, 0.0)
+            logs[w] = ((1 - self.lexicon) * math.log(max(model.get(w, 0.0), FLOOR))
+                       + self.lexicon * math.log(max(prior, FLOOR)))
+        top = max(logs.values(), default=0.0)
+        total = sum(math.exp(v - top) for v in logs.values())
+        return {w: math.exp(v - top) / total for w, v in logs.items()}
 
 
 def blend(found: list[Suggestion], partial: str, words, ngram_model, context: str, mix: Blend,
-          k: int) -> list[tuple[str, float]]:
-    """The top `k` (lower-case word, score) after mixing: `found` from the word search over `words` (a
-    `lexicon.WordSet`), the lexicon's and the n-gram's candidates for the typed `partial`."""
+          k: int, score_missing=None) -> list[tuple[str, float]]:
+    """The top `k` (lower-case word, score) after combining: `found` from the word search over `words` (a
+    `lexicon.WordSet`), the lexicon's and the n-gram's candidates for the typed `partial`. `score_missing(words)`
+    gives the model's probability of candidates the search did not find."""
     prefix = partial.lower()
-    model = {}
+    model: dict[str, float] = {}
     for s in found:
         model[s.word.lower()] = model.get(s.word.lower(), 0.0) + s.probability
     lexicon = words.lexicon
@@ -58,6 +75,9 @@ def blend(found: list[Suggestion], partial: str, words, ngram_model, context: st
         ngram = {w: p for w, p in ngram_model.known_next(context, prefix, mix.candidates).items() if w in words}
         candidates += [w for w in ngram if w not in candidates]
     candidates = [w for w in dict.fromkeys(candidates) if len(w) >= len(prefix) and w in words]
+    missing = [w for w in candidates if w not in model]
+    if missing and score_missing is not None:
+        model.update(score_missing(missing))
     typed = sum(words.user_counts.values()) or 1
     unigram = {w: (1 - mix.own_text) * lexicon.frequency.get(w, 0.0) + mix.own_text * words.user_counts[w] / typed
                for w in candidates}

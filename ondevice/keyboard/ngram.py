@@ -74,12 +74,12 @@ class NGramModel:
         context was seen with such a word: the blend's "where it knows the context"."""
         history = ([_START] * (self.order - 1) + tokens(context))[-(self.order - 1):]
         for order in range(self.order - 1, 0, -1):
-            counts = self.next_counts.get(tuple(history[-order:]))
-            if not counts:
+            ranked = self._ranked(tuple(history[-order:]))
+            if not ranked:
                 continue
-            total = sum(counts.values())
+            total = ranked[0]
             found: dict[str, float] = {}
-            for word, count in counts.most_common():
+            for word, count in ranked[1]:
                 key = word.lower()
                 if key.startswith(prefix):
                     found[key] = found.get(key, 0.0) + count / total
@@ -88,6 +88,14 @@ class NGramModel:
             if found:
                 return found
         return {}
+
+    def _ranked(self, history: tuple[str, ...]):
+        """(total, [(word, count), most frequent first]) after `history`, memoised; None where unseen."""
+        cache = self.__dict__.setdefault("_ranked_cache", {})
+        if history not in cache:
+            counts = self.next_counts.get(history)
+            cache[history] = (sum(counts.values()), counts.most_common()) if counts else None
+        return cache[history]
 
     @staticmethod
     def _add(scores: dict[str, tuple[float, str]], word: str, score: float) -> None:

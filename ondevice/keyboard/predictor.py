@@ -20,7 +20,7 @@ from canonical.errors import InputError
 from convert.checkpoint import load_checkpoint
 from coreml_runtime.package import TOKENIZER_DIR
 from ondevice.backends import load_backend
-from ondevice.keyboard.beam import Suggestion, search_words
+from ondevice.keyboard.beam import Suggestion, score_spellings, search_words
 from ondevice.keyboard.blend import Blend, blend
 from ondevice.keyboard.context import ContextCache
 from ondevice.keyboard.lexicon import Lexicon, sentence_start
@@ -30,6 +30,7 @@ DEFAULT_MODEL = "keyboard-gpt2"
 END_OF_TEXT = "<|endoftext|>"
 KEYBOARD_SETTINGS = "keyboard.json"  # beside a model: {"lexicon": "english", "blend": {"lexicon": .., "ngram": ..}}
 TRAINING_TEXT = "train.txt.gz"  # beside a bundled model: the text it was trained on
+SPELLING_SLACK = 4  # tokens past the search's for scoring a lexicon word's own spelling
 
 
 class Predictor:
@@ -50,16 +51,32 @@ class Predictor:
             torch.set_num_threads(threads)
         self.k, self.beam_width, self.max_word_tokens = k, beam_width, max_word_tokens
         if backend == "coreml":
-            self.lm, directory = _coreml_package(model), Path(model) / TOKENIZER_DIR
-            max_context_tokens = min(max_context_tokens, self.lm.capacity - max_word_tokens)
+            package = _coreml_package(model)
+            directory = Path(model) / TOKENIZER_DIR
         else:
             checkpoint = load_checkpoint(model)
             if not checkpoint.config.is_causal:
                 raise InputError(f"{checkpoint.directory}: predictive text needs a causal LM, not "
                                  f"{checkpoint.model_type}")
             directory = checkpoint.directory
-            max_context_tokens = min(max_context_tokens, checkpoint.config.max_positions - max_word_tokens)
-            self.lm = load_backend(backend, checkpoint, dtype=dtype, capacity=max_context_tokens + max_word_tokens)
+        settings = _settings(directory)
+        if lexicon == "auto":
+            lexicon = settings.get("lexicon")
+        if lexicon == "english":
+            training = directory / TRAINING_TEXT
+            lexicon = Lexicon.english_words(training if training.is_file() else None)
+        elif lexicon is not None and not isinstance(lexicon, Lexicon):
+            raise InputError(f"unknown lexicon {lexicon!r} (choose english, auto or none)")
+        self.lexicon: Lexicon | None = lexicon
+        # Room past the context for a word: the search's tokens, and with a lexicon a few more for scoring the
+        # tokenizer's spelling of a lexicon word the search did not reach (" warranty" is 5 tokens).
+        room = max_word_tokens + (SPELLING_SLACK if lexicon is not None else 0)
+        if backend == "coreml":
+            self.lm = package
+            max_context_tokens = min(max_context_tokens, self.lm.capacity - room)
+        else:
+            max_context_tokens = min(max_context_tokens, checkpoint.config.max_positions - room)
+            self.lm = load_backend(backend, checkpoint, dtype=dtype, capacity=max_context_tokens + room)
         config = self.lm.config
         self.checkpoint_dir = directory
         self.tokenizer = _load_tokenizer(directory)
@@ -70,15 +87,6 @@ class Predictor:
         # Where words begin, read off the tokenizer (byte-level "Ġ" or SentencePiece "▁"; words.WordStarts).
         self.classes = TokenClasses.from_tokenizer(self.tokenizer, config.vocab_size, specials)
         self.context = ContextCache(self.lm, self.tokenizer, start, max_context_tokens)
-        settings = _settings(directory)
-        if lexicon == "auto":
-            lexicon = settings.get("lexicon")
-        if lexicon == "english":
-            training = directory / TRAINING_TEXT
-            lexicon = Lexicon.english_words(training if training.is_file() else None)
-        elif lexicon is not None and not isinstance(lexicon, Lexicon):
-            raise InputError(f"unknown lexicon {lexicon!r} (choose english, auto or none)")
-        self.lexicon: Lexicon | None = lexicon
         self.blend = blend_weights or Blend(**settings.get("blend", {}))
         self.ngram = ngram
         self._word_set = None
@@ -98,10 +106,31 @@ class Predictor:
             if partial[:1].isupper():  # the user's capital wins over the model's lower case
                 found = [Suggestion(s.word[:1].upper() + s.word[1:], s.probability) for s in found]
             return found
-        ranked = (blend(found, partial, words, self.ngram, context, self.blend, k) if mixing
+        bare_start = self.classes.first_word_is_bare(context, bare)
+
+        def score_missing(candidates: list[str]) -> dict[str, float]:
+            forms = [words.display(w, partial, False) for w in candidates]
+            spellings = {w: self._spelling(form, bare_start) for w, form in zip(candidates, forms, strict=True)}
+            room = self.lm.capacity - len(self.context.ids)
+            fitting = {w: t for w, t in spellings.items() if t and len(t) <= room}
+            return score_spellings(root, self.context.expand, self.classes, fitting)
+
+        ranked = (blend(found, partial, words, self.ngram, context, self.blend, k, score_missing) if mixing
                   else [(s.word.lower(), s.probability) for s in found])
         starts = sentence_start(before)
         return [Suggestion(words.display(key, partial, starts), score) for key, score in ranked[:k]]
+
+    def _spelling(self, word: str, bare_start: bool) -> tuple[int, ...] | None:
+        """The tokenizer's own tokens for `word` as the next word (with its leading space unless bare), or None
+        where they are not a word-start token and continuations (then the word is not scored)."""
+        classes = self.classes
+        # A SentencePiece-style tokenizer writes the prefix space itself ("▁warranty" for "warranty").
+        text = word if bare_start or classes.space_at_start else " " + word
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        first = classes.starts_bare if bare_start else classes.starts_word
+        if not ids or len(ids) > 8 or not first[ids[0]] or not all(classes.continues_word[t] for t in ids[1:]):
+            return None
+        return tuple(ids)
 
     def _words(self, before: str):
         """The lexicon plus the user's words before the word being typed; the same while typing inside a word."""
