@@ -49,6 +49,8 @@ def convert(
     ] = None,
     quantize: Annotated[int | None, typer.Option(help="MLX: Affine weight quantization bits: 4 or 8.")] = None,
     group_size: Annotated[int | None, typer.Option(help="MLX: Quantization group size: 32, 64 (default), 128.")] = None,
+    allow_large: Annotated[bool, typer.Option(
+        help="Core ML, iOS targets: write a package whose weights exceed what an iOS app can load (~1 GB).")] = False,
     verbose: Annotated[bool, typer.Option(help="Show the converters' own warnings and progress bars.")] = False,
 ) -> None:
     """Convert a checkpoint into a Core ML package or MLX weights."""
@@ -58,6 +60,8 @@ def convert(
     from ondevice.quiet import CONVERTER_BARS, captured
 
     _check_options(to, dtype, seq_len, context, target, kv_cache, compress, calibration_text, quantize, group_size)
+    if to is Target.mlx:
+        not_applicable({"--allow-large": allow_large or None}, "to --to coreml only")
     out = out.expanduser()
     if to is Target.coreml and out.suffix != ".mlpackage":
         from canonical.errors import InputError
@@ -83,7 +87,7 @@ def convert(
 
             options = CoreMLOptions(dtype=dtype or "fp16", seq_lens=tuple(seq_len or ()), context=context,
                                     target=target or "iOS18", kv_cache=kv_cache or "state", compress=compress or "none",
-                                    calibration_text=calibration_text)
+                                    calibration_text=calibration_text, allow_large=allow_large)
             plan = plan_conversion(config, options)  # refuses what the target cannot hold before anything is written
             what = (f"Core ML package ({options.dtype}, target {options.target}"
                     + (f", {options.compress}" if options.compress != "none" else "")
