@@ -228,3 +228,19 @@ def test_core_ml_package_of_a_llama_with_a_sentencepiece_tokenizer(llama_package
     model = reference(directory)
     for text in ("The ", "A pointer to the bu"):
         _assert_exact(on_package, model, text, 1, rtol=1e-3)
+
+
+@pytest.mark.parametrize("style", TOKENIZER_STYLES)
+def test_the_english_lexicon_on_each_tokenizer_style(tmp_path_factory, style):
+    """The lexicon, the case rules and the blend ride on the same word starts: real words, the typed letters
+    kept, on a Llama with each tokenizer style (a random one: only the lexicon makes its words real)."""
+    from ondevice.keyboard.blend import Blend
+
+    predictor = Predictor(checkpoint(tmp_path_factory, "llama", style), lexicon="english",
+                          blend_weights=Blend(lexicon=0.5))
+    for text in ("", "The object is ", "I will see you tomor", "A pointer to the Bu", "(se"):
+        shown = [s.word for s in predictor.suggest(text)]
+        partial = split_partial(text)[1]
+        assert shown and all(w.startswith(partial) for w in shown), (text, shown)
+        assert all(w.lower() in predictor.lexicon.for_text(text[: len(text) - len(partial)]) for w in shown)
+    assert predictor.suggest("I will see you tomor")[0].word == "tomorrow"

@@ -145,7 +145,9 @@ def _in_words(beam: _Beam, lp: np.ndarray, candidates: np.ndarray, classes: Toke
     prefix = beam.text.lower()
     allowed = words.continuations(classes, prefix)
     if allowed is not None:  # few words go on from here: the tokens they allow, read off the words
-        candidates = candidates[np.isin(candidates, allowed)]
+        mask = np.zeros(len(classes.strings), dtype=bool)
+        mask[allowed] = True
+        candidates = candidates[mask[candidates]]
         if beam_width is not None and len(candidates) > beam_width:
             candidates = candidates[np.argpartition(lp[candidates], -beam_width)[-beam_width:]]
         return candidates

@@ -23,8 +23,9 @@ product keeps each one's preferences among the candidates: "warrant" and "warran
 and "warren" (frequent in English, 1e-11 after "provided without" for the model).
 
 Candidates: the model's words, the lexicon's most frequent words that start with the typed letters, the
-user's own words that do, and the n-gram's. The scores are normalised over the candidates (the
-`probability` a suggestion carries). The weights are the model's (`keyboard.json` beside a bundled model)."""
+user's own words that do, and the n-gram's.
+The scores are normalised over the candidates (the `probability` a suggestion carries). The weights are the
+model's (`keyboard.json` beside a bundled model)."""
 
 from __future__ import annotations
 

@@ -177,7 +177,7 @@ class WordSet:
         hi = bisect.bisect_left(self.user_keys, prefix + "\U0010ffff")
         return self.user_keys[lo:hi]
 
-    def continuations(self, classes, prefix: str, limit: int = 512) -> np.ndarray | None:
+    def continuations(self, classes, prefix: str, limit: int = 48) -> np.ndarray | None:
         """Token ids that continue `prefix` (lower case) toward some word, read off the words that start with it
         where they are at most `limit`; None where more (then ask `has_prefix` token by token)."""
         keys = self.lexicon.keys
