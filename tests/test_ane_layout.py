@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from convert.registry import build_ane_model as build_model
 from ane_model.layers import LayerNormANE, causal_mask, split_einsum_attention
 from convert.checkpoint import load_checkpoint
+from convert.registry import build_ane_model as build_model
 
 
 @settings(max_examples=40, deadline=None)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ane_model.kv_cache import KVCache
-from convert.registry import build_ane_model as build_model
 from ane_model.cpu_fused import FusedAttention, FusedConv1x1, FusedLayerNorm, fuse_for_cpu
+from ane_model.kv_cache import KVCache
 from convert.checkpoint import load_checkpoint
+from convert.registry import build_ane_model as build_model
 from ondevice.backends.torch_ane import TorchCausalLM, TorchEncoder
 from ondevice.parity import TOLERANCES, compare, greedy_agreement
 from ondevice.reference import ReferenceCausalLM, ReferenceEncoder

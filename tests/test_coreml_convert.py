@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from coreml_runtime.ane_rules import inspect_package
 from convert.coreml import CoreMLOptions, convert_to_coreml
-from coreml_runtime.package import read_metadata, sha256_file, weights_path
+from coreml_runtime.ane_rules import inspect_package
 from coreml_runtime.mil_eval import MilProgram
+from coreml_runtime.package import read_metadata, sha256_file, weights_path
 from ondevice.cli import app
 from ondevice.parity import TOLERANCES
 from ondevice.verify import COMPRESSED_TOLERANCES, verify_package
@@ -129,7 +129,8 @@ def test_gpt2_package_layout(request, packages, gpt2_dir):
     assert meta["seq_lens"] == str(PREFILL) and meta["context"] == str(CONTEXT) and meta["precision"] == "fp16"
     assert meta["weights_sha256"] == sha256_file(weights_path(package))
     # One sha256 per source weight file, as `sha256sum FILE` prints it.
-    assert json.loads(meta["source_weights_sha256"]) == {"model.safetensors": sha256_file(gpt2_dir / "model.safetensors")}
+    source = {"model.safetensors": sha256_file(gpt2_dir / "model.safetensors")}
+    assert json.loads(meta["source_weights_sha256"]) == source
     interface = json.loads(meta["interface"])
     assert interface["prefill"]["inputs"] == ["input_ids", "position"]
     assert interface["decode"]["states"] == ["key_cache", "value_cache"]
