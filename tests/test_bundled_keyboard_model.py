@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from bundled_models import keyboard_gpt2_path
 from ondevice.keyboard import Predictor
 from ondevice.keyboard.report import evaluate_file
