@@ -1,7 +1,7 @@
 """The bundled keyboard model: complete, small, faithful to transformers, and as good as its model card says.
 
-CI re-runs the model card's fixed evaluation subset and fails if next-word Acc@3 or KSR@3 falls more
-than 2 points below the recorded figures."""
+CI re-runs the model card's fixed evaluation subsets, documentation and everyday English, and fails if
+next-word Acc@3 or KSR@3 falls more than 2 points below the recorded figures."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ ALLOWED_DROP = 0.02
 
 def test_bundle_is_complete_and_within_25_mb():
     for name in ("config.json", "model.safetensors", "tokenizer.json", "train.txt.gz", "heldout.txt",
-                 "training.json", "evaluation.json", "MODEL_CARD.md"):
+                 "heldout-everyday.txt", "keyboard.json", "training.json", "evaluation.json", "MODEL_CARD.md"):
         assert (BUNDLE / name).is_file(), name
     assert (BUNDLE / "model.safetensors").stat().st_size <= 25 * 2**20
 
@@ -47,3 +47,23 @@ def test_model_beats_the_ngram_baseline_and_saves_keystrokes(subset_evaluation):
     _, live = subset_evaluation
     assert live["model"]["next_word_acc3"] > live["ngram"]["next_word_acc3"]
     assert live["model"]["ksr3"] >= 0.40
+
+
+@pytest.fixture(scope="module")
+def everyday_subset_evaluation():
+    recorded = json.loads((BUNDLE / "evaluation.json").read_text())
+    live = evaluate_file(Predictor("keyboard-gpt2"), BUNDLE / "heldout-everyday.txt",
+                         recorded["ci_subset_everyday_lines"])
+    return recorded["ci_subset_everyday"], live
+
+
+def test_everyday_english_has_not_regressed_from_the_model_card(everyday_subset_evaluation):
+    recorded, live = everyday_subset_evaluation
+    for metric in ("next_word_acc3", "ksr3"):
+        assert live["model"][metric] >= recorded["model"][metric] - ALLOWED_DROP, metric
+    assert live["model"]["ksr3"] > live["ngram"]["ksr3"]
+
+
+def test_model_card_reports_both_held_out_sets():
+    card = (BUNDLE / "MODEL_CARD.md").read_text()
+    assert "### Documentation" in card and "### Everyday English" in card and "n-gram baseline" in card
