@@ -20,7 +20,7 @@ from ane_model.layers import (
     padding_mask,
 )
 from canonical.bert import BertConfig
-from canonical.errors import InputError
+from canonical.config import check_positions
 
 
 class BertOutputs(NamedTuple):
@@ -88,10 +88,7 @@ class BertModel(nn.Module):
     ) -> BertOutputs:
         """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: (B, S)."""
         seq = input_ids.shape[1]
-        if seq > self.cfg.max_positions:
-            raise InputError(
-                f"{seq} tokens exceed the model's {self.cfg.max_positions} positions (max_position_embeddings)"
-            )
+        check_positions(self.cfg, seq)
         x = self.tok_embed(input_ids) + self.pos_embed(torch.arange(seq))  # (B, S, C)
         if self.type_embed is not None:
             types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids

@@ -143,9 +143,7 @@ def fuse_for_cpu(model: nn.Module) -> nn.Module:
             transposed = module.weight.data[:, :, 0, 0].t().contiguous()  # (C, C') in memory
             module.weight.data = transposed.t()[:, :, None, None]  # the same values, shape (C', C, 1, 1)
     for module in model.modules():
-        if isinstance(module, FusedAttention) and module.q.out_channels == module.k.out_channels:
-            _pack_qkv(module)  # equal widths only: with grouped-query heads q, k and v are not three equal thirds
-        elif isinstance(module, FusedSwiGLU):
+        if isinstance(module, FusedSwiGLU):
             _pack_gate_up(module)
     return model
 
@@ -160,14 +158,3 @@ def _pack_gate_up(mlp: FusedSwiGLU) -> None:
     mlp.gate_up_weight = packed
     mlp.gate_up_bias = None if mlp.gate.bias is None else torch.cat([mlp.gate.bias.data, mlp.up.bias.data])
 
-
-def _pack_qkv(attention: FusedAttention) -> None:
-    """Store q, k and v's (C, C) matrices side by side in one (C, 3C) buffer, `attention.qkv_weight`, each
-    conv's weight becoming a view of its third: a caller can project all three with one product (the
-    keyboard's branch scorer does) without a second copy of the weights."""
-    convs = (attention.q, attention.k, attention.v)
-    packed = torch.cat([conv.weight.data[:, :, 0, 0].t() for conv in convs], dim=1)
-    width = convs[0].out_channels
-    for j, conv in enumerate(convs):
-        conv.weight.data = packed[:, j * width : (j + 1) * width].t()[:, :, None, None]
-    attention.qkv_weight = packed

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ane_model.layers import MLP, Attention, ChunkedHead, LayerNormANE, causal_mask, load_canonical
+from ane_model.layers import MLP, Attention, ChunkedHead, LayerNormANE, causal_mask, load_causal_lm
 from canonical.cache import KVCacheProtocol
-from canonical.errors import InputError
+from canonical.config import check_positions
 from canonical.gpt2 import GPT2Config
 
 
@@ -38,11 +38,7 @@ class GPT2Model(nn.Module):
     @classmethod
     def from_canonical(cls, cfg: GPT2Config, weights: dict[str, torch.Tensor]) -> GPT2Model:
         """Tied (as transformers ties it): the head is `tok_embed.weight`, whatever `lm_head.weight` holds."""
-        model = cls(cfg)
-        named = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
-        head = {"lm_head.weight": named.pop("tok_embed.weight")} if cfg.tie_word_embeddings else weights
-        load_canonical(model, named | model.lm_head.canonical_to_chunks("lm_head", head))
-        return model.eval()
+        return load_causal_lm(cls(cfg), weights)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, S, C): rows of the head's chunks when tied, of `tok_embed` otherwise."""
@@ -60,10 +56,7 @@ class GPT2Model(nn.Module):
         seq = input_ids.shape[1]
         offset = 0 if cache is None else cache.offset
         key_len = seq if cache is None else cache.key_length(seq)
-        if isinstance(offset, int) and offset + seq > self.cfg.max_positions:
-            raise InputError(
-                f"{offset + seq} tokens exceed the model's {self.cfg.max_positions} positions (n_positions)"
-            )
+        check_positions(self.cfg, offset + seq)
         positions = torch.arange(seq) + offset
         x = self.embed_tokens(input_ids) + self.pos_embed(positions)  # (B, S, C)
         x = x.transpose(1, 2).unsqueeze(2)  # rule 1: (B, C, 1, S), once, at the input

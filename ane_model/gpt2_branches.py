@@ -129,6 +129,18 @@ class GPT2Branches:
         return x.view(rows, steps, hidden), kept
 
 
+def _pack_qkv(attention) -> torch.Tensor:
+    """q, k and v's (C, C) matrices side by side in one (C, 3C) buffer, returned; each conv's weight becomes a
+    view of its third, so that the weights are not stored twice and the model's own forward reads the same
+    values."""
+    convs = (attention.q, attention.k, attention.v)
+    packed = torch.cat([conv.weight.data[:, :, 0, 0].t() for conv in convs], dim=1)
+    width = convs[0].out_channels
+    for j, conv in enumerate(convs):
+        conv.weight.data = packed[:, j * width : (j + 1) * width].t()[:, :, None, None]
+    return packed
+
+
 def _t(conv: torch.nn.Conv2d) -> torch.Tensor:
     """A fused 1x1 conv's weight as the (C_in, C_out) matrix it multiplies by (a view, no copy)."""
     return conv.weight[:, :, 0, 0].t()
@@ -140,7 +152,7 @@ class _LayerWeights:
         self.eps = block.attn_norm.eps
         self.norm1_w, self.norm1_b = block.attn_norm.weight.view(-1), block.attn_norm.bias.view(-1)
         self.norm2_w, self.norm2_b = block.mlp_norm.weight.view(-1), block.mlp_norm.bias.view(-1)
-        self.qkv_w = attn.qkv_weight  # (C, 3C), packed by fuse_for_cpu: one product for all three
+        self.qkv_w = _pack_qkv(attn)  # (C, 3C): one product for all three
         self.qkv_b = torch.cat([attn.q.bias, attn.k.bias, attn.v.bias])
         self.scale = attn.scale
         self.out_w, self.out_b = _t(attn.o), attn.o.bias

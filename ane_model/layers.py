@@ -338,3 +338,18 @@ def load_canonical(module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
         if [d for d in source.shape if d != 1] != [d for d in target.shape if d != 1]:
             raise CheckpointError(f"weight '{name}': shape {list(source.shape)} cannot fill {list(target.shape)}")
         target.copy_(source.reshape(target.shape).to(target.dtype))
+
+
+def load_causal_lm(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """Fill a causal LM (its config at `cfg`, a `ChunkedHead` at `lm_head`) from canonical weights, in eval mode.
+    Tied, as transformers ties it: the head's chunks come from `tok_embed.weight`, whatever `lm_head.weight`
+    holds, and serve as the token embedding too (stored once)."""
+    body = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
+    if model.cfg.tie_word_embeddings:
+        head = {"lm_head.weight": body.pop("tok_embed.weight")}
+    elif "lm_head.weight" in weights:
+        head = {"lm_head.weight": weights["lm_head.weight"]}
+    else:
+        raise CheckpointError("canonical weights lack lm_head.weight and the config does not tie it")
+    load_canonical(model, body | model.lm_head.canonical_to_chunks("lm_head", head))
+    return model.eval()

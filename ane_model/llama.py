@@ -14,10 +14,10 @@ from ane_model.layers import (
     RotaryEmbedding,
     SwiGLU,
     causal_mask,
-    load_canonical,
+    load_causal_lm,
 )
 from canonical.cache import KVCacheProtocol
-from canonical.errors import CheckpointError, InputError
+from canonical.config import check_positions
 from canonical.llama import LlamaConfig
 
 
@@ -52,16 +52,7 @@ class LlamaModel(nn.Module):
     @classmethod
     def from_canonical(cls, cfg: LlamaConfig, weights: dict[str, torch.Tensor]) -> LlamaModel:
         """A tied head (SmolLM2, small Qwens) is filled from `tok_embed.weight` and serves as the embedding."""
-        model = cls(cfg)
-        named = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
-        if cfg.tie_word_embeddings:
-            head = {"lm_head.weight": named.pop("tok_embed.weight")}
-        elif "lm_head.weight" in weights:
-            head = weights
-        else:
-            raise CheckpointError("canonical weights lack lm_head.weight and the config does not tie it")
-        load_canonical(model, named | model.lm_head.canonical_to_chunks("lm_head", head))
-        return model.eval()
+        return load_causal_lm(cls(cfg), weights)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, S, C): rows of the head's chunks when tied, of `tok_embed` otherwise."""
@@ -82,11 +73,7 @@ class LlamaModel(nn.Module):
         seq = input_ids.shape[1]
         offset = 0 if cache is None else cache.offset
         key_len = seq if cache is None else cache.key_length(seq)
-        if isinstance(offset, int) and offset + seq > self.cfg.max_positions:
-            raise InputError(
-                f"{offset + seq} tokens exceed the model's {self.cfg.max_positions} positions "
-                "(max_position_embeddings)"
-            )
+        check_positions(self.cfg, offset + seq)
         x = self.embed_tokens(input_ids).transpose(1, 2).unsqueeze(2)  # rule 1: (B, C, 1, S), once, at the input
         mask = causal_mask(seq, key_len, offset, x.dtype)
         extras = self.layer_inputs(seq, offset, x.dtype)

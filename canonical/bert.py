@@ -17,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from canonical.config import Activation
+from canonical.config import Activation, EqualHeads
 
 Pooling = Literal["cls", "mean", "max"]
 
 
 @dataclass(frozen=True)
-class BertConfig:
+class BertConfig(EqualHeads):
     vocab_size: int
     max_positions: int
     hidden_size: int
@@ -43,15 +43,4 @@ class BertConfig:
 
     family: ClassVar[str] = "bert"
     is_causal: ClassVar[bool] = False
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.num_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def kv_width(self) -> int:
-        return self.num_kv_heads * self.head_dim
+    positions_field: ClassVar[str] = "max_position_embeddings"

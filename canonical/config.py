@@ -12,7 +12,7 @@ import importlib
 import json
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
-from canonical.errors import CheckpointError
+from canonical.errors import CheckpointError, InputError
 
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 
@@ -21,6 +21,7 @@ Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 class ModelConfig(Protocol):
     family: ClassVar[str]  # the registry's name of the family: gpt2, bert, llama
     is_causal: ClassVar[bool]  # a causal LM (prefill, decode, KV cache) or an encoder
+    positions_field: ClassVar[str]  # config.json's name for max_positions, for error messages
     vocab_size: int
     max_positions: int
     hidden_size: int
@@ -37,6 +38,32 @@ class ModelConfig(Protocol):
     def kv_width(self) -> int:
         """Channels of one layer's keys (and values) in a KV cache: num_kv_heads * head_dim."""
         ...
+
+
+class EqualHeads:
+    """The attention geometry of configs whose keys and values have as many heads as the queries (GPT-2, BERT)."""
+
+    num_heads: int
+    hidden_size: int
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_width(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+def check_positions(config: ModelConfig, end: int) -> None:
+    """Refuse a sequence that would end at position `end` past the model's positions, naming the config.json
+    field that sets them. (`end` is symbolic while torch.export traces: the export fixes the context instead.)"""
+    if isinstance(end, int) and end > config.max_positions:
+        raise InputError(f"{end} tokens exceed the model's {config.max_positions} positions ({config.positions_field})")
 
 
 # Packages and MLX directories of format 1 record the family alone.

@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from canonical.config import Activation
+from canonical.config import Activation, EqualHeads
 
 
 @dataclass(frozen=True)
-class GPT2Config:
+class GPT2Config(EqualHeads):
     vocab_size: int
     max_positions: int
     hidden_size: int
@@ -33,18 +33,7 @@ class GPT2Config:
 
     family: ClassVar[str] = "gpt2"
     is_causal: ClassVar[bool] = True
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.num_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def kv_width(self) -> int:
-        return self.num_kv_heads * self.head_dim
+    positions_field: ClassVar[str] = "n_positions"
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

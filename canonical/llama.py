@@ -58,6 +58,7 @@ class LlamaConfig:
 
     family: ClassVar[str] = "llama"
     is_causal: ClassVar[bool] = True
+    positions_field: ClassVar[str] = "max_position_embeddings"
 
     @property
     def kv_width(self) -> int:

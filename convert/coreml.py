@@ -23,7 +23,7 @@ from convert.checkpoint import Checkpoint, load_checkpoint
 from convert.coreml_compress import COMPRESSIONS, compress
 from convert.coreml_modules import CausalLMWithIOCache, CausalLMWithState, EncoderForExport, cache_shape
 from convert.coreml_package import write_package_extras
-from convert.registry import build_ane_model, family_of
+from convert.registry import build_ane_model
 from coreml_runtime.interface import (
     ATTENTION_MASK,
     INPUT_IDS,
@@ -113,7 +113,7 @@ def plan_conversion(config, options: CoreMLOptions) -> Plan:
     seq_lens = tuple(sorted(set(options.seq_lens))) or (min(DEFAULT_ENCODER_LEN, config.max_positions),)
     if seq_lens[-1] > config.max_positions:
         raise ConversionError(f"sequence length {seq_lens[-1]} exceeds the model's {config.max_positions} "
-                              f"positions ({family_of(config).positions_field})")
+                              f"positions ({config.positions_field})")
     return Plan(options, target, seq_lens, None, None, multifunction=False)
 
 
@@ -126,7 +126,7 @@ def _plan_causal(config, options: CoreMLOptions, target, ios18: bool) -> Plan:
     context = options.context or min(DEFAULT_CONTEXT, config.max_positions)
     if not 1 < context <= config.max_positions:
         raise ConversionError(f"context {context} must be in 2..{config.max_positions} "
-                              f"({family_of(config).positions_field})")
+                              f"({config.positions_field})")
     if len(options.seq_lens) > 1:
         raise ConversionError("a causal LM takes one prefill length (--seq-len once); decode is always 1 token")
     prefill = options.seq_lens[0] if options.seq_lens else min(DEFAULT_PREFILL, context)

@@ -44,7 +44,6 @@ class Family:
     config_class: type
     read_config: ReadConfig
     read_weights: ReadWeights
-    positions_field: str  # config.json's name for the context length, for error messages
     random_checkpoint: Callable[[Path], Path]  # a small random-init checkpoint of this family (tests, examples)
     ane_model: Callable[[], type] | None = None  # the ANE-layout torch model class (torch-ane, Core ML)
     mlx_model: Callable[[], type] | None = None  # the MLX model class
@@ -119,7 +118,6 @@ def _gpt2() -> Family:
         name="gpt2", model_types=("gpt2",), config_class=GPT2Config,
         read_config=lambda raw, _type, _dir: hf_gpt2.gpt2_config(raw),
         read_weights=lambda cfg, raw: (cfg, hf_gpt2.gpt2_weights(cfg, raw)),
-        positions_field="n_positions",
         random_checkpoint=random_checkpoints.make_gpt2,
         ane_model=lambda: import_module("ane_model.gpt2").GPT2Model,
         mlx_model=lambda: import_module("mlx_model.gpt2").GPT2Model,
@@ -134,7 +132,6 @@ def _bert() -> Family:
     return Family(
         name="bert", model_types=("bert", "distilbert"), config_class=BertConfig,
         read_config=hf_bert.bert_config, read_weights=hf_bert.bert_weights,
-        positions_field="max_position_embeddings",
         random_checkpoint=random_checkpoints.make_bert,
         ane_model=lambda: import_module("ane_model.bert").BertModel,
         mlx_model=lambda: import_module("mlx_model.bert").BertModel,
@@ -148,7 +145,6 @@ def _llama() -> Family:
         name="llama", model_types=("llama", "mistral", "qwen2", "qwen3"), config_class=LlamaConfig,
         read_config=hf_llama.llama_config,
         read_weights=lambda cfg, raw: (cfg, hf_llama.llama_weights(cfg, raw)),
-        positions_field="max_position_embeddings",
         random_checkpoint=random_checkpoints.make_llama,
         ane_model=lambda: import_module("ane_model.llama").LlamaModel,
         mlx_model=lambda: import_module("mlx_model.llama").LlamaModel,

@@ -10,7 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from canonical.bert import BertConfig
-from canonical.errors import InputError
+from canonical.config import check_positions
 from mlx_model.layers import ACTIVATIONS, MLP, Attention, build, padding_mask
 
 
@@ -82,10 +82,7 @@ class BertModel(nn.Module):
     ) -> BertOutputs:
         """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: (B, S)."""
         seq = input_ids.shape[1]
-        if seq > self.cfg.max_positions:
-            raise InputError(
-                f"{seq} tokens exceed the model's {self.cfg.max_positions} positions (max_position_embeddings)"
-            )
+        check_positions(self.cfg, seq)
         x = self.tok_embed(input_ids) + self.pos_embed(mx.arange(seq))  # (B, S, C)
         if self.cfg.type_vocab_size:
             types = mx.zeros_like(input_ids) if token_type_ids is None else token_type_ids

@@ -9,9 +9,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from canonical.cache import KVCacheProtocol
-from canonical.errors import InputError
+from canonical.config import check_positions
 from canonical.gpt2 import GPT2Config
-from mlx_model.layers import MLP, Attention, build, causal_mask
+from mlx_model.layers import MLP, Attention, build, causal_mask, without_tied_head
 
 
 class Block(nn.Module):
@@ -49,9 +49,7 @@ class GPT2Model(nn.Module):
         packed: bool = False,
     ) -> GPT2Model:
         """Build from canonical weights; `bits`/`group_size`/`packed` as in `layers.build`."""
-        if cfg.tie_word_embeddings:
-            weights = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
-        return build(cls(cfg), weights, dtype, bits, group_size, packed)
+        return build(cls(cfg), without_tied_head(cfg, weights), dtype, bits, group_size, packed)
 
     def hidden_states(self, input_ids: mx.array, cache: KVCacheProtocol | None = None) -> mx.array:
         """input_ids (B, S) -> final-norm hidden states (B, S, C); appends to `cache` if given."""
@@ -59,10 +57,7 @@ class GPT2Model(nn.Module):
         offset = 0 if cache is None else cache.offset
         if cache is not None:
             cache.key_length(seq)  # refuse an overflow before any layer writes
-        if offset + seq > self.cfg.max_positions:
-            raise InputError(
-                f"{offset + seq} tokens exceed the model's {self.cfg.max_positions} positions (n_positions)"
-            )
+        check_positions(self.cfg, offset + seq)
         x = self.tok_embed(input_ids) + self.pos_embed(mx.arange(offset, offset + seq))  # (B, S, C)
         mask = causal_mask(seq, offset)  # (S, Sk) or None for one token
         for i, layer in enumerate(self.layers):

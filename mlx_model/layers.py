@@ -15,7 +15,7 @@ import mlx.nn as nn
 import numpy as np
 
 from canonical.cache import KVCacheProtocol
-from canonical.config import Activation
+from canonical.config import Activation, ModelConfig
 from canonical.errors import CheckpointError
 
 ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {
@@ -193,6 +193,13 @@ def load_canonical(model: nn.Module, weights: Mapping[str, object], dtype: mx.Dt
         arrays.append((name, array))
     model.load_weights(arrays, strict=True)
     mx.eval(model.parameters())
+
+
+def without_tied_head(cfg: ModelConfig, weights: Mapping[str, object]) -> Mapping[str, object]:
+    """A tied model's head is its token embedding (`nn.Embedding.as_linear`), stored once: `lm_head.*` dropped."""
+    if not getattr(cfg, "tie_word_embeddings", False):
+        return weights
+    return {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
 
 
 def _flat(tree) -> list[tuple[str, mx.array]]:

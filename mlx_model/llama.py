@@ -14,9 +14,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from canonical.cache import KVCacheProtocol
-from canonical.errors import InputError
+from canonical.config import check_positions
 from canonical.llama import LlamaConfig
-from mlx_model.layers import Attention, GatedMLP, build, causal_mask
+from mlx_model.layers import Attention, GatedMLP, build, causal_mask, without_tied_head
 
 
 class Block(nn.Module):
@@ -63,9 +63,7 @@ class LlamaModel(nn.Module):
         packed: bool = False,
     ) -> LlamaModel:
         """Build from canonical weights; `bits`/`group_size`/`packed` as in `layers.build`."""
-        if cfg.tie_word_embeddings:
-            weights = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
-        return build(cls(cfg), weights, dtype, bits, group_size, packed)
+        return build(cls(cfg), without_tied_head(cfg, weights), dtype, bits, group_size, packed)
 
     def hidden_states(self, input_ids: mx.array, cache: KVCacheProtocol | None = None) -> mx.array:
         """input_ids (B, S) -> final-norm hidden states (B, S, C); appends to `cache` if given."""
@@ -73,10 +71,7 @@ class LlamaModel(nn.Module):
         offset = 0 if cache is None else cache.offset
         if cache is not None:
             cache.key_length(seq)  # refuse an overflow before any layer writes
-        if offset + seq > self.cfg.max_positions:
-            raise InputError(
-                f"{offset + seq} tokens exceed the model's {self.cfg.max_positions} positions (max_position_embeddings)"
-            )
+        check_positions(self.cfg, offset + seq)
         x = self.tok_embed(input_ids)  # (B, S, C): positions enter through RoPE inside attention
         mask = causal_mask(seq, offset)  # (S, Sk) or None for one token
         for i, layer in enumerate(self.layers):

@@ -14,7 +14,6 @@ import numpy as np
 
 from canonical.errors import InputError
 from convert.checkpoint import Checkpoint, load_checkpoint
-from convert.registry import family_of
 from ondevice.backends import load_backend
 from ondevice.parity import TOLERANCES, Comparison, Tolerance, compare
 from ondevice.reference import load_reference
@@ -111,7 +110,7 @@ def verify(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
     seq_len = min(DEFAULT_SEQ_LEN, cfg.max_positions) if seq_len is None else seq_len
-    check_seq_len(seq_len, cfg.max_positions, f"{family_of(cfg).positions_field} in config.json")
+    check_seq_len(seq_len, cfg.max_positions, f"{cfg.positions_field} in config.json")
     report = VerifyReport(str(ckpt.directory), ckpt.model_type, backend, dtype, seq_len, TOLERANCES[dtype])
     rng = np.random.default_rng(seed)
     ours, reference = load_backend(backend, ckpt, dtype=dtype), load_reference(ckpt)
@@ -256,7 +255,7 @@ def verify_mlx_export(directory: str, reference: str | Checkpoint | None, seq_le
     precision = f"q{quantization['bits']}" if quantization else exported.dtype
     tolerance = MLX_EXPORT_TOLERANCES.get(precision, TOLERANCES.get(precision))
     seq_len = min(DEFAULT_SEQ_LEN, ckpt.config.max_positions) if seq_len is None else seq_len
-    check_seq_len(seq_len, ckpt.config.max_positions, f"{family_of(ckpt.config).positions_field} in config.json")
+    check_seq_len(seq_len, ckpt.config.max_positions, f"{ckpt.config.positions_field} in config.json")
     report = VerifyReport(str(ckpt.directory), ckpt.model_type, "mlx export", precision, seq_len, tolerance,
                           greedy_required=precision in ("fp32", "fp16"))
     ours, rng = load_mlx(exported, dtype=None), np.random.default_rng(seed)

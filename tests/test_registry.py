@@ -39,7 +39,6 @@ TOY = Family(
     name="toy", model_types=("toy_gpt2",), config_class=ToyConfig,
     read_config=lambda raw, _type, _dir: ToyConfig(**dataclasses.asdict(hf_gpt2.gpt2_config(raw))),
     read_weights=lambda cfg, raw: (cfg, hf_gpt2.gpt2_weights(cfg, raw)),
-    positions_field="n_positions",
     random_checkpoint=_toy_checkpoint,
     ane_model=lambda: import_module("ane_model.gpt2").GPT2Model,
 )
