@@ -173,6 +173,9 @@ class MilProgram:
         self.spec = spec
         self.functions = self.program.functions
         self._consts: dict[int, np.ndarray] = {}
+        # float32 copies of float16 constants, made on first use, keyed by the id of the cached constant (alive as
+        # long as this program, so no other array can share its id): a weight is upcast once, not on every call.
+        self._float32: dict[int, np.ndarray | None] = {}
 
     def state_names(self, function: str) -> list[str]:
         from coremltools.converters.mil.mil import types
@@ -222,6 +225,8 @@ class MilProgram:
             if id(op) not in self._consts:
                 value = op.outputs[0].val if kind == "const" else op.materialized_val_inference()
                 self._consts[id(op)] = _as_declared(value, op.outputs[0])
+                if self._consts[id(op)].dtype == np.float16:
+                    self._float32[id(self._consts[id(op)])] = None  # upcast on first use
             env[op.outputs[0].name] = self._consts[id(op)]
             return
         if kind == "read_state":
@@ -232,13 +237,30 @@ class MilProgram:
             state[op.inputs["state"].name] = value
             env[op.outputs[0].name] = value
             return
-        results = _KERNELS[kind](op, _float32_view(op, env)) if kind in _KERNELS else self._value_inference(op, env)
+        if kind in _KERNELS:
+            results = _KERNELS[kind](op, self._float32_view(op, env))
+        else:
+            results = self._value_inference(op, env)
         results = results if isinstance(results, tuple | list) and len(op.outputs) > 1 else (results,)
         for var, value in zip(op.outputs, results, strict=True):
             env[var.name] = _as_declared(value, var)
 
-    @staticmethod
-    def _value_inference(op, env: dict):
+    def _upcast(self, value: np.ndarray) -> np.ndarray:
+        """float16 values as float32 (a constant's copy made once); anything else as it is."""
+        value = np.asarray(value)
+        if value.dtype != np.float16:
+            return value
+        if id(value) not in self._float32:
+            return value.astype(np.float32)
+        if self._float32[id(value)] is None:
+            self._float32[id(value)] = value.astype(np.float32)
+        return self._float32[id(value)]
+
+    def _float32_view(self, op, env: dict) -> dict:
+        """Inputs of `op` upcast to float32: each op computes in float32 and rounds only its output."""
+        return {var.name: self._upcast(env[var.name]) for var in op.get_flattened_inputs() if var.name in env}
+
+    def _value_inference(self, op, env: dict):
         from coremltools.converters.mil.mil import types
 
         if not _has_value_inference(op):
@@ -247,7 +269,7 @@ class MilProgram:
         try:
             for var in op.get_flattened_inputs():
                 if var.name in env:
-                    value = _upcast(env[var.name])
+                    value = self._upcast(env[var.name])
                     saved.append((var, var._sym_val, var._sym_type))
                     var._sym_val = _Boxed(value)
                     if types.is_tensor(var.sym_type):
@@ -273,16 +295,6 @@ def _has_value_inference(op) -> bool:
     from coremltools.converters.mil.mil.operation import Operation
 
     return type(op).value_inference is not Operation.value_inference
-
-
-def _upcast(value: np.ndarray) -> np.ndarray:
-    value = np.asarray(value)
-    return value.astype(np.float32) if value.dtype == np.float16 else value
-
-
-def _float32_view(op, env: dict) -> dict:
-    """Inputs of `op` upcast to float32: each op computes in float32 and rounds only its output."""
-    return {var.name: _upcast(env[var.name]) for var in op.get_flattened_inputs() if var.name in env}
 
 
 def _as_declared(value, var) -> np.ndarray:
