@@ -6,6 +6,34 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs a worker per core (pyproject's addopts): each worker's math libraries get its share of
+    # the cores, set before anything imports torch, instead of every worker spreading over all of them.
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_variable, _share)
+
+# The files that take minutes (Core ML conversions, held-out replays, brute-force searches), longest first. They
+# start first, so that the workers finish together rather than one starting a long file while the other idles;
+# the rest keep pytest's order. Each file stays on one worker (--dist=loadfile), its module fixtures built once.
+HEAVY_FIRST = (
+    "test_keyboard_families.py",
+    "test_bundled_keyboard_model.py",
+    "test_bundled_keyboard_everyday.py",
+    "test_coreml_four_bit.py",
+    "test_llama_coreml.py",
+    "test_coreml_compressed.py",
+    "test_llama_coreml_compressed.py",
+    "test_coreml_convert.py",
+    "test_bench.py",
+    "test_keyboard_lexicon.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def gpt2_dir(tmp_path_factory):

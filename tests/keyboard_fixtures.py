@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import string
 from pathlib import Path
 
@@ -154,3 +155,58 @@ def make_family_keyboard_checkpoint(directory: Path, dialect: str, style: str, v
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos_token, eos_token=eos_token,
                             unk_token=unk_token).save_pretrained(directory)
     return directory
+
+
+class RecordingPredictor:
+    """A predictor that keeps every text it was asked about and the words it showed: a held-out replay
+    (`evaluate_file`) measures the model card's figures and, from the same calls, what a user saw."""
+
+    def __init__(self, predictor):
+        self._predictor = predictor
+        self.shown: list[tuple[str, list[str]]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._predictor, name)
+
+    def suggest(self, text: str):
+        suggestions = self._predictor.suggest(text)
+        self.shown.append((text, [s.word for s in suggestions]))
+        return suggestions
+
+
+_CAPITAL = re.compile(r"[A-Z]")
+
+
+def capitals_allowed(word: str, typed: str, before: str, lexicon) -> bool:
+    """Every capital of `word` is one the user typed there, the first letter at the start of a sentence, or one
+    of the word's form (the lexicon's, or the user's own in this text)."""
+    from ondevice.keyboard.lexicon import sentence_start
+
+    words = lexicon.for_text(before)
+    forms = {lexicon.form(word.lower()), words.form(word.lower())}
+    for match in _CAPITAL.finditer(word):
+        i = match.start()
+        if i < len(typed):
+            if typed[i] != word[i]:
+                return False
+        elif not ((i == 0 and sentence_start(before)) or any(len(f) > i and f[i] == word[i] for f in forms)):
+            return False
+    return True
+
+
+def assert_real_words_with_allowed_capitals(shown: list[tuple[str, list[str]]], lexicon) -> int:
+    """Every word shown is a word of the lexicon (or of the user's text), starts with the letters typed, as
+    typed, and has only allowed capitals. Returns how many words were checked."""
+    from ondevice.keyboard.words import split_partial
+
+    checked = 0
+    for text, words in shown:
+        _, partial, _ = split_partial(text)
+        before = text[: len(text) - len(partial)]
+        for word in words:
+            assert word.lower() in lexicon.for_text(before), (text, word)
+            assert capitals_allowed(word, partial, before, lexicon), (text, word)
+            assert word.startswith(partial), (text, word)
+            checked += 1
+    return checked
+

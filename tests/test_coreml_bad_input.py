@@ -157,7 +157,7 @@ def test_captured_collects_third_party_output_and_verbose_shows_it(capsys):
     assert any("Saving value type" in line for line in noise.lines)
     assert any("Failed to load _MLModelProxy" in line for line in noise.lines)
     assert any("has not been tested" in line for line in noise.lines)
-    with captured(verbose=True):
+    with captured(verbose=True), pytest.warns(UserWarning, match="has not been tested"):
         chatter()
     assert "Saving value type" in capsys.readouterr().err
 

@@ -1,11 +1,11 @@
 """Suggestions a person would keep using: words of a real lexicon, the case rules, the lexicon as the search's
-index (still exact against brute force), the blend, and the bundled keyboard replayed over held-out text."""
+index (still exact against brute force), the blend, and the issue's examples on the bundled keyboard (its replay of
+held-out text, every word shown checked, is in test_bundled_keyboard_model.py and test_bundled_keyboard_everyday.py)."""
 
 from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections import Counter
 
 import numpy as np
@@ -16,8 +16,7 @@ from bundled_models import keyboard_gpt2_path
 from ondevice.keyboard import Predictor
 from ondevice.keyboard.blend import Blend
 from ondevice.keyboard.lexicon import Lexicon, sentence_start
-from ondevice.keyboard.report import read_lines
-from ondevice.keyboard.words import WORD, split_partial
+from ondevice.keyboard.words import split_partial
 from tests.keyboard_fixtures import SENTENCES, make_keyboard_checkpoint
 
 BUNDLE = keyboard_gpt2_path()
@@ -184,40 +183,3 @@ def bundled():
 def test_the_issues_examples(bundled, text, word):
     shown = [s.word for s in bundled.suggest(text)]
     assert word in shown, shown
-
-
-_CAPITAL = re.compile(r"[A-Z]")
-
-
-def _allowed(word: str, typed: str, before: str, lexicon: Lexicon) -> bool:
-    """Every capital of `word` is one the user typed there, the first letter at the start of a sentence, or one
-    of the word's form (the lexicon's, or the user's own in this text)."""
-    words = lexicon.for_text(before)
-    forms = {lexicon.form(word.lower()), words.form(word.lower())}
-    for match in _CAPITAL.finditer(word):
-        i = match.start()
-        if i < len(typed):
-            if typed[i] != word[i]:
-                return False
-        elif not ((i == 0 and sentence_start(before)) or any(len(f) > i and f[i] == word[i] for f in forms)):
-            return False
-    return True
-
-
-@pytest.mark.parametrize(("name", "limit"), [("heldout.txt", 6), ("heldout-everyday.txt", 40)])
-def test_replaying_held_out_text_shows_only_words_with_allowed_capitals(bundled, name, limit):
-    lexicon = bundled.lexicon
-    assert lexicon is not None  # the bundled model asks for the English lexicon (keyboard.json)
-    checked = 0
-    for line in read_lines(BUNDLE / name, limit):
-        bundled.reset()
-        for match in WORD.finditer(line):
-            for typed in range(min(4, len(match.group(0)))):
-                text = line[: match.start() + typed]
-                before, partial = text[: match.start()], text[match.start():]
-                for s in bundled.suggest(text):
-                    assert s.word.lower() in lexicon.for_text(before), (text, s.word)
-                    assert _allowed(s.word, partial, before, lexicon), (text, s.word)
-                    assert s.word.lower().startswith(partial.lower()) and s.word.startswith(partial)
-                    checked += 1
-    assert checked > 200

@@ -1,16 +1,7 @@
-"""Core ML packages of the Llama family, checked on Linux: each package runs through the numpy evaluator of its
-ML program against transformers, and through the static ANE rules.
-
-One random checkpoint per dialect, in the shapes that break naive conversions: grouped-query heads 3:1
-(llama, untied), one key/value head (mistral), biases and a tied head (qwen2), q/k norm with a head width
-that is not hidden / heads and a tied vocabulary of two head chunks (qwen3: 20,000 tokens, above the ANE's
-16,384), Llama 3 RoPE scaling with a short original context (llama3). Every checkpoint carries a tiny
-word-level tokenizer, so that it travels inside the package and GPTQ calibration can read text.
-
-Bounds: fp16 packages meet parity.TOLERANCES["fp16"] (cosine >= 0.999, max error <= 2e-2 of the output's
-scale) and reproduce transformers' greedy tokens decoded through the package's cache (state or io);
-compressed packages meet ondevice.verify.COMPRESSED_TOLERANCES (greedy agreement reported, not required).
-Each package is converted once per module."""
+"""Core ML packages of the Llama family in fp16 (tests/llama_packages.py; the compressed ones in
+test_llama_coreml_compressed.py), checked on Linux: each package runs through the numpy evaluator of its ML
+program against transformers, and through the static ANE rules; their interface, tokenizer, weights, RoPE
+tables and cache; and the refusals of bad checkpoints and options."""
 
 from __future__ import annotations
 
@@ -23,7 +14,6 @@ import torch
 from typer.testing import CliRunner
 
 from canonical.errors import CheckpointError, ConversionError, InputError
-from convert import coreml_calibrate
 from convert.checkpoint import load_checkpoint
 from convert.coreml import IOS_WEIGHT_LIMIT, CoreMLOptions, check_size, convert_to_coreml, estimated_weight_bytes
 from coreml_runtime.ane_rules import inspect_package
@@ -31,163 +21,39 @@ from coreml_runtime.mil_eval import MilProgram
 from coreml_runtime.package import read_metadata, weights_path
 from ondevice.backends.coreml import load_package
 from ondevice.cli import app
-from ondevice.parity import TOLERANCES
-from ondevice.verify import COMPRESSED_TOLERANCES, verify_package
-from tests.checkpoints import make_llama
+from ondevice.verify import verify_package
+from tests.llama_packages import (
+    CONTEXT,
+    PREFILL,
+    STATE,
+    VARIANTS,
+    check_matches_transformers,
+    check_no_ane_rule_violations_in_prefill,
+    checkpoint_maker,
+    package_maker,
+)
 
-CONTEXT, PREFILL, SEQ, STEPS = 96, 16, 32, 24  # SEQ + STEPS <= CONTEXT
-WORDS = ["the", "a", "one", "two", "three", "red", "green", "blue", "cat", "dog", "bird", "fish", "runs", "jumps",
-         "sleeps", "eats", "sees", "finds", "big", "small", "old", "new", "happy", "sad", "fast", "slow", "under",
-         "over", "near", "far", "house", "tree", "river", "hill", "sun", "moon", "rain", "snow", "day", "night", "and",
-         "but", "then", "so", "because", "when", "where", "who", "what"]
-_LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                    original_max_position_embeddings=16)
-# name: (dialect, make_llama overrides). Defaults: 2 layers, width 48, 6 heads of 8 sharing 2 kv heads, vocab 211.
-DIALECTS = {
-    "llama": ("llama", {}),
-    "mistral": ("mistral", dict(num_key_value_heads=1)),
-    "qwen2-tied": ("qwen2", dict(tie_word_embeddings=True)),
-    "qwen3-tied-wide": ("qwen3", dict(head_dim=16, num_attention_heads=4, num_key_value_heads=2, vocab_size=20000,
-                                      tie_word_embeddings=True)),
-    "llama3-rope": ("llama", dict(rope_parameters=_LLAMA3_ROPE)),
-}
-STATE = CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,))
-# name: (dialect, options). The calibration text of "-gptq" rows is filled in by the fixture.
-VARIANTS = {
-    **{f"{name}-state-fp16": (name, STATE) for name in DIALECTS},
-    "llama3-rope-io-ios17": ("llama3-rope", dataclasses.replace(STATE, kv_cache="io", target="iOS17")),
-    "qwen3-tied-wide-io-ios16": ("qwen3-tied-wide", dataclasses.replace(STATE, kv_cache="io", target="iOS16")),
-    "qwen2-tied-int8": ("qwen2-tied", dataclasses.replace(STATE, compress="int8")),
-    "qwen2-tied-int4": ("qwen2-tied", dataclasses.replace(STATE, compress="int4")),
-    "qwen2-tied-palettize4": ("qwen2-tied", dataclasses.replace(STATE, compress="palettize4")),
-    "mistral-palettize6": ("mistral", dataclasses.replace(STATE, compress="palettize6")),
-    "llama-int4-gptq": ("llama", dataclasses.replace(STATE, compress="int4")),
-}
-# Measured: on qwen3-tied-wide (20,000 random logits per step) free-running greedy departs at step 17 of 24, where
-# the reference's top two differ by 0.0043 logits, 1.1 fp16 spacings at that magnitude; transformers' own ranking
-# there is below fp16 resolution, and our torch-ane backend in fp16 on the CPU departs at the same step. Teacher-
-# forced along the reference's path the package agrees on 23 of 24 steps, the other being that tie.
-NEAR_TIES = {"qwen3-tied-wide-state-fp16": 17, "qwen3-tied-wide-io-ios16": 17}
-EMITS = {"int8": "constexpr_blockwise_shift_scale", "int4": "constexpr_blockwise_shift_scale",
-         "palettize4": "constexpr_lut_to_dense", "palettize6": "constexpr_lut_to_dense"}
-
-
-def _text(lines: int, seed: int = 0) -> str:
-    rng = np.random.default_rng(seed)
-    return "\n".join(" ".join(rng.choice(WORDS, size=12)) for _ in range(lines)) + "\n"
-
-
-def add_tokenizer(directory, vocab_size: int) -> None:
-    """A word-level tokenizer over WORDS (ids 3..), padded with unused tokens to the model's vocabulary; bos 1 and
-    eos 2 as make_llama's config has them. Saved as tokenizer.json + tokenizer_config.json."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
-    vocab |= {f"<unused{i}>": i for i in range(len(vocab), vocab_size)}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(directory)
+PLAIN = [name for name, (_, options) in VARIANTS.items() if options.compress == "none"]
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """Checkpoint directories by dialect name, made lazily (once each)."""
-    made: dict[str, object] = {}
-    root = tmp_path_factory.mktemp("llama-coreml")
-
-    def get(name: str):
-        if name not in made:
-            dialect, overrides = DIALECTS[name]
-            directory = make_llama(root / name, dialect, seed=3, **overrides)
-            add_tokenizer(directory, overrides.get("vocab_size", 211))
-            made[name] = directory
-        return made[name]
-
-    return get
+    return checkpoint_maker(tmp_path_factory.mktemp("llama-coreml"))
 
 
 @pytest.fixture(scope="module")
-def calibration_text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("calibration") / "train.txt"
-    path.write_text(_text(40))
-    return path
+def packages(tmp_path_factory, checkpoints):
+    return package_maker(tmp_path_factory.mktemp("llama-packages"), checkpoints)
 
 
-@pytest.fixture(scope="module")
-def packages(tmp_path_factory, checkpoints, calibration_text):
-    """(package, checkpoint) by variant name, converted lazily (once each)."""
-    built: dict[str, tuple] = {}
-    root = tmp_path_factory.mktemp("llama-packages")
-
-    def get(name: str):
-        if name not in built:
-            dialect, options = VARIANTS[name]
-            checkpoint = checkpoints(dialect)
-            with pytest.MonkeyPatch.context() as patch:
-                if name.endswith("-gptq"):
-                    options = dataclasses.replace(options, calibration_text=calibration_text)
-                    # 16 windows of 160 tokens, not 128: the test checks the path, not the calibration's quality
-                    patch.setattr(coreml_calibrate, "CALIBRATION_WINDOWS", 16)
-                built[name] = (convert_to_coreml(checkpoint, root / f"{name}.mlpackage", options, progress=False),
-                               checkpoint)
-        return built[name]
-
-    return get
-
-
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", PLAIN)
 def test_package_matches_transformers(packages, name):
-    package, checkpoint = packages(name)
-    report = verify_package(str(package), str(checkpoint), seq_len=SEQ, greedy_steps=STEPS)
-    options = VARIANTS[name][1]
-    compressed = options.compress != "none"
-    tol = COMPRESSED_TOLERANCES[options.compress] if compressed else TOLERANCES["fp16"]
-    assert report.tolerance == tol
-    (c,) = report.comparisons
-    same = sum(a == b for a, b in zip(report.greedy_ours, report.greedy_reference, strict=True))
-    print(f"{name}: rel err {c.rel_max_abs:.2e}, cosine {c.cosine:.6f}, greedy {same}/{STEPS}")
-    assert c.cosine >= tol.cosine and c.rel_max_abs <= tol.rel_max_abs, (name, c)
-    assert len(report.greedy_ours) == STEPS
-    if compressed:
-        return
-    if name not in NEAR_TIES:
-        # Prefill, then STEPS decode steps through the package's cache reproduce transformers' greedy tokens.
-        assert report.greedy_ours == report.greedy_reference, name
-        assert report.passed
-        return
-    # Free-running greedy departs from transformers' at a near-tie of the reference, no earlier than measured.
-    first = next(i for i, (a, b) in enumerate(zip(report.greedy_ours, report.greedy_reference, strict=True)) if a != b)
-    assert first >= NEAR_TIES[name], (name, first)
-    ckpt = load_checkpoint(checkpoint)
-    prompt = np.random.default_rng(0).integers(0, ckpt.config.vocab_size, size=SEQ).tolist()  # verify's prompt
-    from ondevice.reference import load_reference
-
-    logits = load_reference(ckpt).prefill(prompt + report.greedy_reference[:first])[-1]
-    second, top = np.sort(logits.astype(np.float64))[-2:]
-    print(f"{name}: first departure at step {first}, reference margin {top - second:.4f} "
-          f"(fp16 spacing {float(np.spacing(np.float16(top))):.4f})")
-    assert top - second < 2 * float(np.spacing(np.float16(top))), (name, top - second)
+    check_matches_transformers(packages, name)
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", PLAIN)
 def test_no_ane_rule_violations_in_prefill(packages, name):
-    """Prefill (or the one function of an io package at its prefill length) breaks no ANE rule; decode's every
-    activation is (1, C, 1, 1), a size-1 last axis that single-token decode cannot avoid."""
-    package, _ = packages(name)
-    report = inspect_package(package)
-    assert not [str(v) for v in report.violations if v.function != "decode"]
-    assert all(v.rule == "size-1 last axis" for v in report.violations), report.violations
-    assert set(report.functions) == ({"main"} if VARIANTS[name][1].kv_cache == "io" else {"prefill", "decode"})
-
-
-@pytest.mark.parametrize("name", [n for n, (_, o) in VARIANTS.items() if o.compress != "none"])
-def test_compression_emits_its_op(packages, name):
-    package, _ = packages(name)
-    ops = {op.op_type for fn in MilProgram(package).functions.values() for op in fn.operations}
-    assert EMITS[VARIANTS[name][1].compress] in ops
-    assert {"int8", "uint8", "int4", "uint4", "uint6"} & set(inspect_package(package).weight_bytes)
+    check_no_ane_rule_violations_in_prefill(packages, name)
 
 
 def test_interface_tokenizer_and_metadata(packages):
@@ -256,18 +122,6 @@ def test_rope_tables_hold_the_context_only(packages):
     shapes = {op.outputs[0].shape for op in program.functions["prefill"].operations
               if op.op_type == "const" and "rotary" in op.name}
     assert shapes == {(8, CONTEXT)}, shapes
-
-
-def test_gptq_calibration_changes_the_blocks_only(packages):
-    """GPTQ ran on the Llama blocks (RoPE passed for each window's positions): the calibrated package's block
-    weights are uint4 on GPTQ's grid, differ from rounding's, and the head stays at int8."""
-    calibrated, _ = packages("llama-int4-gptq")
-    rounded, _ = packages("qwen2-tied-int4")
-    meta = read_metadata(calibrated)
-    assert meta["calibration"] == "gptq:train.txt" and meta["compression"] == "int4"
-    weights = inspect_package(calibrated).weight_bytes
-    assert weights.get("uint4", 0) > 0 and weights.get("int8", 0) > 0
-    assert inspect_package(rounded).weight_bytes.get("int4", 0) > 0  # rounding stores signed int4
 
 
 def test_state_persists_and_rewinds(packages):
