@@ -178,18 +178,22 @@ _CAPITAL = re.compile(r"[A-Z]")
 
 
 def capitals_allowed(word: str, typed: str, before: str, lexicon) -> bool:
-    """Every capital of `word` is one the user typed there, the first letter at the start of a sentence, or one
-    of the word's form (the lexicon's, or the user's own in this text)."""
+    """Every capital of `word` is one the user typed there, the first letter at the start of a sentence, one of
+    the word's form (the lexicon's, or the user's own in this text), or the rest of a word begun in capitals
+    (two or more typed, as with caps lock: "AB" -> "ABOUT")."""
     from ondevice.keyboard.lexicon import sentence_start
 
     words = lexicon.for_text(before)
     forms = {lexicon.form(word.lower()), words.form(word.lower())}
+    letters = [c for c in typed if c.isalpha()]
+    in_capitals = len(letters) >= 2 and all(c.isupper() for c in letters)
     for match in _CAPITAL.finditer(word):
         i = match.start()
         if i < len(typed):
             if typed[i] != word[i]:
                 return False
-        elif not ((i == 0 and sentence_start(before)) or any(len(f) > i and f[i] == word[i] for f in forms)):
+        elif not (in_capitals or (i == 0 and sentence_start(before))
+                  or any(len(f) > i and f[i] == word[i] for f in forms)):
             return False
     return True
 
@@ -209,4 +213,26 @@ def assert_real_words_with_allowed_capitals(shown: list[tuple[str, list[str]]], 
             assert word.startswith(partial), (text, word)
             checked += 1
     return checked
+
+
+ALLOWED_DROP = 0.02  # how far below the model card's figures CI lets next-word Acc@3 and KSR@3 fall
+
+
+def replay_ci_subset(held_out: str, subset: str) -> tuple[dict, dict, RecordingPredictor]:
+    """Replay the bundled model on the model card's CI subset `subset` (a key of evaluation.json) of its held-out
+    file `held_out`: (the recorded figures, the live ones, the predictor with what it showed)."""
+    from bundled_models import keyboard_gpt2_path
+    from ondevice.keyboard import Predictor
+    from ondevice.keyboard.report import evaluate_file
+
+    bundle = keyboard_gpt2_path()
+    recorded = json.loads((bundle / "evaluation.json").read_text())
+    predictor = RecordingPredictor(Predictor("keyboard-gpt2"))
+    live = evaluate_file(predictor, bundle / held_out, recorded[f"{subset}_lines"])
+    return recorded[subset], live, predictor
+
+
+def assert_not_regressed(recorded: dict, live: dict) -> None:
+    for metric in ("next_word_acc3", "ksr3"):
+        assert live["model"][metric] >= recorded["model"][metric] - ALLOWED_DROP, metric
 

@@ -6,18 +6,13 @@ Acc@3 or KSR@3 falls more than 2 points below the recorded figures."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from bundled_models import keyboard_gpt2_path
-from ondevice.keyboard import Predictor
-from ondevice.keyboard.report import evaluate_file
 from ondevice.verify import verify
-from tests.keyboard_fixtures import RecordingPredictor, assert_real_words_with_allowed_capitals
+from tests.keyboard_fixtures import assert_not_regressed, assert_real_words_with_allowed_capitals, replay_ci_subset
 
 BUNDLE = keyboard_gpt2_path()
-ALLOWED_DROP = 0.02
 
 
 def test_bundle_is_complete_and_within_25_mb():
@@ -34,16 +29,12 @@ def test_bundled_model_matches_transformers():
 
 @pytest.fixture(scope="module")
 def subset_evaluation():
-    recorded = json.loads((BUNDLE / "evaluation.json").read_text())
-    predictor = RecordingPredictor(Predictor("keyboard-gpt2"))
-    live = evaluate_file(predictor, BUNDLE / "heldout.txt", recorded["ci_subset_lines"])
-    return recorded["ci_subset"], live, predictor
+    return replay_ci_subset("heldout.txt", "ci_subset")
 
 
 def test_quality_has_not_regressed_from_the_model_card(subset_evaluation):
     recorded, live, _ = subset_evaluation
-    for metric in ("next_word_acc3", "ksr3"):
-        assert live["model"][metric] >= recorded["model"][metric] - ALLOWED_DROP, metric
+    assert_not_regressed(recorded, live)
 
 
 def test_model_beats_the_ngram_baseline_and_saves_keystrokes(subset_evaluation):
