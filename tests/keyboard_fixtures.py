@@ -177,14 +177,13 @@ class RecordingPredictor:
 _CAPITAL = re.compile(r"[A-Z]")
 
 
-def capitals_allowed(word: str, typed: str, before: str, lexicon) -> bool:
+def capitals_allowed(word: str, typed: str, before: str, lexicon, in_text) -> bool:
     """Every capital of `word` is one the user typed there, the first letter at the start of a sentence, one of
     the word's form (the lexicon's, or the user's own in this text), or the rest of a word begun in capitals
-    (two or more typed, as with caps lock: "AB" -> "ABOUT")."""
+    (two or more typed, as with caps lock: "AB" -> "ABOUT"). `in_text`: `lexicon.for_text(before)`."""
     from ondevice.keyboard.lexicon import sentence_start
 
-    words = lexicon.for_text(before)
-    forms = {lexicon.form(word.lower()), words.form(word.lower())}
+    forms = {lexicon.form(word.lower()), in_text.form(word.lower())}
     letters = [c for c in typed if c.isalpha()]
     in_capitals = len(letters) >= 2 and all(c.isupper() for c in letters)
     for match in _CAPITAL.finditer(word):
@@ -207,9 +206,10 @@ def assert_real_words_with_allowed_capitals(shown: list[tuple[str, list[str]]], 
     for text, words in shown:
         _, partial, _ = split_partial(text)
         before = text[: len(text) - len(partial)]
+        in_text = lexicon.for_text(before)
         for word in words:
-            assert word.lower() in lexicon.for_text(before), (text, word)
-            assert capitals_allowed(word, partial, before, lexicon), (text, word)
+            assert word.lower() in in_text, (text, word)
+            assert capitals_allowed(word, partial, before, lexicon, in_text), (text, word)
             assert word.startswith(partial), (text, word)
             checked += 1
     return checked
@@ -218,9 +218,9 @@ def assert_real_words_with_allowed_capitals(shown: list[tuple[str, list[str]]], 
 ALLOWED_DROP = 0.02  # how far below the model card's figures CI lets next-word Acc@3 and KSR@3 fall
 
 
-def replay_ci_subset(held_out: str, subset: str) -> tuple[dict, dict, RecordingPredictor]:
-    """Replay the bundled model on the model card's CI subset `subset` (a key of evaluation.json) of its held-out
-    file `held_out`: (the recorded figures, the live ones, the predictor with what it showed)."""
+def replay_ci_subset(subset: str) -> tuple[dict, dict, RecordingPredictor]:
+    """Replay the bundled model on the model card's CI subset `subset` (a key of evaluation.json, which names
+    its held-out file and line count): (the recorded figures, the live ones, the predictor with what it showed)."""
     from bundled_models import keyboard_gpt2_path
     from ondevice.keyboard import Predictor
     from ondevice.keyboard.report import evaluate_file
@@ -228,7 +228,8 @@ def replay_ci_subset(held_out: str, subset: str) -> tuple[dict, dict, RecordingP
     bundle = keyboard_gpt2_path()
     recorded = json.loads((bundle / "evaluation.json").read_text())
     predictor = RecordingPredictor(Predictor("keyboard-gpt2"))
-    live = evaluate_file(predictor, bundle / held_out, recorded[f"{subset}_lines"])
+    held_out = bundle / Path(recorded[subset]["eval_file"]).name
+    live = evaluate_file(predictor, held_out, recorded[f"{subset}_lines"])
     return recorded[subset], live, predictor
 
 

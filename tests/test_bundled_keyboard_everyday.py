@@ -11,7 +11,7 @@ from tests.keyboard_fixtures import assert_not_regressed, assert_real_words_with
 
 @pytest.fixture(scope="module")
 def everyday_subset_evaluation():
-    return replay_ci_subset("heldout-everyday.txt", "ci_subset_everyday")
+    return replay_ci_subset("ci_subset_everyday")
 
 
 def test_everyday_english_has_not_regressed_from_the_model_card(everyday_subset_evaluation):

@@ -29,7 +29,7 @@ def test_bundled_model_matches_transformers():
 
 @pytest.fixture(scope="module")
 def subset_evaluation():
-    return replay_ci_subset("heldout.txt", "ci_subset")
+    return replay_ci_subset("ci_subset")
 
 
 def test_quality_has_not_regressed_from_the_model_card(subset_evaluation):

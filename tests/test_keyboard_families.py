@@ -92,12 +92,11 @@ def brute_force(predictor: Predictor, model, text: str, max_tokens: int, k: int)
     return [(w, p) for p, w, _ in ranked]
 
 
-def _word_tokens(predictor: Predictor, text: str, style: str) -> int:
+def _word_tokens(batched: bool, text: str, style: str) -> int:
     """Words of up to 3 tokens (2 for next words) where continuations are scored in one batch (GPT-2's branch
     scorer) with GPT-2's own byte-level vocabulary; one fewer through prefill and trim, one continuation at a time
     (every 2-token word of a 520-token vocabulary is ~25k model calls), and one fewer for GPT-2 with the
     SentencePiece-style vocabularies, a pairing no real checkpoint has (the word starts are what they check)."""
-    batched = getattr(predictor.lm, "branches", None) is not None
     return (3 if split_partial(text)[1] else 2) - (not batched or style != "byte-level")
 
 
@@ -141,8 +140,9 @@ def test_exact_engine_equals_brute_force(tmp_path_factory, dialect, style):
     """torch-ane: GPT-2 through its batched branch scorer, the Llama family through prefill and trim."""
     directory = checkpoint(tmp_path_factory, dialect, style)
     model = reference(directory)
+    batched = getattr(Predictor(directory).lm, "branches", None) is not None
     for text in EXACT_CASES:
-        max_tokens = _word_tokens(Predictor(directory), text, style)
+        max_tokens = _word_tokens(batched, text, style)
         _assert_exact(Predictor(directory, beam_width=None, max_word_tokens=max_tokens, k=5), model, text, max_tokens)
 
 
