@@ -111,8 +111,9 @@ def captured(verbose: bool = False, own_bars: tuple[str, ...] = ()) -> Iterator[
         except BaseException as exc:
             # our own errors (one line), Ctrl-C and SIGTERM stay quiet; a bug shows what came before it
             from canonical.errors import OndeviceError
+            from ondevice import startup
 
-            failed = not isinstance(exc, OndeviceError | KeyboardInterrupt | SystemExit)
+            failed = not (isinstance(exc, OndeviceError | KeyboardInterrupt | SystemExit) or startup.interrupted())
             raise
         finally:
             sys.stderr = real

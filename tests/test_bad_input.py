@@ -287,6 +287,40 @@ def test_an_early_ctrl_c_prints_one_word(gpt2_dir, tmp_path):
         assert list(tmp_path.iterdir()) == []
 
 
+def test_a_ctrl_c_that_a_library_swallowed_still_exits_130(monkeypatch):
+    """A Ctrl-C inside torch's import of numpy is swallowed by torch's C module; the next import of numpy then
+    fails with a RuntimeError (CI met this). What fails after a Ctrl-C is reported as `interrupted`, exit 130."""
+    import contextlib
+    import os
+    import signal
+
+    import typer
+
+    from ondevice import startup
+    from ondevice.commands.common import one_line_errors
+
+    monkeypatch.setattr(startup, "_interrupt_received", False)
+
+    @one_line_errors
+    def command() -> None:
+        with contextlib.suppress(KeyboardInterrupt):  # what torch's C module does with an error importing numpy
+            os.kill(os.getpid(), signal.SIGINT)
+        raise RuntimeError("CPU dispatcher tracer already initlized")
+
+    previous = signal.signal(signal.SIGINT, startup.exit_on_interrupt)  # as the console script starts
+    try:
+        with pytest.raises(typer.Exit) as exit_info:
+            command()
+        assert signal.getsignal(signal.SIGINT) is startup.unwind_on_interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert exit_info.value.exit_code == 130 and startup.interrupted()
+
+    monkeypatch.setattr(startup, "_interrupt_received", False)  # without a Ctrl-C the same error is a bug
+    with pytest.raises(RuntimeError, match="tracer"):
+        one_line_errors(lambda: (_ for _ in ()).throw(RuntimeError("tracer")))()
+
+
 def test_an_mlx_directory_is_neither_a_torch_checkpoint_nor_a_reference(gpt2_dir, tmp_path):
     from convert.mlx_export import export_mlx
     from ondevice.backends import load_backend

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from canonical.errors import InputError, OndeviceError
+from ondevice import startup
 
 console = Console()
 errors = Console(stderr=True)
@@ -48,32 +49,32 @@ def one_line_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            _restore_interrupt()
+        _unwind_on_interrupt()
         try:
             return command(*args, **kwargs)
-        except OndeviceError as exc:
-            error_line(str(exc))
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-        except OSError as exc:  # an output path that cannot be written: a full disk, a read-only folder, ...
-            error_line(_filesystem_message(exc))
-            raise typer.Exit(EXIT_BAD_INPUT) from None
         except Terminated:
             errors.print("terminated", highlight=False)
             raise typer.Exit(EXIT_TERMINATED) from None
-        except KeyboardInterrupt:
-            errors.print("interrupted", highlight=False)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (KeyboardInterrupt, Exception) as exc:
+            if isinstance(exc, KeyboardInterrupt) or startup.interrupted():  # see startup.py: what a Ctrl-C broke
+                errors.print("interrupted", highlight=False)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            if isinstance(exc, OndeviceError):
+                error_line(str(exc))
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+            if isinstance(exc, OSError):  # an output path that cannot be written: a full disk, a read-only folder
+                error_line(_filesystem_message(exc))
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+            raise
 
     return wrapper
 
 
-def _restore_interrupt() -> None:
-    """Undo `ondevice/startup.py`'s quiet exit on an early Ctrl-C: from here on Ctrl-C unwinds (and cleans up)."""
-    from ondevice import startup
-
+def _unwind_on_interrupt() -> None:
+    """Replace `ondevice/startup.py`'s quiet exit on an early Ctrl-C: from here on Ctrl-C unwinds (and cleans up).
+    Only in the console script, where startup installed its handler; a library caller keeps its own."""
     if signal.getsignal(signal.SIGINT) is startup.exit_on_interrupt:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, startup.unwind_on_interrupt)
 
 
 # Option values: each check raises InputError naming the option and what it takes.
