@@ -20,7 +20,7 @@ from tqdm import tqdm
 from canonical.errors import ConversionError
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
-from convert.coreml_compress import COMPRESSIONS, compress
+from convert.coreml_compress import COMPRESSIONS, compress_functions
 from convert.coreml_modules import CausalLMWithIOCache, CausalLMWithState, EncoderForExport, cache_shape
 from convert.coreml_package import write_package_extras
 from convert.registry import build_ane_model
@@ -199,7 +199,7 @@ def convert_to_coreml(checkpoint: str | Path | Checkpoint, out: str | Path, opti
             functions = _convert_causal(ckpt, plan, bar) if causal else {"main": _convert_encoder(ckpt, plan, bar)}
             if options.compress != "none":
                 bar.set_postfix_str(f"compress {options.compress}")
-                functions = {name: compress(model, options.compress, plan.target) for name, model in functions.items()}
+                functions = compress_functions(functions, options.compress, plan.target)
                 bar.update()
             bar.set_postfix_str("write package")
             _save(functions, work, Path(tmp))

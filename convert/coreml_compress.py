@@ -12,15 +12,50 @@ help further. The decisions 4-bit still changes are near-ties of the reference (
 up to 0.17 for int4): models this small have few redundant weights.
 
 Each scheme is deterministic (k-means palettization seeds scikit-learn's KMeans with 0), so the
-prefill and decode functions of one package compress to identical constants and still share them."""
+prefill and decode functions of one package compress to identical constants and still share them. Their
+weights are the same, so k-means clusters each weight group once (`KMeansOnce`) for all the functions: it is
+most of a palettized conversion's time (half of the bundled keyboard model's palettize4 conversion)."""
 
 from __future__ import annotations
+
+import hashlib
+
+import numpy as np
 
 COMPRESSIONS = ("none", "int8", "int4", "palettize4", "palettize6")
 
 
-def compress(model, scheme: str, target):
-    """Return `model` with its weights compressed by `scheme` (one of COMPRESSIONS)."""
+class KMeansOnce:
+    """coremltools' own k-means look-up table (the one its `mode="kmeans"` runs: kmeans1d for large float16
+    groups, else scikit-learn's KMeans seeded with 0), computed once per distinct weight group and bit width,
+    as a `mode="custom"` `lut_function` for each function of a package. tests/test_coreml_compressed.py
+    checks that it gives the constants `mode="kmeans"` gives."""
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def lut_function(self, nbits: int):
+        from coremltools.models.neural_network.quantization_utils import _get_kmeans_lookup_table_and_weight
+
+        def lut_and_indices(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            key = (nbits, weight.dtype.str, weight.shape, hashlib.blake2b(np.ascontiguousarray(weight)).digest())
+            if key not in self._tables:
+                lut, indices = _get_kmeans_lookup_table_and_weight(nbits, weight)
+                self._tables[key] = (lut.astype(weight.dtype), indices.astype(np.uint8))
+            return self._tables[key]
+
+        return lut_and_indices
+
+
+def compress_functions(functions: dict, scheme: str, target) -> dict:
+    """Each function of a package (name -> model) compressed by `scheme`; k-means runs once for all of them."""
+    kmeans = KMeansOnce()
+    return {name: compress(model, scheme, target, kmeans) for name, model in functions.items()}
+
+
+def compress(model, scheme: str, target, kmeans: KMeansOnce | None = None):
+    """Return `model` with its weights compressed by `scheme` (one of COMPRESSIONS); `kmeans` shares palettization
+    tables with the package's other functions."""
     import coremltools as ct
     from coremltools.optimize import coreml as cto
 
@@ -43,8 +78,9 @@ def compress(model, scheme: str, target):
     # iOS 18 allows one look-up table per group of 16 output channels (far less error than one per
     # tensor); before it, one table per tensor is all constexpr_lut_to_dense takes.
     granularity = {"granularity": "per_grouped_channel", "group_size": 16} if ios18 else {}
-    op = cto.OpPalettizerConfig(mode="kmeans", nbits=nbits, **granularity)
-    table_op = cto.OpPalettizerConfig(mode="kmeans", nbits=max(nbits, 6), **granularity)
+    kmeans = kmeans or KMeansOnce()
+    op = cto.OpPalettizerConfig(mode="custom", lut_function=kmeans.lut_function(nbits), **granularity)
+    table_op = cto.OpPalettizerConfig(mode="custom", lut_function=kmeans.lut_function(max(nbits, 6)), **granularity)
     config = cto.OptimizationConfig(global_config=op, op_name_configs=dict.fromkeys(tables, table_op))
     return cto.palettize_weights(model, config)
 

@@ -35,3 +35,41 @@ def test_compression_emits_its_op(packages, name):
 @pytest.mark.parametrize("name", COMPRESSED)
 def test_ane_rules(packages, name):
     check_ane_rules(packages, name)
+
+
+
+@pytest.mark.parametrize("target", ["iOS18", "iOS16"])
+def test_kmeans_once_gives_the_tables_of_coremltools_kmeans(tmp_path, target):
+    """The palettized packages cluster each weight group once for all their functions (KMeansOnce, through
+    coremltools' custom look-up-table hook and its own k-means routine): the same constants as `mode="kmeans"`,
+    per group of 16 channels (iOS 18: scikit-learn's KMeans on 2,048 weights) and per tensor (before: kmeans1d
+    on 16,384 float16 weights)."""
+    import coremltools as ct
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.models.utils import load_spec
+    from coremltools.optimize import coreml as cto
+
+    from convert.coreml_compress import KMeansOnce
+
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(size=(128, 128)).astype(np.float32), rng.normal(size=128).astype(np.float32)
+    target = getattr(ct.target, target)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 128))], opset_version=target)
+    def program(x):
+        return mb.linear(x=x, weight=weight, bias=bias)
+
+    granularity = {"granularity": "per_grouped_channel", "group_size": 16} if target >= ct.target.iOS18 else {}
+    kmeans = KMeansOnce()
+    configs = {"kmeans": cto.OpPalettizerConfig(mode="kmeans", nbits=4, **granularity),
+               "once": cto.OpPalettizerConfig(mode="custom", lut_function=kmeans.lut_function(4), **granularity)}
+    written = {}
+    for name, op in configs.items():
+        model = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=target, skip_model_load=True)
+        path = tmp_path / f"{name}.mlpackage"
+        cto.palettize_weights(model, cto.OptimizationConfig(global_config=op)).save(str(path))
+        written[name] = (load_spec(str(path)).mlProgram, next(path.rglob("weight.bin")).read_bytes())
+    assert kmeans._tables  # the custom hook ran
+    assert written["once"][0] == written["kmeans"][0] and "constexpr_lut_to_dense" in str(written["once"][0])
+    assert written["once"][1] == written["kmeans"][1]
