@@ -44,10 +44,7 @@ class GPT2Branches:
         self.model, self.cache = model, cache
         self.heads, self.hidden = model.cfg.num_heads, model.cfg.hidden_size
         self.layers = [_LayerWeights(block) for block in model.layers]
-        # (C, V_j) views, contiguous once fused; as numpy arrays (no copy) where fp32: see `_head`.
-        self.head = [chunk.weight.detach().t() for chunk in model.lm_head.chunks]
-        self._head_arrays = ([w.numpy() for w in self.head] if self.head[0].dtype == torch.float32
-                             and all(w.is_contiguous() for w in self.head) else None)
+        self.head = [chunk.weight.t() for chunk in model.lm_head.chunks]  # (C, V_j) views, contiguous once fused
         self._kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._base = -1  # the cache length the remembered branches continue
 
@@ -78,15 +75,6 @@ class GPT2Branches:
             self._kv[key] = [(k[row], v[row]) for k, v in kv]
         final = self.model.final_norm
         last = F.layer_norm(hidden[:, -1], (self.hidden,), final.weight.view(-1), final.bias.view(-1), final.eps)
-        return self._head(last)
-
-    def _head(self, last: torch.Tensor) -> np.ndarray:
-        """The output head for a few rows: (N, C) x (C, V). In fp32 through numpy's BLAS, whose few-row product
-        reads the 8 MB head ~2.5x faster than torch's (MKL's sgemm: 1.3 vs 3.5 ms for 8 rows of the bundled
-        model on an x86 CPU, where it is a third of a keystroke); the same values to float32 rounding."""
-        if self._head_arrays is not None:
-            rows = last.numpy()
-            return np.concatenate([rows @ w for w in self._head_arrays], axis=1)
         return torch.cat([last @ chunk for chunk in self.head], dim=1).float().numpy()
 
     @torch.inference_mode()
