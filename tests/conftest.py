@@ -16,14 +16,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The files that take minutes (Core ML conversions, held-out replays, brute-force searches), longest first. They
 # start first, so that the workers finish together rather than one starting a long file while the other idles;
 # the rest keep pytest's order. Each file stays on one worker (--dist=loadfile), its module fixtures built once.
-HEAVY_FIRST = (  # as measured with --durations=0 on a 2-core machine: 249 s down to 108 s
-    "test_bundled_keyboard_model.py",
-    "test_bundled_keyboard_everyday.py",
+HEAVY_FIRST = (  # as measured with --durations=0 on a 2-core machine: ~230 s down to ~100 s
     "test_coreml_four_bit.py",
     "test_coreml_compressed.py",
-    "test_llama_coreml_compressed.py",
     "test_llama_coreml.py",
     "test_keyboard_families.py",
+    "test_llama_coreml_compressed.py",
+    "test_bundled_keyboard_model.py",
+    "test_bundled_keyboard_everyday.py",
     "test_bench.py",
     "test_coreml_convert.py",
 )

@@ -19,9 +19,9 @@ from ondevice.keyboard import Predictor
 from ondevice.keyboard.evaluate import EvalReport, evaluate
 from ondevice.keyboard.report import load_baseline, read_lines
 
-CI_SUBSET_LINES = 40
+CI_SUBSET_LINES = 24
 EVERYDAY = "heldout-everyday.txt"
-CI_EVERYDAY_LINES = 150
+CI_EVERYDAY_LINES = 75
 
 
 def _merged(a: EvalReport, b: EvalReport) -> EvalReport:
