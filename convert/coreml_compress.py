@@ -53,15 +53,21 @@ def compress_functions(functions: dict, scheme: str, target) -> dict:
     return {name: compress(model, scheme, target, kmeans) for name, model in functions.items()}
 
 
-def compress(model, scheme: str, target, kmeans: KMeansOnce | None = None):
+def lut_granularity(target) -> dict:
+    """Palettization's look-up tables for `target`: iOS 18 allows one per group of 16 output channels (far less
+    error than one per tensor); before it, one table per tensor is all constexpr_lut_to_dense takes."""
+    import coremltools as ct
+
+    return {"granularity": "per_grouped_channel", "group_size": 16} if target >= ct.target.iOS18 else {}
+
+
+def compress(model, scheme: str, target, kmeans: KMeansOnce):
     """Return `model` with its weights compressed by `scheme` (one of COMPRESSIONS); `kmeans` shares palettization
     tables with the package's other functions."""
-    import coremltools as ct
     from coremltools.optimize import coreml as cto
 
     if scheme == "none":
         return model
-    ios18 = target >= ct.target.iOS18
     per_channel_int8 = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
     if scheme == "int8":
         # Per output channel, symmetric: constexpr_blockwise_shift_scale on iOS 18,
@@ -75,10 +81,7 @@ def compress(model, scheme: str, target, kmeans: KMeansOnce | None = None):
         config = cto.OptimizationConfig(global_config=op, op_name_configs=dict.fromkeys(tables, per_channel_int8))
         return cto.linear_quantize_weights(model, config)
     nbits = int(scheme.removeprefix("palettize"))
-    # iOS 18 allows one look-up table per group of 16 output channels (far less error than one per
-    # tensor); before it, one table per tensor is all constexpr_lut_to_dense takes.
-    granularity = {"granularity": "per_grouped_channel", "group_size": 16} if ios18 else {}
-    kmeans = kmeans or KMeansOnce()
+    granularity = lut_granularity(target)
     op = cto.OpPalettizerConfig(mode="custom", lut_function=kmeans.lut_function(nbits), **granularity)
     table_op = cto.OpPalettizerConfig(mode="custom", lut_function=kmeans.lut_function(max(nbits, 6)), **granularity)
     config = cto.OptimizationConfig(global_config=op, op_name_configs=dict.fromkeys(tables, table_op))

@@ -37,7 +37,6 @@ def test_ane_rules(packages, name):
     check_ane_rules(packages, name)
 
 
-
 @pytest.mark.parametrize("target", ["iOS18", "iOS16"])
 def test_kmeans_once_gives_the_tables_of_coremltools_kmeans(tmp_path, target):
     """The palettized packages cluster each weight group once for all their functions (KMeansOnce, through
@@ -50,7 +49,7 @@ def test_kmeans_once_gives_the_tables_of_coremltools_kmeans(tmp_path, target):
     from coremltools.models.utils import load_spec
     from coremltools.optimize import coreml as cto
 
-    from convert.coreml_compress import KMeansOnce
+    from convert.coreml_compress import KMeansOnce, lut_granularity
 
     rng = np.random.default_rng(0)
     weight, bias = rng.normal(size=(128, 128)).astype(np.float32), rng.normal(size=128).astype(np.float32)
@@ -60,7 +59,7 @@ def test_kmeans_once_gives_the_tables_of_coremltools_kmeans(tmp_path, target):
     def program(x):
         return mb.linear(x=x, weight=weight, bias=bias)
 
-    granularity = {"granularity": "per_grouped_channel", "group_size": 16} if target >= ct.target.iOS18 else {}
+    granularity = lut_granularity(target)
     kmeans = KMeansOnce()
     configs = {"kmeans": cto.OpPalettizerConfig(mode="kmeans", nbits=4, **granularity),
                "once": cto.OpPalettizerConfig(mode="custom", lut_function=kmeans.lut_function(4), **granularity)}
