@@ -61,8 +61,13 @@ def test_cli_refuses_existing_output_and_bad_target(gpt2_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["convert", str(gpt2_dir), "--to", "coreml", "--out", str(existing)])
     assert result.exit_code == 2
-    assert "already exists (pass --overwrite to replace it)" in result.output
+    # not "pass --overwrite", which would refuse a folder of the user's files too: why it would
+    assert "holds 'keep', not written by ondevice" in result.output and "pass --overwrite" not in result.output
     assert (existing / "keep").read_text() == "mine"
+    (existing / "keep").unlink()  # an empty folder --overwrite would replace: said so
+    result = runner.invoke(app, ["convert", str(gpt2_dir), "--to", "coreml", "--out", str(existing)])
+    assert result.exit_code == 2 and "already exists (pass --overwrite to replace it)" in result.output
+    (existing / "keep").write_text("mine")
     result = runner.invoke(app, ["convert", str(gpt2_dir), "--to", "coreml", "--out", str(tmp_path / "new.mlpackage"),
                                  "--target", "iOS17"])
     assert result.exit_code == 2

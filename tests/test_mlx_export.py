@@ -94,10 +94,11 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(gpt2_dir, tmp_p
     out = tmp_path / "mlx"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    _one_line_error(_run("convert", gpt2_dir, "--to", "mlx", "--out", out), "already exists", "--overwrite")
-    _one_line_error(_run("convert", gpt2_dir, "--to", "mlx", "--out", out, "--overwrite"), "not written by ondevice")
+    for overwrite in ((), ("--overwrite",)):  # with or without it: --overwrite would not replace it either
+        _one_line_error(_run("convert", gpt2_dir, "--to", "mlx", "--out", out, *overwrite), "not written by ondevice")
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()
+    _one_line_error(_run("convert", gpt2_dir, "--to", "mlx", "--out", out), "already exists", "--overwrite")
     assert _run("convert", gpt2_dir, "--to", "mlx", "--out", out, "--overwrite").exit_code == 0  # an empty folder
     assert _run("convert", gpt2_dir, "--to", "mlx", "--out", out, "--overwrite").exit_code == 0  # an earlier export
     assert (out / "model.safetensors").is_file()

@@ -88,7 +88,8 @@ def test_overwrite_replaces_an_earlier_output_and_an_empty_folder(kind, workspac
     assert convert(kind, source, out).exit_code == 0
     marker = json.loads((out / MARKER).read_text())
     assert marker["written_by"] == "ondevice-transformers" and marker["kind"] == kind
-    assert marker["source"] == str(source.resolve()) and marker["entries"]
+    assert marker["source"] == str(source.resolve()) and marker["files"]
+    assert set(marker["files"]) == {str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()} - {MARKER}
     before = snapshot(out)
     result = convert(kind, source, out, "--overwrite")
     assert result.exit_code == 0, result.output
@@ -123,6 +124,25 @@ def _refusal_cases(kind: str, root: Path, source: Path) -> list[tuple[str, Path,
     assert convert(kind, source, earlier).exit_code == 0
     (earlier / "notes.txt").write_text("mine")
     cases.append(("earlier output with a foreign file", source, earlier, "'notes.txt', which ondevice did not"))
+    # an earlier output with a user's file deep inside it (a Core ML package's Data/), or a folder of theirs
+    nested = root / out_name(kind, "nested")
+    assert convert(kind, source, nested).exit_code == 0
+    inner_folder = nested / "Data" if kind == "coreml" else nested / "mine"
+    inner_folder.mkdir(exist_ok=True)
+    (inner_folder / "NOTES.txt").write_text("n")
+    cases.append(("earlier output with a user's file inside a folder", source, nested,
+                  f"'{inner_folder.name}/NOTES.txt', which ondevice did not"))
+    # an earlier output one of whose files the user has changed since
+    edited = root / out_name(kind, "edited")
+    assert convert(kind, source, edited).exit_code == 0
+    ours = next(p for p in sorted(edited.rglob("*")) if p.is_file() and p.name != MARKER)
+    ours.write_bytes(ours.read_bytes() + b" ")
+    cases.append(("earlier output with a file changed since", source, edited, "has changed since ondevice wrote it"))
+    # an empty folder of the user's inside an earlier output
+    folder = root / out_name(kind, "folder")
+    assert convert(kind, source, folder).exit_code == 0
+    (folder / "drafts").mkdir()
+    cases.append(("earlier output with a user's empty folder", source, folder, "'drafts', which ondevice did not"))
     # a file
     file = root / out_name(kind, "file")
     file.write_text("a file")
@@ -144,7 +164,7 @@ def test_overwrite_refuses_what_it_did_not_write(kind, workspace, fast_coreml):
         before = snapshot(root)
         assert_one_line_error(convert(kind, checkpoint, out, "--overwrite"), fragment)
         assert snapshot(root) == before, case  # nothing replaced, nothing left behind
-    assert len(cases) == 6
+    assert len(cases) == 9
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -193,19 +213,48 @@ def test_library_atomic_output_refuses_the_same(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
+def _owner(pid: int, written_by: str = "ondevice-transformers") -> str:
+    return json.dumps({"written_by": written_by, "pid": pid})
+
+
 def test_stale_staging_of_a_killed_run_is_removed_and_a_live_one_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
     stale = tmp_path / ".model.abc123.partial"
     (stale / "tmpxyz").mkdir(parents=True)
-    (stale / OWNER).write_text(f"{dead_pid}\n")
+    (stale / OWNER).write_text(_owner(dead_pid))
     live = tmp_path / ".other.def456.partial"
     live.mkdir()
-    (live / OWNER).write_text(f"{os.getpid()}\n")
+    (live / OWNER).write_text(_owner(os.getpid()))
     user = tmp_path / ".config.partial"  # a user's folder that merely looks like ours: no owner file
     user.mkdir()
     assert remove_stale_staging(tmp_path / "model") == [stale]
     assert live.is_dir() and user.is_dir() and not stale.exists()
+
+
+def test_staging_lookalikes_without_our_owner_file_are_never_removed(tmp_path, gpt2_dir):
+    """A user's folder named like a staging folder of this very output, hours old, with or without files, with an
+    owner file of someone else's or of an older layout (a bare pid), survives a conversion beside it."""
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    backup = tmp_path / ".gpt2.mlx.bak.partial"
+    (backup / "Data").mkdir(parents=True)
+    (backup / "Data" / "NOTES.txt").write_text("mine")
+    foreign = tmp_path / ".gpt2.mlx.xyz.partial"
+    foreign.mkdir()
+    (foreign / OWNER).write_text(_owner(dead, written_by="someone-else"))
+    bare = tmp_path / ".gpt2.mlx.old.partial"
+    bare.mkdir()
+    (bare / OWNER).write_text(f"{dead}\n")
+    (bare / ".owner").write_text(f"{dead}\n")
+    hours_ago = time.time() - 2 * 3600
+    for folder in (backup, foreign, bare):
+        os.utime(folder, (hours_ago, hours_ago))
+    before = snapshot(tmp_path)
+    result = run_cli("convert", gpt2_dir, "--to", "mlx", "--out", tmp_path / "gpt2.mlx")
+    assert result.exit_code == 0, result.output
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("gpt2.mlx")} == before
 
 
 def _ondevice() -> str:
