@@ -171,45 +171,57 @@ def split_einsum_attention(
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE tables, computed once as buffers; a forward only looks rows up by position, so the graph holds
-    no trigonometry of runtime values (rule 6: in fp16 an angle of position x frequency near position
-    2,000 is already rounded to a whole radian; rule 7: a gather of rows is a static-shape op).
+    """RoPE tables as buffers; a forward only looks rows up by position, so the graph holds no trigonometry of
+    runtime values (rule 6: in fp16 an angle of position x frequency near position 2,000 is already rounded to a
+    whole radian; rule 7: a gather of rows is a static-shape op).
 
     Computed as transformers computes them, in float32: inv_freq as a float32 tensor, freqs = position
     (float32) times inv_freq, emb = cat(freqs, freqs) (rotate_half pairs channel i with i + D/2 of each
     head, not neighbours), cos and sin of it. The sign of rotate_half, cat(-x2, x1), is folded into the
     stored sine: `rotate(x) = x * cos + swap_halves(x) * signed_sin` with signed_sin = cat(-sin, sin).
     Tables are (D, T), channels first, so a lookup is already (D, S) (rule 4). Not persistent: they are
-    derived from the config, not weights. Two tables of max_positions x D: 128 MB in fp32 for a 128K
-    context at D = 128."""
+    derived from the config, not weights.
+
+    Rows are made as positions are reached (doubling, up to max_positions), since every row depends on its
+    position alone: two tables of a 128K context at D = 128 are 128 MB in fp32, and a model that states millions
+    of positions would need gigabytes it never reads. An export fixes the rows to its context (`limit`)."""
+
+    INITIAL_ROWS = 4096
 
     def __init__(self, inverse_frequencies: list[float], max_positions: int):
         super().__init__()
-        inv_freq = torch.tensor(inverse_frequencies, dtype=torch.float32)  # (D/2,)
-        freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (T, D/2)
+        self.max_positions = max_positions
+        self.inverse_frequencies = list(inverse_frequencies)  # (D/2,): kept as numbers, never cast with the model
+        self.head_dim = 2 * len(inverse_frequencies)
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("signed_sin", torch.empty(0), persistent=False)
+        self._build(min(max_positions, self.INITIAL_ROWS))
+
+    def _build(self, rows: int) -> None:
+        dtype = self.cos.dtype if self.cos.numel() else torch.float32  # a model cast to fp16 keeps fp16 tables
+        inv_freq = torch.tensor(self.inverse_frequencies, dtype=torch.float32)
+        freqs = torch.arange(rows, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (T, D/2)
         emb = torch.cat([freqs, freqs], dim=1)  # (T, D)
         half = inv_freq.shape[0]
         sin = emb.sin()
-        self.head_dim = 2 * half
-        self.register_buffer("cos", emb.cos().t().contiguous(), persistent=False)  # (D, T)
-        self.register_buffer("signed_sin", torch.cat([-sin[:, :half], sin[:, half:]], dim=1).t().contiguous(),
-                             persistent=False)
+        self.cos = emb.cos().t().contiguous().to(dtype)  # (D, T)
+        self.signed_sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=1).t().contiguous().to(dtype)
 
     @property
     def positions(self) -> int:
         return self.cos.shape[1]
 
-    def truncate(self, positions: int) -> None:
-        """Keep the rows of the first `positions` positions only: an export for a context of that many tokens
+    def limit(self, positions: int) -> None:
+        """Hold the rows of exactly the first `positions` positions: an export for a context of that many tokens
         stores no more (Qwen3's 40,960 or Llama 3.x's 131,072 positions would otherwise be up to 128 MB of
         constants in a package that can never reach them)."""
-        if positions < self.positions:
-            self.cos = self.cos[:, :positions].contiguous()
-            self.signed_sin = self.signed_sin[:, :positions].contiguous()
+        self._build(min(positions, self.max_positions))
 
     def forward(self, seq: int, offset, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sine for positions offset .. offset + seq - 1, tiled over `heads` heads:
         each (1, heads*D, 1, S). `offset` may be an int or a 0-d / 1-element int tensor (export)."""
+        if isinstance(offset, int) and offset + seq > self.positions:  # eager: make the rows reached
+            self._build(min(max(offset + seq, 2 * self.positions), self.max_positions))
         positions = torch.arange(seq) + offset  # the index pattern of `causal_mask`, a gather of rows
         tables = []
         for table in (self.cos, self.signed_sin):

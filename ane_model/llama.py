@@ -66,7 +66,7 @@ class LlamaModel(nn.Module):
 
     def limit_positions(self, positions: int) -> None:
         """Export for a context of `positions` tokens: the RoPE tables keep those rows only."""
-        self.rotary.truncate(positions)
+        self.rotary.limit(positions)
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCacheProtocol | None = None) -> torch.Tensor:
         """input_ids (B, S) -> final-norm hidden states (B, C, 1, S); appends to `cache` if given."""

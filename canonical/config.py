@@ -66,6 +66,14 @@ def check_positions(config: ModelConfig, end: int) -> None:
         raise InputError(f"{end} tokens exceed the model's {config.max_positions} positions ({config.positions_field})")
 
 
+def check_tokenizer_fits(tokens: int, vocab_size: int, where: object) -> None:
+    """Refuse a tokenizer whose ids reach past the model's vocabulary: every id it makes needs an embedding row (a
+    model may have more rows than its tokenizer has tokens, never fewer)."""
+    if tokens > vocab_size:
+        raise InputError(f"{where}: the tokenizer has {tokens:,} tokens, more than the model's vocabulary of "
+                         f"{vocab_size:,} (vocab_size): it is another model's tokenizer")
+
+
 # Packages and MLX directories of format 1 record the family alone.
 _LEGACY_CLASSES = {"gpt2": "canonical.gpt2:GPT2Config", "bert": "canonical.bert:BertConfig"}
 

@@ -7,7 +7,6 @@ A directory written by `ondevice convert --to mlx` is read too: it comes back as
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,8 @@ from pathlib import Path
 import torch
 
 from canonical.config import ModelConfig
-from canonical.errors import CheckpointError
 from convert.hf_common import read_config_json
-from convert.locate import resolve_checkpoint
+from convert.locate import expand_user, resolve_checkpoint
 from convert.registry import family_for_model_type, family_of
 from convert.weights import read_raw_weights
 
@@ -34,7 +32,7 @@ class Checkpoint:
 
 def is_mlx_directory(directory: str | Path) -> bool:
     """Whether `directory` was written by `ondevice convert --to mlx` (reads config.json only, imports no mlx)."""
-    path = Path(directory).expanduser() / "config.json"
+    path = expand_user(directory) / "config.json"
     try:
         return path.is_file() and MLX_FORMAT_KEY in json.loads(path.read_text())
     except (OSError, ValueError):
@@ -45,7 +43,7 @@ def mlx_source(directory: str | Path) -> Path | None:
     """The checkpoint an MLX directory was exported from, as recorded at export time, or None."""
     from convert.atomic import read_marker
 
-    directory = Path(directory).expanduser()
+    directory = expand_user(directory)
     marker = read_marker(directory) or {}
     source = marker.get("source")
     if not source:
@@ -64,23 +62,11 @@ def read_model_config(directory: Path) -> tuple[str, ModelConfig]:
     return model_type, family.read_config(raw, model_type, directory)
 
 
-_REFUSED_PICKLE = re.compile(r"^(?P<file>.+): not a readable PyTorch weights file \(Weights only load failed")
-
-
 def _read_raw(directory: Path):
     with warnings.catch_warnings():
         # torch's notice about the pickle protocol of a refused file: noise next to our one line
         warnings.filterwarnings("ignore", message="Detected pickle protocol")
-        try:
-            return read_raw_weights(directory)
-        except CheckpointError as exc:
-            refused = _REFUSED_PICKLE.match(str(exc))
-            if refused is None:
-                raise
-            # torch's message advises retrying with weights_only=False, i.e. running the file's code: never.
-            raise CheckpointError(f"{refused['file']}: not a readable PyTorch weights file (it holds pickled "
-                                  "objects other than tensors, refused because loading them could run code; "
-                                  "use a safetensors checkpoint)") from None
+        return read_raw_weights(directory)
 
 
 def load_checkpoint(spec: str | Path) -> Checkpoint:

@@ -15,7 +15,7 @@ import torch
 from canonical.bert import BertConfig
 from canonical.errors import CheckpointError
 from convert.activations import canonical_activation
-from convert.hf_common import CheckpointTensors, check_heads, config_int
+from convert.hf_common import MAX_NORM_EPS, CheckpointTensors, check_heads, config_float, config_int, token_id
 from convert.weights import RawWeights
 
 # Heads of task checkpoints that our encoder does not use, and buffers that are not weights.
@@ -90,14 +90,14 @@ def bert_config(config: dict, model_type: str, directory: Path) -> BertConfig:
             num_layers=config_int(config, "num_hidden_layers", 12),
             intermediate_size=config_int(config, "intermediate_size", 3072),
             type_vocab_size=config_int(config, "type_vocab_size", 2, minimum=0),
-            layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+            layer_norm_eps=config_float(config, "layer_norm_eps", 1e-12, maximum=MAX_NORM_EPS),
             activation=canonical_activation(config.get("hidden_act", "gelu"), "hidden_act"),
         )
     pooling, normalize = _sentence_transformers_pooling(directory)
     return BertConfig(
         vocab_size=config_int(config, "vocab_size", 30522),
         max_positions=config_int(config, "max_position_embeddings", 512),
-        pad_token_id=config.get("pad_token_id") or 0,
+        pad_token_id=token_id(config, "pad_token_id") or 0,
         dialect="distilbert" if model_type == "distilbert" else "bert",
         pooling=pooling,
         normalize=normalize,

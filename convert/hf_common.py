@@ -1,9 +1,11 @@
-"""Checks shared by every Hugging Face dialect reader: the tensors a config implies, against the
-tensors a checkpoint holds. One place produces the one-line messages for missing, extra and
-mis-shaped tensors."""
+"""Checks shared by every Hugging Face dialect reader: config.json's values (each number finite and within what
+this package can address and allocate, each flag a boolean, each token id an id), and the tensors a config
+implies against the tensors a checkpoint holds (missing, extra, mis-shaped, NaN or inf). One place produces
+their one-line messages."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,13 +31,65 @@ def read_config_json(directory: Path) -> dict:
     return config
 
 
-def config_int(config: dict, key: str, default: int | None = None, *, minimum: int = 1) -> int:
+# The largest count (positions, vocabulary, width, layers) a config may state: positions are int32 in a package
+# and float32 in RoPE's angles (exact up to 2^24), and every table this package builds is sized by such counts.
+MAX_COUNT = 1 << 24
+
+
+def config_int(config: dict, key: str, default: int | None = None, *, minimum: int = 1, field: str | None = None,
+               file: str = "config.json") -> int:
+    """An integer field (`field`: its name in messages, when it sits inside a nested object)."""
+    field = field or key
     value = config.get(key, default)
     if value is None:
-        raise CheckpointError(f"config.json: required field '{key}' is missing")
+        raise CheckpointError(f"{file}: required field '{field}' is missing")
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise CheckpointError(f"config.json: '{key}' must be an integer >= {minimum}, got {value!r}")
+        raise CheckpointError(f"{file}: '{field}' must be an integer >= {minimum}, got {value!r}")
+    if value > MAX_COUNT:
+        raise CheckpointError(f"{file}: '{field}' is {value:,}, beyond the {MAX_COUNT:,} this package can address")
     return value
+
+
+def config_float(config: dict, key: str, default: float | None = None, *, field: str | None = None,
+                 maximum: float | None = None) -> float:
+    """A finite number above 0 (and at most `maximum`): JSON's `Infinity` and `NaN` parse as floats, and a norm's
+    epsilon of infinity or a RoPE base of zero would make every output the same."""
+    field = field or key
+    value = config.get(key, default)
+    if value is None:
+        raise CheckpointError(f"config.json: required field '{field}' is missing")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or not value > 0:
+        raise CheckpointError(f"config.json: '{field}' must be a finite number > 0, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise CheckpointError(f"config.json: '{field}' is {value!r}, above {maximum:g}, where it would swamp what it "
+                              "is added to")
+    return float(value)
+
+
+# Norm epsilons are added to a variance of order 1; beyond this they flatten every activation.
+MAX_NORM_EPS = 1.0
+
+
+def config_bool(config: dict, key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise CheckpointError(f"config.json: '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def token_ids(value: object, file: str, key: str) -> list[int]:
+    """A token id or a list of them (null: none)."""
+    values = [] if value is None else value if isinstance(value, list) else [value]
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_COUNT:
+            raise CheckpointError(f"{file}: '{key}' must be a token id or a list of them, got {value!r}")
+    return list(values)
+
+
+def token_id(config: dict, key: str, default: int | None = None, file: str = "config.json") -> int | None:
+    """One token id, or None; a list (as some configs give) counts by its first."""
+    ids = token_ids(config.get(key, default), file, key)
+    return ids[0] if ids else None
 
 
 def check_heads(hidden: int, heads: int, hidden_key: str, heads_key: str) -> None:
@@ -93,6 +147,12 @@ class CheckpointTensors:
                     f"{self.where(name)}: tensor '{self.original[name]}' has shape {list(tensor.shape)}, "
                     f"but config.json ({self.summary}) implies {list(shape)}"
                 )
+        for name in expected:
+            tensor = self.tensors.get(name)
+            if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise CheckpointError(f"{self.where(name)}: tensor '{self.original[name]}' holds {bad:,} NaN or inf "
+                                      "values: the checkpoint is damaged")
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.tensors[name]

@@ -11,7 +11,15 @@ import torch
 from canonical.errors import CheckpointError
 from canonical.gpt2 import GPT2Config
 from convert.activations import canonical_activation
-from convert.hf_common import CheckpointTensors, check_heads, config_int
+from convert.hf_common import (
+    MAX_NORM_EPS,
+    CheckpointTensors,
+    check_heads,
+    config_bool,
+    config_float,
+    config_int,
+    token_id,
+)
 from convert.weights import RawWeights
 
 _IGNORED = (r"h\.\d+\.attn\.bias", r"h\.\d+\.attn\.masked_bias")  # causal-mask buffers of old checkpoints
@@ -34,11 +42,11 @@ def gpt2_config(config: dict) -> GPT2Config:
         num_layers=config_int(config, "n_layer", 12),
         num_heads=heads,
         intermediate_size=4 * hidden if inner is None else config_int(config, "n_inner"),
-        layer_norm_eps=float(config.get("layer_norm_epsilon", 1e-5)),
+        layer_norm_eps=config_float(config, "layer_norm_epsilon", 1e-5, maximum=MAX_NORM_EPS),
         activation=canonical_activation(config.get("activation_function", "gelu_new"), "activation_function"),
-        bos_token_id=config.get("bos_token_id"),
-        eos_token_id=config.get("eos_token_id"),
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
+        bos_token_id=token_id(config, "bos_token_id"),
+        eos_token_id=token_id(config, "eos_token_id"),
+        tie_word_embeddings=config_bool(config, "tie_word_embeddings", True),
     )
 
 

@@ -19,7 +19,15 @@ import torch
 from canonical.errors import CheckpointError
 from canonical.llama import LlamaConfig
 from convert.activations import canonical_activation
-from convert.hf_common import CheckpointTensors, check_heads, config_int
+from convert.hf_common import (
+    MAX_NORM_EPS,
+    CheckpointTensors,
+    check_heads,
+    config_bool,
+    config_float,
+    config_int,
+    token_ids,
+)
 from convert.weights import RawWeights
 
 DIALECTS = ("llama", "mistral", "qwen2", "qwen3")
@@ -84,13 +92,13 @@ def llama_config(config: dict, model_type: str, directory: Path) -> LlamaConfig:
     elif model_type == "mistral":  # transformers' Mistral has no bias switch
         attention_bias = out_bias = False
     else:
-        attention_bias = out_bias = _config_bool(config, "attention_bias", False)
+        attention_bias = out_bias = config_bool(config, "attention_bias", False)
 
     generation = _read_generation_config(directory)
-    eos = _token_ids(config.get("eos_token_id", defaults["eos_token_id"]), "config.json", "eos_token_id")
-    eos += _token_ids(generation.get("eos_token_id"), "generation_config.json", "eos_token_id")
-    bos = _token_ids(config.get("bos_token_id", defaults["bos_token_id"]), "config.json", "bos_token_id")
-    bos = bos or _token_ids(generation.get("bos_token_id"), "generation_config.json", "bos_token_id")
+    eos = token_ids(config.get("eos_token_id", defaults["eos_token_id"]), "config.json", "eos_token_id")
+    eos += token_ids(generation.get("eos_token_id"), "generation_config.json", "eos_token_id")
+    bos = token_ids(config.get("bos_token_id", defaults["bos_token_id"]), "config.json", "bos_token_id")
+    bos = bos or token_ids(generation.get("bos_token_id"), "generation_config.json", "bos_token_id")
 
     return LlamaConfig(
         vocab_size=config_int(config, "vocab_size", defaults["vocab_size"]),
@@ -101,14 +109,14 @@ def llama_config(config: dict, model_type: str, directory: Path) -> LlamaConfig:
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         intermediate_size=config_int(config, "intermediate_size", defaults["intermediate_size"]),
-        rms_norm_eps=_config_float(config, "rms_norm_eps", 1e-6, "rms_norm_eps"),
+        rms_norm_eps=config_float(config, "rms_norm_eps", 1e-6, maximum=MAX_NORM_EPS),
         **_rope_fields(config, max_positions),
         attention_bias=attention_bias,
         attention_out_bias=out_bias,
-        mlp_bias=_config_bool(config, "mlp_bias", False) if model_type == "llama" else False,
+        mlp_bias=config_bool(config, "mlp_bias", False) if model_type == "llama" else False,
         qk_norm=model_type == "qwen3",
         activation=activation,
-        tie_word_embeddings=_config_bool(config, "tie_word_embeddings", False),
+        tie_word_embeddings=config_bool(config, "tie_word_embeddings", False),
         bos_token_id=bos[0] if bos else None,
         eos_token_ids=tuple(dict.fromkeys(eos)),
         dialect=model_type,
@@ -198,15 +206,15 @@ def _rope_fields(config: dict, max_positions: int) -> dict:
         if partial.get("partial_rotary_factor", 1.0) != 1.0:
             raise CheckpointError(f"config.json: {where}={partial['partial_rotary_factor']!r} is not supported")
     if "rope_theta" in rope:
-        theta = _config_float(rope, "rope_theta", None, f"{key}.rope_theta")
+        theta = config_float(rope, "rope_theta", None, field=f"{key}.rope_theta")
     else:
-        theta = _config_float(config, "rope_theta", 10000.0, "rope_theta")
+        theta = config_float(config, "rope_theta", 10000.0, field="rope_theta")
     fields: dict = dict(rope_theta=theta, rope_type=rope_type)
     if rope_type in ("linear", "llama3"):
-        fields["rope_factor"] = _config_float(rope, "factor", None, f"{key}.factor")
+        fields["rope_factor"] = config_float(rope, "factor", None, field=f"{key}.factor")
     if rope_type == "llama3":
-        low = _config_float(rope, "low_freq_factor", None, f"{key}.low_freq_factor")
-        high = _config_float(rope, "high_freq_factor", None, f"{key}.high_freq_factor")
+        low = config_float(rope, "low_freq_factor", None, field=f"{key}.low_freq_factor")
+        high = config_float(rope, "high_freq_factor", None, field=f"{key}.high_freq_factor")
         if high <= low:
             raise CheckpointError(
                 f"config.json: {key}.high_freq_factor={high} must be greater than {key}.low_freq_factor={low}"
@@ -214,11 +222,8 @@ def _rope_fields(config: dict, max_positions: int) -> dict:
         if "original_max_position_embeddings" in config:  # a top-level value wins in transformers too
             original = config_int(config, "original_max_position_embeddings")
         elif "original_max_position_embeddings" in rope:
-            original = rope["original_max_position_embeddings"]
-            if not isinstance(original, int) or isinstance(original, bool) or original < 1:
-                raise CheckpointError(
-                    f"config.json: '{key}.original_max_position_embeddings' must be an integer >= 1, got {original!r}"
-                )
+            original = config_int(rope, "original_max_position_embeddings",
+                                  field=f"{key}.original_max_position_embeddings")
         else:
             original = max_positions
         fields |= dict(rope_low_freq_factor=low, rope_high_freq_factor=high, rope_original_max_positions=original)
@@ -233,7 +238,7 @@ def _check_sliding_window(config: dict, model_type: str, max_positions: int, lay
     if model_type in ("qwen2", "qwen3"):
         # As transformers: only with use_sliding_window, and only on the layers that layer_types (or, without it,
         # max_window_layers) marks as sliding.
-        if not _config_bool(config, "use_sliding_window", False):
+        if not config_bool(config, "use_sliding_window", False):
             return
         layer_types = config.get("layer_types")
         if layer_types is None:
@@ -264,27 +269,3 @@ def _read_generation_config(directory: Path) -> dict:
     if not isinstance(generation, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return generation
-
-
-def _token_ids(value: object, file: str, key: str) -> list[int]:
-    values = [] if value is None else value if isinstance(value, list) else [value]
-    for v in values:
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise CheckpointError(f"{file}: '{key}' must be a token id or a list of them, got {value!r}")
-    return list(values)
-
-
-def _config_float(container: dict, key: str, default: float | None, field: str) -> float:
-    value = container.get(key, default)
-    if value is None:
-        raise CheckpointError(f"config.json: required field '{field}' is missing")
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise CheckpointError(f"config.json: '{field}' must be a number > 0, got {value!r}")
-    return float(value)
-
-
-def _config_bool(config: dict, key: str, default: bool) -> bool:
-    value = config.get(key, default)
-    if not isinstance(value, bool):
-        raise CheckpointError(f"config.json: '{key}' must be true or false, got {value!r}")
-    return value

@@ -16,9 +16,17 @@ BUNDLED_CHECKPOINTS = {
 }
 
 
+def expand_user(path: str | Path) -> Path:
+    """`~` and `~user` expanded as a shell does: a `~name` of no such user stays as typed (pathlib would raise)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
+
 def resolve_checkpoint(spec: str | Path) -> Path:
     """Return the directory holding `config.json` for `spec`, or raise `CheckpointError`."""
-    path = Path(spec).expanduser()
+    path = expand_user(spec)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path}: no config.json here (not a Hugging Face checkpoint directory)")
