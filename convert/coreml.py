@@ -101,11 +101,15 @@ def plan_conversion(config, options: CoreMLOptions) -> Plan:
     if options.compress == "int4" and not ios18:
         raise ConversionError(f"int4 per-block quantization needs iOS18/macOS15 (constexpr_blockwise_shift_scale); "
                               f"target is {options.target}")
+    if options.allow_large and not options.target.lower().startswith("ios"):
+        raise ConversionError(f"--allow-large applies to iOS targets (their ~1 GB limit); a {options.target} package "
+                              "has no such limit: drop --allow-large")
     if options.calibration_text is not None:
         if options.compress != "int4" or not config.is_causal:
             raise ConversionError("calibration text applies to causal LMs with --compress int4 only")
-        if not Path(options.calibration_text).is_file():
-            raise ConversionError(f"{options.calibration_text}: calibration text not found")
+        from convert.coreml_calibrate import read_calibration_text
+
+        read_calibration_text(options.calibration_text)  # a missing, binary or empty file, before any slow work
     if any(n < 1 for n in options.seq_lens):
         raise ConversionError(f"sequence lengths must be positive, got {list(options.seq_lens)}")
     if config.is_causal:
@@ -283,7 +287,8 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
         from convert.coreml_calibrate import calibrate_int4, calibration_windows, window_length
 
         bar.set_postfix_str("calibrate")
-        windows = calibration_windows(plan.options.calibration_text, ckpt.directory, window_length(ckpt.config))
+        windows = calibration_windows(plan.options.calibration_text, ckpt.directory, window_length(ckpt.config),
+                                      vocab_size=ckpt.config.vocab_size)
         calibrate_int4(model, windows)  # the blocks' convs carry uint4 metadata that ct.convert honours
         bar.update()
     if hasattr(model, "limit_positions"):  # optional: position tables (RoPE) then hold the package's context only

@@ -38,19 +38,43 @@ MAX_WINDOW = 512  # tokens per window at most: a Qwen3's 40,960 positions would 
 BLOCK_SIZE = 32  # input channels per scale and zero point, as the uncalibrated int4 scheme uses
 
 
-def calibration_windows(text: Path, tokenizer_dir: Path, length: int, count: int | None = None,
-                        seed: int = 0) -> list[torch.Tensor]:
-    """`count` token windows (1, length) at seeded random offsets in `text` (one paragraph a line,
-    plain or .gz), each paragraph preceded by the end-of-text token as the model reads text at inference."""
-    from transformers import AutoTokenizer
-
+def read_calibration_text(text: Path) -> list[str]:
+    """The paragraphs (non-empty lines) of a calibration text, plain or .gz; ConversionError naming the file when
+    it is missing, not UTF-8 text, or empty."""
     text = Path(text)
     if not text.is_file():
         raise ConversionError(f"{text}: calibration text not found")
     opener = gzip.open if text.suffix == ".gz" else open
-    with opener(text, "rt", encoding="utf-8") as f:
-        paragraphs = [line for line in f.read().splitlines() if line.strip()]
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        with opener(text, "rt", encoding="utf-8") as f:
+            paragraphs = [line for line in f.read().splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise ConversionError(f"{text}: calibration text is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                              f"offset {exc.start}): give the model's training text, one paragraph a line") from None
+    except (OSError, EOFError) as exc:  # gzip's errors for a damaged or mislabelled .gz file
+        raise ConversionError(f"{text}: calibration text cannot be read ({exc})") from None
+    if not paragraphs:
+        raise ConversionError(f"{text}: calibration text is empty (one paragraph a line is expected)")
+    return paragraphs
+
+
+def calibration_windows(text: Path, tokenizer_dir: Path, length: int, count: int | None = None,
+                        seed: int = 0, vocab_size: int | None = None) -> list[torch.Tensor]:
+    """`count` token windows (1, length) at seeded random offsets in `text` (one paragraph a line,
+    plain or .gz), each paragraph preceded by the end-of-text token as the model reads text at inference."""
+    from transformers import AutoTokenizer
+
+    from canonical.config import check_tokenizer_fits
+
+    text = Path(text)
+    paragraphs = read_calibration_text(text)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConversionError(f"{tokenizer_dir}: its tokenizer cannot be loaded for calibration "
+                              f"({str(exc).splitlines()[0]})") from None
+    if vocab_size is not None:
+        check_tokenizer_fits(len(tokenizer), vocab_size, tokenizer_dir)
     separator = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     ids = [token for ids in tokenizer(paragraphs)["input_ids"] for token in separator + ids]
     if len(ids) <= length:

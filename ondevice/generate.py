@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from canonical.config import check_tokenizer_fits
 from canonical.errors import InputError
 from ondevice.runtime import CausalLM
 
@@ -32,6 +33,8 @@ class Sampling:
             raise InputError(f"top-k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:  # NaN too
             raise InputError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and self.seed < 0:
+            raise InputError(f"--seed {self.seed}: must be 0 or more")
 
 
 def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
@@ -97,15 +100,23 @@ def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None, where: ob
     """Token ids of one user turn (after a system message, if given) through the tokenizer's chat template,
     ending with the template's generation prompt (the assistant's turn begins); InputError when the
     tokenizer has no chat template or its template refuses the messages."""
-    if not getattr(tokenizer, "chat_template", None):
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
         raise InputError(f"{where}: the tokenizer has no chat template, so --chat cannot format the prompt "
                          "(drop --chat to continue the text as it is)")
+    named = isinstance(template, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in template.items())
+    if not isinstance(template, str) and not named:
+        raise InputError(f"{where}: the tokenizer's chat_template is a {type(template).__name__}, not a template (a "
+                         "Jinja string, or named Jinja strings)")
     messages = [{"role": "system", "content": system}] if system is not None else []
     messages.append({"role": "user", "content": prompt})
-    from jinja2 import TemplateError
+    from jinja2 import TemplateError, TemplateSyntaxError
 
     try:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    except TemplateSyntaxError as exc:
+        raise InputError(f"{where}: the chat template is not valid Jinja (line {exc.lineno}: "
+                         f"{str(exc.message or exc).splitlines()[0]})") from exc
     except TemplateError as exc:  # e.g. a template that raises on a system message
         raise InputError(f"{where}: the chat template refuses these messages ({str(exc).splitlines()[0]})") from exc
     if isinstance(ids, Mapping):  # a BatchEncoding, where return_dict is not honoured
@@ -113,8 +124,9 @@ def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None, where: ob
     return [int(t) for t in ids]
 
 
-def load_tokenizer(directory: Path):
-    """The checkpoint's own tokenizer (transformers' AutoTokenizer), or InputError if it has none."""
+def load_tokenizer(directory: Path, vocab_size: int | None = None):
+    """The checkpoint's own tokenizer (transformers' AutoTokenizer), or InputError if it has none or if it makes ids
+    past the model's `vocab_size` (another model's tokenizer)."""
     if not any((directory / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt")):
         raise InputError(f"{directory}: no tokenizer files (tokenizer.json, vocab.json); pass token ids with --ids")
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -122,10 +134,14 @@ def load_tokenizer(directory: Path):
     try:
         if (directory / "tokenizer.json").is_file() and not (directory / "tokenizer_config.json").is_file():
             # a bare tokenizers file: AutoTokenizer would pick a class by model_type and ignore it
-            return PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"))
-        return AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as exc:
+            tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError, TypeError) as exc:
         raise InputError(f"{directory}: tokenizer cannot be loaded ({str(exc).splitlines()[0]})") from exc
+    if vocab_size is not None:
+        check_tokenizer_fits(len(tokenizer), vocab_size, directory)
+    return tokenizer
 
 
 def parse_ids(text: str) -> list[int]:

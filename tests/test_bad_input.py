@@ -204,10 +204,31 @@ BAD_OPTIONS = [
      ["--context applies to causal LMs"]),
     (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--quantize", "3"], ["--quantize 3: choose from 4, 8"]),
     (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--dtype", "int8"], ["--dtype int8: choose from"]),
+    (["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--target", "macOS15", "--allow-large"],
+     ["--allow-large applies to iOS targets", "drop --allow-large"]),
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o.mlpackage"],
+     ["an MLX directory named like a Core ML package", "--to coreml"]),
+    (["generate", "{gpt2}", "--ids", "1", "--top-k", "5"], ["--top-k applies with sampling only"]),
+    (["bench", "--model", "{bert}", "--backends", "mlx_lm"], ["--backends mlx_lm applies to causal LMs",
+                                                              "reference, torch-ane, mlx or coreml"]),
+    (["bench", "--model", "{gpt2}", "--seq-lens", "16,100000"], ["--seq-lens 100000: longer than",
+                                                                 "160 positions (n_positions)"]),
+    (["bench", "--keystrokes", "-1"], ["--keystrokes -1: must be at least 0"]),
+    # messages that say what happened
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "{gpt2}"], ["is the source checkpoint"]),  # not "pass --overwrite"
+    (["convert", "{gpt2}", "--to", "mlx", "--out", ""], ["--out '': an empty path"]),  # not the working directory
+    (["bench", "--out", " "], ["--out ' ': an empty path"]),
+    # mistakes in the command line itself: one line too, naming where the help is
+    (["verify", "--bogus"], ["No such option: --bogus", "(ondevice verify --help)"]),
+    (["convert"], ["Missing argument 'checkpoint'", "(ondevice convert --help)"]),
+    (["verify", "{gpt2}", "--seq-len", "x"], ["Invalid value for '--seq-len'"]),
+    (["predict", "-k", "two", "x"], ["Invalid value for '-k'"]),
+    (["nosuch"], ["No such command 'nosuch'", "(ondevice --help)"]),
     # outputs the filesystem cannot take
     (["convert", "{gpt2}", "--to", "mlx", "--out", "/nonexistent-ondevice-dir/o"], ["output directory does not "
                                                                                     "exist"]),
     (["convert", "{gpt2}", "--to", "mlx", "--out", "{file}/o"], ["output directory does not exist"]),
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "/proc/ondevice-o"], ["/proc: cannot write here"]),
 ]
 
 
@@ -301,8 +322,11 @@ def test_a_ctrl_c_that_a_library_swallowed_still_exits_130(monkeypatch):
 
     monkeypatch.setattr(startup, "_interrupt_received", False)
 
+    handlers = []
+
     @one_line_errors
     def command() -> None:
+        handlers.append(signal.getsignal(signal.SIGINT))
         with contextlib.suppress(KeyboardInterrupt):  # what torch's C module does with an error importing numpy
             os.kill(os.getpid(), signal.SIGINT)
         raise RuntimeError("CPU dispatcher tracer already initlized")
@@ -311,7 +335,9 @@ def test_a_ctrl_c_that_a_library_swallowed_still_exits_130(monkeypatch):
     try:
         with pytest.raises(typer.Exit) as exit_info:
             command()
-        assert signal.getsignal(signal.SIGINT) is startup.unwind_on_interrupt
+        assert handlers == [startup.unwind_on_interrupt]  # while the command ran, Ctrl-C unwinds
+        # once it has finished (its status decided), a Ctrl-C would only turn that status into a death by SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
     assert exit_info.value.exit_code == 130 and startup.interrupted()

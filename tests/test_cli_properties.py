@@ -10,6 +10,7 @@ and each command gets a small number of examples. `COUNTS` records how many inpu
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections import Counter
@@ -29,8 +30,10 @@ EXITS: Counter = Counter()  # (command, exit status) -> how often
 # Values a user might type where a number is expected: 0 and negatives as real values, huge, non-numeric.
 INTS = st.sampled_from(["0", "-1", "1", "3", "8", "161", "4096", "99999999999999999999", "-5", "1.5", "abc", ""])
 FLOATS = st.sampled_from(["nan", "inf", "-inf", "0", "-1", "0.5", "1", "2.0", "1e308", "x", ""])
-# Free text without NUL (no shell can pass one), including markup-looking brackets and unicode.
-TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=16)
+# Free text without NUL (no shell can pass one), including markup-looking brackets and unicode, and text whose bytes
+# were not UTF-8 (Python hands those over as lone surrogates).
+TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=16) | \
+    st.sampled_from(["\udcff\udcfe hello ", "caf\udcc3", "\x01\x02\udcff\udcfe abc"])
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +53,34 @@ def arena(tmp_path_factory, gpt2_dir, bert_dir):
     (broken / "Manifest.json").write_text("{not json")
     falcon = Path(shutil.copytree(gpt2_dir, root / "falcon"))
     (falcon / "config.json").write_text((falcon / "config.json").read_text().replace('"gpt2"', '"falcon"'))
+    # configs with numbers no model can have, and a model with another model's tokenizer
+    from bundled_models import keyboard_gpt2_path
+    from tests.checkpoints import make_llama
+    from tests.tiny_tokenizer import write_tokenizer
+
+    llama = make_llama(root / "llama", "llama", seed=1)
+    write_tokenizer(llama, 211)
+    for name, field, value in (("inf-theta", "rope_theta", float("inf")), ("nan-eps", "rms_norm_eps", float("nan")),
+                               ("huge-positions", "max_position_embeddings", 10**12)):
+        odd = Path(shutil.copytree(llama, root / name))
+        config = json.loads((odd / "config.json").read_text())
+        if field == "rope_theta":  # transformers 4's spelling, where the theta sits at the top
+            config.pop("rope_parameters", None)
+        config[field] = value
+        (odd / "config.json").write_text(json.dumps(config))
+    foreign = Path(shutil.copytree(llama, root / "foreign-tokenizer"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(keyboard_gpt2_path() / name, foreign / name)
     export = root / "gpt2-mlx"
     assert CliRunner().invoke(app, ["convert", str(gpt2_dir), "--to", "mlx", "--out", str(export)]).exit_code == 0
     return {"root": root, "gpt2": str(gpt2_dir), "bert": str(bert_dir), "export": str(export),
             "notes": str(root / "notes.txt"), "empty": str(root / "empty.txt"), "docs": str(docs),
             "docs.mlpackage": str(package_like), "broken": str(broken), "falcon": str(falcon),
-            "missing": str(root / "missing"), "missing.mlpackage": str(root / "missing.mlpackage")}
+            "missing": str(root / "missing"), "missing.mlpackage": str(root / "missing.mlpackage"),
+            "llama": str(llama), "inf-theta": str(root / "inf-theta"), "nan-eps": str(root / "nan-eps"),
+            "huge-positions": str(root / "huge-positions"), "foreign-tokenizer": str(foreign),
+            "unwritable": "/proc/ondevice-out", "unwritable.mlpackage": "/proc/ondevice-out.mlpackage"}
+ODD_CHECKPOINTS = ("inf-theta", "nan-eps", "huge-positions", "foreign-tokenizer")
 
 
 def _snapshot(root: Path) -> dict[str, bytes | None]:
@@ -101,7 +126,7 @@ settings_ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES 
 def test_verify(arena, data):
     draw = data.draw
     target = draw(_place("gpt2", "bert", "export", "missing", "notes", "docs", "broken", "missing.mlpackage",
-                         "falcon") | TEXT)
+                         "falcon", *ODD_CHECKPOINTS) | TEXT)
     args = [target, *_options(draw, {
         "--backend": st.sampled_from(["torch-ane", "mlx", "coreml", "tpu", ""]) | TEXT,
         "--seq-len": st.sampled_from(["0", "-1", "4", "161", "99999999999999999999", "x"]),
@@ -117,10 +142,10 @@ def test_verify(arena, data):
 def test_convert(arena, data):
     draw = data.draw
     before = _snapshot(arena["root"])
-    source = draw(_place("gpt2", "bert", "export", "missing", "notes", "falcon", "docs") | TEXT)
+    source = draw(_place("gpt2", "bert", "export", "missing", "notes", "falcon", "docs", *ODD_CHECKPOINTS) | TEXT)
     # never a location that a conversion may write: each of these exists and is not ours, or cannot be made
     out = draw(_place("docs", "docs.mlpackage", "notes", "broken", ".", "~", "/nonexistent-ondevice/x",
-                      "notes/x.mlpackage", "gpt2"))
+                      "notes/x.mlpackage", "gpt2", "unwritable", "unwritable.mlpackage", ""))
     args = [source, *_options(draw, {
         "--to": st.sampled_from(["coreml", "mlx", "onnx", ""]),
         "--overwrite": None,
@@ -148,7 +173,8 @@ def test_convert(arena, data):
 def test_predict(arena, data):
     draw = data.draw
     args = _options(draw, {
-        "--model": _place("keyboard-gpt2", "gpt2", "bert", "export", "missing", "docs.mlpackage") | TEXT,
+        "--model": _place("keyboard-gpt2", "gpt2", "bert", "export", "missing", "docs.mlpackage", "llama",
+                          *ODD_CHECKPOINTS) | TEXT,
         "--backend": st.sampled_from(["torch-ane", "mlx", "coreml", "gpu"]),
         "-k": INTS,
         "--json": None,
@@ -165,7 +191,7 @@ def test_predict(arena, data):
 @given(data=st.data())
 def test_generate(arena, data):
     draw = data.draw
-    args = [draw(_place("gpt2", "export", "bert", "missing", "notes") | TEXT)]
+    args = [draw(_place("gpt2", "export", "bert", "missing", "notes", "llama", *ODD_CHECKPOINTS) | TEXT)]
     if draw(st.booleans()):
         args.append(draw(TEXT))
     args += _options(draw, {
@@ -178,6 +204,8 @@ def test_generate(arena, data):
         "--top-p": FLOATS,
         "--seed": INTS,
         "--ignore-eos": None,
+        "--chat": None,
+        "--system": TEXT,
     })
     _run(arena, "generate", _resolve(arena, args))
 
@@ -196,13 +224,14 @@ def test_bench(arena, data):
     before = _snapshot(arena["root"])
     # a model that never resolves to something runnable, so that no benchmark ever starts
     unrunnable = TEXT.filter(lambda t: t.strip() and "gpt2" not in t.lower() and "minilm" not in t.lower())
-    args = ["--model", draw(_place("missing", "notes", "docs", "falcon") | unrunnable)]
+    args = ["--model", draw(_place("missing", "notes", "docs", "falcon", *ODD_CHECKPOINTS[:3]) | unrunnable)]
     args += _options(draw, {
         "--model": _place("gpt2", "export", "bert"),
         "--backends": st.sampled_from(["reference", "torch-ane,mlx", "mlx", "coreml", "tpu", ",", ""]),
         "--seq-lens": st.sampled_from(["16", "16,64", "0", "-1", "x", ",", ""]),
         "--quick": None,
-        "--out": _place("notes", "docs", "missing/deeper"),
+        "--out": _place("notes", "docs", "missing/deeper", "unwritable", ""),
+        "--keystrokes": INTS,
         "--threads": INTS,
         "--repeats": INTS,
         "--batch": INTS,

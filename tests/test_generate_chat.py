@@ -214,7 +214,69 @@ def test_core_ml_package_refusals(package):
         (["--top-k", "0"], "top-k must be at least 1"),
         (["--max-tokens", "0"], "max tokens must be at least 1"),
         (["--max-tokens", "-3"], "max tokens must be at least 1"),
+        (["--temperature", "1", "--seed", "-1"], "--seed -1: must be 0 or more"),
+        # sampling options with greedy decoding (the default --temperature 0) would change nothing
+        (["--top-k", "5"], "--top-k applies with sampling only (--temperature above 0)"),
+        (["--seed", "3"], "--seed applies with sampling only"),
+        (["--top-p", "0.5", "--seed", "3"], "--top-p and --seed apply with sampling only"),
     ],
 )
 def test_bad_generation_options_are_refused_in_one_line(chat_dir, args, message):
     _one_line_error(_run("generate", chat_dir, "--ids", "1 2", *args), message)
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    (5, "chat_template is a int, not a template"),
+    (["not", "a", "template"], "tokenizer cannot be loaded"),
+    ("{% if messages %}{{ messages[0]['content'] }", "the chat template is not valid Jinja (line 1: "),
+])
+def test_a_broken_chat_template_is_named(chat_dir, tmp_path, template, message):
+    """A chat template that is not a string, or not valid Jinja, is said to be so (not "refuses these messages")."""
+    directory = shutil.copytree(chat_dir, tmp_path / "broken")
+    path = directory / "tokenizer_config.json"
+    settings = json.loads(path.read_text())
+    settings["chat_template"] = template
+    path.write_text(json.dumps(settings))
+    (directory / "chat_template.jinja").unlink(missing_ok=True)
+    _one_line_error(_run("generate", directory, USER, "--chat", "--backend", "torch-ane"), message)
+
+
+def test_another_models_tokenizer_is_refused(chat_dir, tmp_path):
+    """A tokenizer whose ids reach past the model's vocabulary (here the bundled model's 8,192 tokens for a model of
+    211) is refused when it is loaded, before any id can index past the embedding."""
+    from bundled_models import keyboard_gpt2_path
+
+    directory = shutil.copytree(chat_dir, tmp_path / "foreign")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(keyboard_gpt2_path() / name, directory / name)
+    _one_line_error(_run("generate", directory, USER, "--backend", "torch-ane"),
+                    "the tokenizer has 8,192 tokens, more than the model's vocabulary of 211")
+    _one_line_error(_run("predict", "hello ", "--model", directory), "8,192 tokens", "another model's tokenizer")
+
+
+def test_text_that_is_not_utf8_is_refused_in_one_line(chat_dir):
+    """The shell hands bytes that are not UTF-8 to Python as lone surrogates; they are named, not a traceback."""
+    _one_line_error(_run("generate", chat_dir, "\udcff\udcfe abc", "--backend", "torch-ane"),
+                    "PROMPT is not valid UTF-8 text (byte 0xff at character 0)")
+    _one_line_error(_run("generate", chat_dir, "hi", "--chat", "--system", "ok \udcc3", "--backend", "torch-ane"),
+                    "--system is not valid UTF-8 text (byte 0xc3 at character 3)")
+    _one_line_error(_run("predict", "\udcff\udcfe hello ", "--model", chat_dir), "TEXT is not valid UTF-8")
+
+
+def test_running_a_package_prints_only_our_own_lines(package):
+    """In a fresh process (coremltools' import notices come once per process): generate on a package writes the
+    tokens to stdout and its one summary line to stderr, none of coremltools' ten import notices; --verbose shows
+    them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, path = package
+    command = [str(Path(sys.executable).with_name("ondevice")), "generate", str(path), "--ids", "1 2",
+               "--max-tokens", "2"]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stderr.strip().splitlines()
+    assert len(lines) == 1 and " tokens in " in lines[0] and "on coreml" in lines[0], quiet.stderr
+    loud = subprocess.run([*command, "--verbose"], capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0 and len(loud.stderr.strip().splitlines()) > 1, loud.stderr

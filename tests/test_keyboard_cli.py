@@ -39,6 +39,16 @@ def test_predict_reads_any_bytes_from_stdin(keyboard_dir, stdin):
     assert "Traceback" not in result.output
 
 
+def test_the_line_break_that_ends_standard_input_is_not_typed(keyboard_dir):
+    """`echo "The quick " | ondevice predict`: echo's line break is not a new paragraph (whose first word would be
+    capitalised); the suggestions are those of the text as typed."""
+    typed = run("predict", "The quick ", "--model", str(keyboard_dir), "--json", "-k", "5")
+    for ending in (b"\n", b"\r\n"):
+        piped = run("predict", "--model", str(keyboard_dir), "--json", "-k", "5", stdin=b"The quick " + ending)
+        assert piped.exit_code == 0, piped.output
+        assert json.loads(piped.stdout) == json.loads(typed.stdout)
+
+
 def test_predict_eval_compares_with_the_ngram_baseline(keyboard_dir, tmp_path):
     heldout = tmp_path / "heldout.txt"
     heldout.write_text("\n".join(SENTENCES[:2]) + "\n")

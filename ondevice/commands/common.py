@@ -4,11 +4,15 @@ value), options that do not apply to what was asked, and filesystem errors on ou
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import signal
+import sys
 from collections.abc import Iterable
 from enum import StrEnum
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -29,6 +33,48 @@ EXIT_TERMINATED = 143
 class Precision(StrEnum):
     fp32 = "fp32"
     fp16 = "fp16"
+
+
+class _ReaderMayLeave:
+    """Standard output whose reader may go away (`ondevice verify ... | head -1`): what cannot be written is dropped
+    (the descriptor is pointed at /dev/null) instead of failing the command, which then exits with its own status,
+    its verdict, as if the reader had read everything."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _drop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def tolerate_closed_output() -> None:
+    """For the console script: standard output survives its reader leaving, and text that the streams' encoding
+    cannot hold (`PYTHONIOENCODING=ascii`) is written with replacement characters rather than failing."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="replace")
+    if not isinstance(sys.stdout, _ReaderMayLeave):
+        sys.stdout = _ReaderMayLeave(sys.stdout)
 
 
 def error_line(message: str) -> None:
@@ -66,8 +112,18 @@ def one_line_errors(command):
                 error_line(_filesystem_message(exc))
                 raise typer.Exit(EXIT_BAD_INPUT) from None
             raise
+        finally:
+            _done_with_interrupts()
 
     return wrapper
+
+
+def _done_with_interrupts() -> None:
+    """The command has finished (its outputs written or cleaned up, its status decided): a Ctrl-C now would only
+    kill the interpreter while it exits, turning that status into a death by SIGINT. Ignore it, in the console
+    script only."""
+    if signal.getsignal(signal.SIGINT) is startup.unwind_on_interrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _unwind_on_interrupt() -> None:
@@ -94,6 +150,29 @@ def one_of(option: str, value: object, choices: Iterable[object]) -> None:
     choices = tuple(choices)
     if value is not None and value not in choices:
         raise InputError(f"{option} {value}: choose from {', '.join(map(str, choices))}")
+
+
+def utf8_text(name: str, value: str | None) -> str | None:
+    """A text argument as typed. The shell hands Python bytes, which it decodes with `surrogateescape`: bytes that
+    are not UTF-8 arrive as lone surrogates, which no tokenizer can take; refuse them naming the first."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+        raise InputError(f"{name} is not valid UTF-8 text ({byte} at character {exc.start})") from None
+    return value
+
+
+def output_path(option: str, value: str) -> Path:
+    """An output location as typed: an empty one is a mistake, not the working directory."""
+    from convert.locate import expand_user
+
+    if not value.strip():
+        raise InputError(f"{option} {value!r}: an empty path; name the output")
+    return expand_user(value)
 
 
 def not_applicable(given: dict[str, object], why: str) -> None:

@@ -9,7 +9,15 @@ from typing import Annotated
 
 import typer
 
-from ondevice.commands.common import at_least, console, errors, not_applicable, one_line_errors, one_of
+from ondevice.commands.common import (
+    at_least,
+    console,
+    errors,
+    not_applicable,
+    one_line_errors,
+    one_of,
+    output_path,
+)
 
 
 class Target(StrEnum):
@@ -25,7 +33,7 @@ MLX_GROUP_SIZES = (32, 64, 128)
 def convert(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, bundled name, or cached model id.")],
     to: Annotated[Target, typer.Option("--to", help="coreml: an .mlpackage for the Neural Engine; mlx: MLX weights.")],
-    out: Annotated[Path, typer.Option("--out", help="Output path (PATH.mlpackage for coreml, a directory for mlx).")],
+    out: Annotated[str, typer.Option("--out", help="Output path (PATH.mlpackage for coreml, a directory for mlx).")],
     overwrite: Annotated[bool, typer.Option(
         help="Replace an earlier output of this command (or an empty folder); never anything else.")] = False,
     dtype: Annotated[
@@ -54,6 +62,7 @@ def convert(
     verbose: Annotated[bool, typer.Option(help="Show the converters' own warnings and progress bars.")] = False,
 ) -> None:
     """Convert a checkpoint into a Core ML package or MLX weights."""
+    from canonical.errors import InputError
     from convert.atomic import atomic_output
     from convert.checkpoint import is_mlx_directory, mlx_source, read_model_config
     from convert.locate import resolve_checkpoint
@@ -62,15 +71,14 @@ def convert(
     _check_options(to, dtype, seq_len, context, target, kv_cache, compress, calibration_text, quantize, group_size)
     if to is Target.mlx:
         not_applicable({"--allow-large": allow_large or None}, "to --to coreml only")
-    out = out.expanduser()
+    out = output_path("--out", out)
     if to is Target.coreml and out.suffix != ".mlpackage":
-        from canonical.errors import InputError
-
         raise InputError(f"{out}: a Core ML package path must end in .mlpackage")
+    if to is Target.mlx and out.suffix == ".mlpackage":
+        raise InputError(f"{out}: an MLX directory named like a Core ML package would be taken for one (by inspect, "
+                         "generate, Xcode); choose an --out without .mlpackage, or --to coreml")
     source = resolve_checkpoint(checkpoint)
     if is_mlx_directory(source):
-        from canonical.errors import InputError
-
         origin = mlx_source(source)
         raise InputError(f"{source}: an MLX directory written by 'ondevice convert --to mlx' (it runs on "
                          f"--backend mlx); convert from the checkpoint it came from"

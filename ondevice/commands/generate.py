@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ondevice.commands.common import errors, one_line_errors
+from ondevice.commands.common import errors, not_applicable, one_line_errors, utf8_text
 
 # Precisions each backend computes in; a Core ML package carries its own.
 BACKEND_DTYPES = {"torch-ane": ("fp32", "fp16"), "mlx": ("fp32", "fp16", "bf16")}
@@ -33,6 +33,7 @@ def generate(
     top_p: Annotated[float | None, typer.Option(help="Sample within probability mass p.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the sampler, for repeatable runs.")] = None,
     ignore_eos: Annotated[bool, typer.Option(help="Keep going past the end-of-sequence tokens.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show third-party warnings (coremltools, torch, ...).")] = False,
 ) -> None:
     """Continue a prompt on a backend, streaming the text (or token ids) as it is generated; stops at any
     end-of-sequence id the checkpoint declares (config.json and generation_config.json)."""
@@ -43,6 +44,7 @@ def generate(
     from ondevice.generate import generate as run_generate
 
     # Every option is checked before anything is loaded.
+    prompt, system = utf8_text("PROMPT", prompt), utf8_text("--system", system)
     if (prompt is None) == (ids is None):
         raise InputError("give a prompt as text or as --ids, not both and not neither")
     if system is not None and not chat:
@@ -50,12 +52,19 @@ def generate(
     if chat and ids is not None:
         raise InputError("--chat formats a text prompt with the chat template: give text, not --ids")
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)  # checks the values
+    if temperature == 0:
+        not_applicable({"--top-k": top_k, "--top-p": top_p, "--seed": seed},
+                       "with sampling only (--temperature above 0); --temperature 0, the default, decodes greedily: "
+                       "the most likely token every time")
     check_max_tokens(max_tokens)
     prompt_ids = parse_ids(ids) if ids is not None else None
     backend = _check_backend(checkpoint, backend, dtype)
 
-    lm, tokenizer_dir = _load_causal_lm(checkpoint, backend, dtype)
-    tokenizer = load_tokenizer(tokenizer_dir) if prompt_ids is None else None
+    from ondevice.quiet import captured
+
+    with captured(verbose):  # loading imports coremltools or transformers, whose notices are noise here
+        lm, tokenizer_dir = _load_causal_lm(checkpoint, backend, dtype)
+        tokenizer = load_tokenizer(tokenizer_dir, lm.config.vocab_size) if prompt_ids is None else None
     if prompt_ids is None:
         prompt_ids = (chat_prompt_ids(tokenizer, prompt, system, where=checkpoint) if chat
                       else tokenizer.encode(prompt))

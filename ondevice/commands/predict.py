@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ondevice.commands.common import at_least, console, not_applicable, one_line_errors
+from ondevice.commands.common import at_least, console, not_applicable, one_line_errors, utf8_text
 
 
 @one_line_errors
@@ -27,10 +27,12 @@ def predict(
     eval_lines: Annotated[int | None, typer.Option(help="Evaluate on the first N lines only.")] = None,
     baseline_text: Annotated[Path | None, typer.Option(help="Training text of the n-gram baseline (default: the "
                                                        "bundled model's).")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show third-party warnings (coremltools, torch, ...).")] = False,
 ) -> None:
     """Next-word suggestions, or completions of the word being typed; or, with --eval, quality figures."""
     import json
 
+    text = utf8_text("TEXT", text)
     at_least("-k", k, 1)
     if eval_file is None:
         not_applicable({"--eval-lines": eval_lines, "--baseline-text": baseline_text}, "with --eval FILE only")
@@ -47,7 +49,7 @@ def predict(
     from ondevice.keyboard import Predictor
     from ondevice.quiet import captured
 
-    with captured():  # a package's backend imports coremltools, whose import notices are noise here
+    with captured(verbose):  # a package's backend imports coremltools, whose import notices are noise here
         if backend == "coreml" and Path(model).is_dir():
             from coreml_runtime.integrity import check_package_weights
 
@@ -65,7 +67,7 @@ def predict(
             console.print(eval_table(summary))
         return
     if text is None or text == "-":
-        text = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+        text = _stdin_text()
     suggestions = predictor.suggest(text)
     if json_output:
         console.print_json(json.dumps([{"word": s.word, "probability": s.probability} for s in suggestions]))
@@ -81,13 +83,24 @@ def type_(
         "keyboard-gpt2"
     ),
     backend: Annotated[str, typer.Option(help="torch-ane, mlx, or coreml.")] = "torch-ane",
+    verbose: Annotated[bool, typer.Option(help="Show third-party warnings (coremltools, torch, ...).")] = False,
 ) -> None:
     """Type in the terminal with suggestions updated on every keystroke (Tab/F1-F3 accept, Enter quits)."""
     _check_model(model, backend)
     from ondevice.keyboard import Predictor
     from ondevice.keyboard.terminal import run_terminal
+    from ondevice.quiet import captured
 
-    run_terminal(Predictor(model, backend=backend))
+    with captured(verbose):
+        predictor = Predictor(model, backend=backend)
+    run_terminal(predictor)
+
+
+def _stdin_text() -> str:
+    """The text on standard input, less the one line break that ends it (`echo "Thanks for the " | ondevice predict`
+    types no new paragraph). Any bytes are taken: those that are not UTF-8 become U+FFFD, as a text field shows them."""
+    text = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+    return text.removesuffix("\n").removesuffix("\r")
 
 
 def _check_model(model: str, backend: str) -> None:

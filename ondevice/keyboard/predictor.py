@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from canonical.config import check_tokenizer_fits
 from canonical.errors import InputError
 from convert.checkpoint import load_checkpoint
 from coreml_runtime.package import TOKENIZER_DIR
@@ -80,6 +81,7 @@ class Predictor:
         config = self.lm.config
         self.checkpoint_dir = directory
         self.tokenizer = _load_tokenizer(directory)
+        check_tokenizer_fits(self.tokenizer.get_vocab_size(with_added_tokens=True), config.vocab_size, directory)
         specials = {i for i in (config.bos_token_id, *config.eos_token_ids) if i is not None}
         start = self.tokenizer.token_to_id(END_OF_TEXT)
         if start is None:
