@@ -2,8 +2,10 @@
 report how far apart they are, against the bounds of `parity.TOLERANCES`.
 
 Outputs with non-finite values (NaN, inf) fail outright, and greedy agreement is then not reported: argmax
-of NaN logits "agrees" with anything. A Core ML package is checked against the sha256 of its weights that
-conversion recorded before anything runs (`coreml_runtime/integrity.py`)."""
+of NaN logits "agrees" with anything. So do reference outputs that carry nothing to agree with (constant, all
+zero, or non-finite: a checkpoint whose weights compute nothing), whatever the cosine of two of them says.
+A Core ML package is checked against the sha256 of its weights that conversion recorded before anything runs
+(`coreml_runtime/integrity.py`)."""
 
 from __future__ import annotations
 
@@ -38,17 +40,20 @@ class VerifyReport:
     greedy_required: bool = True
     # Our outputs holding NaN or inf: name -> how many values (any at all fails, and greedy is not compared).
     nonfinite: dict[str, int] = field(default_factory=dict)
+    # Reference outputs that carry nothing to compare (constant, non-finite): name -> what is wrong with them.
+    uninformative: dict[str, str] = field(default_factory=dict)
 
     @property
     def greedy_match(self) -> bool | None:
-        if self.greedy_ours is None or self.nonfinite:
+        if self.greedy_ours is None or self.nonfinite or self.uninformative:
             return None
         return self.greedy_ours == self.greedy_reference
 
     @property
     def passed(self) -> bool:
         greedy_ok = self.greedy_match is not False or not self.greedy_required
-        return all(c.within(self.tolerance) for c in self.comparisons) and greedy_ok and not self.nonfinite
+        return (all(c.within(self.tolerance) for c in self.comparisons) and greedy_ok and not self.nonfinite
+                and not self.uninformative)
 
 
 def check_seed(seed: int) -> None:
@@ -60,6 +65,28 @@ def _count_nonfinite(report: VerifyReport, name: str, values: np.ndarray) -> Non
     bad = int(values.size - np.count_nonzero(np.isfinite(values)))
     if bad:
         report.nonfinite[name] = report.nonfinite.get(name, 0) + bad
+
+
+def uninformative(values: np.ndarray) -> str | None:
+    """Why a reference output carries nothing to agree with, or None: non-finite values, one value throughout, or
+    one value along the last axis at every position (logits that rank no token above another)."""
+    values = np.asarray(values, dtype=np.float64)
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        return f"hold {bad} NaN or inf values"
+    if values.size and np.ptp(values) == 0:
+        return f"are constant (every value {values.flat[0]:g})"
+    if values.ndim >= 2 and values.shape[-1] > 1 and (np.ptp(values, axis=-1) == 0).all():
+        return "are constant along their last axis at every position"
+    return None
+
+
+def _compare_with_reference(report: VerifyReport, name: str, ours: np.ndarray, reference: np.ndarray) -> None:
+    """Compare, and record a reference output that no comparison can judge against."""
+    why = uninformative(reference)
+    if why:
+        report.uninformative[name] = why
+    report.comparisons.append(compare(name, ours, reference))
 
 
 class _Watched:
@@ -125,9 +152,9 @@ def _verify_causal_lm(report: VerifyReport, ours, reference, rng, steps: int) ->
     cfg = ours.config
     ours = _Watched(ours, report)
     ids = rng.integers(0, cfg.vocab_size, size=report.seq_len).tolist()
-    report.comparisons.append(compare("logits", ours.prefill(ids), reference.prefill(ids)))
-    if report.nonfinite:
-        return  # greedy agreement on NaN logits means nothing: not compared
+    _compare_with_reference(report, "logits", ours.prefill(ids), reference.prefill(ids))
+    if report.nonfinite or report.uninformative:
+        return  # greedy agreement on NaN or constant logits means nothing: not compared
     steps = min(steps, cfg.max_positions - 1)
     prompt = ids[: min(len(ids), cfg.max_positions - steps)]
     report.greedy_ours = greedy_tokens(ours, prompt, steps)
@@ -153,7 +180,7 @@ def _verify_encoder(report: VerifyReport, ours, reference, rng) -> None:
         if a.ndim == 3:  # per-token outputs: compare real tokens only
             a, b = a[valid], b[valid]
         _count_nonfinite(report, name, np.asarray(a))
-        report.comparisons.append(compare(name, a, b))
+        _compare_with_reference(report, name, a, b)
 
 
 # Compressed packages carry quantisation error on top of fp16 rounding. Each bound is the worst error measured

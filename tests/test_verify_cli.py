@@ -177,3 +177,71 @@ def test_predict_on_the_bundled_model_imports_neither_coremltools_nor_mlx():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_reference_that_outputs_nothing_fails_whatever_the_cosine(gpt2_dir, tmp_path):
+    """A final layer norm of zeros makes every logit 0 in both implementations: their cosine is 1.0 and every
+    token "agrees", yet nothing was compared. verify fails it (exit 1), saying why, and reports no greedy tokens."""
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    directory = Path(shutil.copytree(gpt2_dir, tmp_path / "silent"))
+    state = load_file(directory / "model.safetensors")
+    state["transformer.ln_f.weight"].zero_()
+    state["transformer.ln_f.bias"].zero_()
+    save_file(state, directory / "model.safetensors")
+    result = CliRunner().invoke(app, ["verify", str(directory), "--seq-len", "8"])
+    assert result.exit_code == 1, result.output
+    assert "the reference's logits are constant (every value 0): there is nothing to agree with" in result.stdout
+    assert "greedy tokens" not in result.stdout and "FAIL" in result.stdout
+
+
+def test_uninformative_outputs_are_told_apart_from_real_ones():
+    import numpy as np
+
+    from ondevice.verify import uninformative
+
+    rng = np.random.default_rng(0)
+    assert uninformative(rng.normal(size=(4, 9))) is None
+    assert uninformative(np.zeros((4, 9))) == "are constant (every value 0)"
+    assert uninformative(np.full((3,), 2.5)) == "are constant (every value 2.5)"
+    rows = np.repeat(rng.normal(size=(4, 1)), 9, axis=1)  # each position the same value for every token
+    assert uninformative(rows) == "are constant along their last axis at every position"
+    broken = rng.normal(size=(4, 9))
+    broken[1, 2] = np.nan
+    assert uninformative(broken) == "hold 1 NaN or inf values"
+
+
+def _ondevice() -> str:
+    import sys
+    from pathlib import Path
+
+    return str(Path(sys.executable).with_name("ondevice"))
+
+
+def test_a_reader_that_leaves_early_does_not_change_the_verdict(gpt2_dir):
+    """`ondevice verify CKPT | head -1`: the rest of the table goes nowhere, and the exit status is still PASS's 0
+    (it was 1, a FAIL's, with nothing said)."""
+    import subprocess
+
+    process = subprocess.Popen([_ondevice(), "verify", str(gpt2_dir), "--seq-len", "7"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()  # what `head -1` does once it has its line
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 0, stderr
+    assert first.startswith(b"checkpoint: ") and stderr == ""
+
+
+def test_a_terminal_that_cannot_show_unicode_still_gets_the_table(gpt2_dir):
+    """PYTHONIOENCODING=ascii: the table's box lines and '≤' become replacement characters, not a traceback."""
+    import os
+    import subprocess
+
+    done = subprocess.run([_ondevice(), "verify", str(gpt2_dir), "--seq-len", "7"], capture_output=True,
+                          env=dict(os.environ, PYTHONIOENCODING="ascii"), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert b"PASS" in done.stdout and b"Traceback" not in done.stderr
+    done.stdout.decode("ascii")  # nothing but ASCII reached the stream

@@ -80,7 +80,8 @@ def _print_report(report) -> None:
     for column in ("max |err|", "scale", "rel. error", "cosine", "result"):
         table.add_column(column, justify="right", no_wrap=True)
     for c in report.comparisons:
-        verdict = "[green]ok[/green]" if c.within(tol) and c.name not in report.nonfinite else "[red]FAIL[/red]"
+        bad = c.name in report.nonfinite or c.name in report.uninformative
+        verdict = "[green]ok[/green]" if c.within(tol) and not bad else "[red]FAIL[/red]"
         table.add_row(c.name, f"{c.max_abs:.3e}", f"{c.scale:.3g}", f"{c.rel_max_abs:.2e}", f"{c.cosine:.8f}", verdict)
     console.print(f"checkpoint: {report.checkpoint}", highlight=False, soft_wrap=True, markup=False)
     console.print(table)
@@ -89,6 +90,10 @@ def _print_report(report) -> None:
         console.print(f"[red]non-finite values (NaN or inf) in our outputs:[/red] {counts}", highlight=False)
         if any(c.name == "logits" for c in report.comparisons):
             console.print("greedy tokens: not compared (non-finite logits agree with nothing)", highlight=False)
+    for name, why in report.uninformative.items():
+        console.print(f"[red]the reference's {escape(name)} {escape(why)}:[/red] there is nothing to agree with, "
+                      "so no comparison of them can pass (the checkpoint's weights or config compute nothing)",
+                      highlight=False, soft_wrap=True)
     if report.greedy_match is not None:
         steps = len(report.greedy_reference)
         same = sum(a == b for a, b in zip(report.greedy_ours, report.greedy_reference, strict=True))
