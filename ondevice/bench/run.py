@@ -20,8 +20,9 @@ from ondevice.bench.machine import describe_machine, short_machine
 from ondevice.bench.records import Target, failed, record, skipped, speed_ratio
 
 ROOT = Path(__file__).resolve().parents[2]  # the directory holding the ondevice package
-# Default output: the committed results of a source checkout, else bench-results/ in the working directory.
-RESULTS = ROOT / "benchmarks" / "results" if (ROOT / "benchmarks" / "results").is_dir() else Path("bench-results")
+# Default output: bench-results/ in the working directory, never inside the package or its source tree (the
+# committed results of benchmarks/results are written there by naming it: --out benchmarks/results).
+RESULTS = Path("bench-results")
 BACKENDS = ("reference", "torch-ane", "mlx", "coreml")
 PEERS = ("mlx_lm", "ane_transformers")
 GENERATED = "gpt2-124m-random"  # GPT-2 small's shapes, random init: made here, never downloaded
@@ -64,11 +65,17 @@ class BenchOptions:
     cache_dir: Path = field(default_factory=default_cache)
     isolate: bool = True  # each (model, backend) in a fresh process: cold loads and per-backend peak memory
     job_timeout_s: float = 3600.0  # the full run of a 124M model on MLX's CPU backend takes ~30 min
+    # Set by `resolved`: whether the user named the backends and the lengths (asked for, they must apply to every
+    # model; defaults are fitted to each model instead).
+    backends_given: bool = False
+    seq_lens_given: bool = False
 
     def resolved(self) -> BenchOptions:
         q = self.quick
         return replace(
             self,
+            backends_given=self.backends is not None,
+            seq_lens_given=self.seq_lens is not None,
             models=list(self.models or (QUICK_MODELS if q else FULL_MODELS)),
             backends=list(self.backends or (*BACKENDS, *PEERS)),
             seq_lens=sorted(set(self.seq_lens or (QUICK_SEQ_LENS if q else FULL_SEQ_LENS))),
@@ -83,7 +90,7 @@ class BenchOptions:
 def resolve_model(spec: str, cache_dir: Path) -> tuple[str, Path]:
     """(name shown in the tables, checkpoint directory) for a bundled name, a generated model (made once into
     `cache_dir`, reused after), or a dir."""
-    from convert.locate import resolve_checkpoint
+    from convert.locate import expand_user, resolve_checkpoint
 
     if spec in GENERATED_MODELS:
         from transformers.utils import logging as hf_logging
@@ -93,28 +100,31 @@ def resolve_model(spec: str, cache_dir: Path) -> tuple[str, Path]:
         hf_logging.disable_progress_bar()  # keep the terminal to our progress bar and tables
         return spec, getattr(random_checkpoints, GENERATED_MODELS[spec])(cache_dir / spec)
     directory = resolve_checkpoint(spec)
-    return (directory.name if Path(spec).expanduser().is_dir() else spec), directory
+    return (directory.name if expand_user(spec).is_dir() else spec), directory
 
 
 def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
     """(jobs to run, records known without running anything: backends that cannot run here)."""
+    from canonical.errors import InputError
     from convert.checkpoint import read_model_config
     from ondevice.bench.peers import ANE_TRANSFORMERS, MLX_LM, peer_unavailable
     from ondevice.bench.runners import COMPUTE_UNITS, clip_seq_lens, coreml_unavailable
 
     unknown = [b for b in options.backends if b not in (*BACKENDS, *PEERS)]
     if unknown:
-        from canonical.errors import InputError
-
         raise InputError(f"unknown backend(s) {', '.join(unknown)} (choose from {', '.join((*BACKENDS, *PEERS))})")
     common = {key: getattr(options, key) for key in ("batch", "repeats", "decode_tokens", "keystrokes", "reuse_lines",
                                                        "threads", "precision", "budget_s", "min_time_s")}
     common |= {"warmup": 1, "compare_reference": "reference" in options.backends, "cache_dir": str(options.cache_dir),
                "isolated": options.isolate}
-    jobs, known = [], []
+    jobs, known, encoders = [], [], []
     for spec in options.models:
         name, directory = resolve_model(spec, options.cache_dir)
-        _, config = read_model_config(directory)
+        model_type, config = read_model_config(directory)
+        check_model(directory)
+        _check_lengths(name, config, options)
+        if not config.is_causal:
+            encoders.append(f"{name} is a {model_type} encoder")
         base = common | {"model": name, "checkpoint": str(directory),
                          "seq_lens": clip_seq_lens(options.seq_lens, config.max_positions)}
         for backend in options.backends:
@@ -137,6 +147,9 @@ def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
             elif backend == MLX_LM and config.is_causal:
                 export = options.cache_dir / "mlx" / f"{name}-mlx-{options.precision}"
                 jobs.append(base | {"job": MLX_LM, "backend": MLX_LM, "export_dir": str(export)})
+    if options.backends_given and MLX_LM in options.backends and len(encoders) == len(options.models):
+        raise InputError(f"--backends {MLX_LM} applies to causal LMs (mlx-lm runs no encoders); {encoders[0]}: bench "
+                         "it with reference, torch-ane, mlx or coreml")
     if ANE_TRANSFORMERS in options.backends:
         from ondevice.bench.peers import DISTILBERT
 
@@ -148,6 +161,56 @@ def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
             jobs.append(common | {"job": ANE_TRANSFORMERS, "backend": ANE_TRANSFORMERS, "model": DISTILBERT,
                                   "seq_lens": clip_seq_lens(options.seq_lens, 512)})
     return jobs, known
+
+
+def check_model(directory: Path) -> None:
+    """Read the whole checkpoint (config, every tensor's name, shape and values) before anything is measured or
+    written, so that a truncated or damaged model is one line up front rather than every measurement failing."""
+    from convert.checkpoint import is_mlx_directory, load_checkpoint
+
+    if is_mlx_directory(directory):
+        from convert.mlx_checkpoint import load_mlx_checkpoint
+
+        load_mlx_checkpoint(directory)
+    else:
+        load_checkpoint(directory)
+
+
+def _check_lengths(name: str, config, options: BenchOptions) -> None:
+    """Lengths the user asked for must fit the model (defaults are clipped to it instead)."""
+    if not options.seq_lens_given:
+        return
+    from canonical.errors import InputError
+
+    longest = max(options.seq_lens)
+    if longest > config.max_positions:
+        raise InputError(f"--seq-lens {longest}: longer than {name}'s {config.max_positions} positions "
+                         f"({config.positions_field}); choose lengths up to {config.max_positions}")
+
+
+def usable_cache(cache_dir: Path) -> tuple[Path, str | None]:
+    """(the cache folder to use, a note when it is not the one asked for): an unwritable cache folder (a read-only
+    home) falls back to a fresh temporary folder instead of failing every job that needs it."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_dir, prefix=".probe-"):
+            pass
+        return cache_dir, None
+    except OSError as exc:
+        fallback = Path(tempfile.mkdtemp(prefix="ondevice-bench-cache-"))
+        return fallback, (f"{cache_dir}: cannot write there ({exc.strerror or exc}); generated models and packages go "
+                          f"to {fallback} for this run (set ONDEVICE_BENCH_CACHE to keep them)")
+
+
+def describe_plan(options: BenchOptions, jobs: list[dict]) -> str:
+    """One line saying what the run will measure, so that a long run says so before it starts."""
+    models = ", ".join(dict.fromkeys(job["model"] for job in jobs)) or "nothing"
+    lengths = ",".join(map(str, options.seq_lens))
+    causal = any(job.get("keystrokes") and job.get("backend") in ("torch-ane", "mlx") for job in jobs)
+    keys = (f", {options.keystrokes:,} keystrokes replayed per predictive-text backend (--keystrokes N)" if causal
+            else "")
+    hint = "" if options.quick else " (--quick for a short run)"
+    return (f"bench: {len(jobs)} jobs on {models}; lengths {lengths}, {options.repeats} repeats{keys}{hint}")
 
 
 def _child_env(threads: int | None) -> dict[str, str]:
@@ -230,7 +293,12 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> Path:
     console = console or Console()
     check_threads(options.threads)
     options = options.resolved()
+    cache_dir, note = usable_cache(options.cache_dir)
+    options = replace(options, cache_dir=cache_dir)
+    if note:
+        console.print(note, highlight=False, soft_wrap=True, markup=False)
     jobs, records = plan(options)  # bad input fails here, before anything is measured or written
+    console.print(describe_plan(options, jobs), highlight=False, soft_wrap=True, markup=False)
     options.out.mkdir(parents=True, exist_ok=True)
     machine = describe_machine()
     host = Target("-", "machine", "cpu", "-")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ondevice.commands.common import EXIT_FAILED_CHECK, at_least, console, error_line, one_line_errors
+from ondevice.commands.common import (
+    EXIT_FAILED_CHECK,
+    at_least,
+    console,
+    error_line,
+    one_line_errors,
+    output_path,
+)
 
 
 @one_line_errors
@@ -23,11 +29,15 @@ def bench(
         "--seq-lens", help="Prefill/encode lengths, e.g. 16,64 (default 16..512; clipped to the model's positions).")
     ] = None,
     quick: Annotated[bool, typer.Option(help="Small models, lengths 16 and 64, 3 repeats: a few minutes.")] = False,
-    out: Annotated[Path | None, typer.Option(help="Output directory (default: benchmarks/results).")] = None,
+    out: Annotated[str | None, typer.Option(
+        help="Output directory (default: bench-results in the working directory).")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads of torch, MLX's CPU backend and BLAS (1 or more).")
                        ] = None,
     repeats: Annotated[int | None, typer.Option(help="Timed repeats per measurement (median reported).")] = None,
     batch: Annotated[int, typer.Option(help="Encoder batch size.")] = 1,
+    keystrokes: Annotated[int | None, typer.Option(
+        help="Keys of held-out text replayed per predictive-text backend (default 2,000; --quick 150; 0: none).")
+    ] = None,
 ) -> None:
     """Benchmark every backend and peer on the same models and inputs: table, bench.json, bench.md, bench.png.
     Exits 1 when every measurement of a model failed."""
@@ -49,13 +59,14 @@ def bench(
         at_least("--seq-lens", n, 1)
     at_least("--batch", batch, 1)
     at_least("--repeats", repeats, 1)
+    at_least("--keystrokes", keystrokes, 0)
     check_threads(threads)
-    out = (out or RESULTS).expanduser()
+    out = RESULTS if out is None else output_path("--out", out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: is a file; --out takes a directory (bench.json, bench.md and bench.png go in it)")
     wanted = _backends_for_mlx_directories(model, split(backends))
     run_bench(BenchOptions(models=model, backends=wanted, seq_lens=lengths, quick=quick, out=out,
-                           threads=threads, repeats=repeats, batch=batch), console)
+                           threads=threads, repeats=repeats, batch=batch, keystrokes=keystrokes), console)
     failed = failed_models(json.loads((out / "bench.json").read_text())["records"])
     if failed:
         error_line("; ".join(f"every measurement of {name} failed (first: {reason})" for name, reason in
