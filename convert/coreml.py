@@ -291,8 +291,7 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
                                       vocab_size=ckpt.config.vocab_size)
         calibrate_int4(model, windows)  # the blocks' convs carry uint4 metadata that ct.convert honours
         bar.update()
-    if hasattr(model, "limit_positions"):  # optional: position tables (RoPE) then hold the package's context only
-        model.limit_positions(plan.context)
+    model.limit_positions(plan.context)  # position tables (RoPE) hold the package's context only
     names = logits_names(LOGITS, len(model.lm_head.chunks))
     out_dtype = _float(plan.options.dtype)
     position = ct.TensorType(POSITION, shape=(1,), dtype=np.int32)

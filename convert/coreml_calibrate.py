@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ane_model.causal_lm import CausalLM
 from ane_model.layers import causal_mask
 from canonical.errors import ConversionError
 
@@ -90,7 +91,7 @@ def window_length(config) -> int:
     return min(config.max_positions, MAX_WINDOW)
 
 
-def calibrate_int4(model: nn.Module, windows: list[torch.Tensor], block_size: int = BLOCK_SIZE) -> nn.Module:
+def calibrate_int4(model: CausalLM, windows: list[torch.Tensor], block_size: int = BLOCK_SIZE) -> CausalLM:
     """Quantize the transformer blocks' 1x1 convs of `model` in place with GPTQ (uint4, one scale and
     zero point per `block_size` input channels) and register the metadata `ct.convert` honours.
 
@@ -110,8 +111,7 @@ def calibrate_int4(model: nn.Module, windows: list[torch.Tensor], block_size: in
                                     quantization_scheme="affine")
     config = LayerwiseCompressorConfig(global_config=layer_config, calibration_nsamples=len(windows))
     # LayerwiseCompressor runs a sequence of layers that each take the previous output alone.
-    layer_inputs = getattr(model, "layer_inputs", lambda seq, offset, dtype: ())  # optional: GPT-2 needs none
-    stages = nn.Sequential(*(_Stage(block, layer_inputs) for block in model.layers))
+    stages = nn.Sequential(*(_Stage(block, model.layer_inputs) for block in model.layers))
     with torch.no_grad():
         LayerwiseCompressor(stages, config).compress(_block_inputs(model, windows), device="cpu", inplace=True)
     return model.eval()
@@ -135,7 +135,7 @@ class _Stop(Exception):
     pass
 
 
-def _block_inputs(model: nn.Module, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+def _block_inputs(model: CausalLM, windows: list[torch.Tensor]) -> list[torch.Tensor]:
     """The first block's inputs (embedded tokens, (1, C, 1, S)), taken by the model's own forward pass."""
     captured: list[torch.Tensor] = []
 

@@ -1,7 +1,8 @@
 """The torch modules that `torch.export` sees when we write a Core ML package: thin wrappers around any
 family's ANE-layout model that fix the input/output names and shapes of the package.
 
-A causal model offers `cfg`, `hidden_states(input_ids, cache)` and a chunked `lm_head`; an encoder returns
+A causal model is an `ane_model.causal_lm.CausalLM` (`cfg`, `hidden_states(input_ids, cache)`, `final_norm`, a
+chunked `lm_head`); an encoder returns
 outputs with `hidden`, `pooled`, `sentence_embedding` and `mlm_logits` (None where the checkpoint has no
 such head) and offers the head's chunks as `mlm_logit_chunks(hidden)`. The names themselves are the
 package's interface and live in `coreml_runtime/interface.py`."""
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ane_model.causal_lm import CausalLM
 from ane_model.static_cache import StaticKVCache
 from coreml_runtime.interface import (
     HIDDEN,
@@ -26,7 +28,7 @@ from coreml_runtime.interface import (
 CACHE_DTYPE = torch.float16
 
 
-def cache_shape(model: nn.Module, context: int) -> tuple[int, int, int, int]:
+def cache_shape(model: CausalLM, context: int) -> tuple[int, int, int, int]:
     cfg = model.cfg
     return (cfg.num_layers, cfg.kv_width, 1, context)  # rule 1: (L, C_kv, 1, T), sequence last
 
@@ -35,7 +37,7 @@ class CausalLMWithState(nn.Module):
     """Causal LM whose KV cache is Core ML state (iOS 18+): every registered buffer of an exported
     program becomes a `ct.StateType`, read at the start and written back in place (rule 8)."""
 
-    def __init__(self, model: nn.Module, context: int):
+    def __init__(self, model: CausalLM, context: int):
         super().__init__()
         self.model = model
         self.register_buffer(KEY_CACHE, torch.zeros(cache_shape(model, context), dtype=CACHE_DTYPE))
@@ -54,7 +56,7 @@ class CausalLMWithIOCache(nn.Module):
     """Causal LM whose KV cache is passed in and returned (iOS 16/17): the app feeds the returned
     caches back on the next call (rule 8)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: CausalLM):
         super().__init__()
         self.model = model
 

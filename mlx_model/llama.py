@@ -8,15 +8,13 @@ The dialects differ only in the config's switches: q/k/v biases (Qwen2), an o bi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import mlx.core as mx
 import mlx.nn as nn
 
 from canonical.cache import KVCacheProtocol
-from canonical.config import check_positions
 from canonical.llama import LlamaConfig
-from mlx_model.layers import Attention, GatedMLP, build, causal_mask, without_tied_head
+from mlx_model.causal_lm import CausalLM
+from mlx_model.layers import Attention, GatedMLP
 
 
 class Block(nn.Module):
@@ -41,7 +39,7 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(CausalLM):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.cfg = cfg
@@ -51,36 +49,3 @@ class LlamaModel(nn.Module):
         self.final_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         if not cfg.tie_word_embeddings:  # tied: the head is tok_embed itself (`as_linear`), stored once
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    @classmethod
-    def from_canonical(
-        cls,
-        cfg: LlamaConfig,
-        weights: Mapping[str, object],
-        dtype: mx.Dtype = mx.float32,
-        bits: int | None = None,
-        group_size: int = 64,
-        packed: bool = False,
-    ) -> LlamaModel:
-        """Build from canonical weights; `bits`/`group_size`/`packed` as in `layers.build`."""
-        return build(cls(cfg), without_tied_head(cfg, weights), dtype, bits, group_size, packed)
-
-    def hidden_states(self, input_ids: mx.array, cache: KVCacheProtocol | None = None) -> mx.array:
-        """input_ids (B, S) -> final-norm hidden states (B, S, C); appends to `cache` if given."""
-        seq = input_ids.shape[1]
-        offset = 0 if cache is None else cache.offset
-        if cache is not None:
-            cache.key_length(seq)  # refuse an overflow before any layer writes
-        check_positions(self.cfg, offset + seq)
-        x = self.tok_embed(input_ids)  # (B, S, C): positions enter through RoPE inside attention
-        mask = causal_mask(seq, offset)  # (S, Sk) or None for one token
-        for i, layer in enumerate(self.layers):
-            x = layer(x, mask, cache, i)
-        if cache is not None:
-            cache.advance(seq)
-        return self.final_norm(x)
-
-    def __call__(self, input_ids: mx.array, cache: KVCacheProtocol | None = None) -> mx.array:
-        """input_ids (B, S) -> logits (B, S, V)."""
-        x = self.hidden_states(input_ids, cache)
-        return self.tok_embed.as_linear(x) if self.cfg.tie_word_embeddings else self.lm_head(x)

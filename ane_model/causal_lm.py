@@ -1,0 +1,76 @@
+"""What every ANE-layout causal LM is to the rest of the package, written once: the exporter (`convert/coreml.py`,
+`convert/coreml_modules.py`), GPTQ calibration (`convert/coreml_calibrate.py`), the torch backend and the CPU
+branch scorers call these members, and a family subclasses `CausalLM` with only what differs.
+
+A family gives, in its `__init__` (module order there is the order of the package's weights):
+    cfg          its canonical config (`tie_word_embeddings`, `num_layers`, `max_positions`, ...)
+    tok_embed    the token table, or None when tied (the head's chunks are then the table, stored once)
+    layers       blocks called as `block(x, mask, cache, i, *layer_inputs)` on (B, C, 1, S)
+    final_norm   the norm before the head
+    lm_head      a `ChunkedHead` (rule 7)
+and overrides, where its positions need them:
+    embed(ids, offset)           token (and position) embeddings as (B, C, 1, S)
+    layer_inputs(seq, offset)    what every block takes besides (x, mask, cache, layer): RoPE tables, ...
+    limit_positions(positions)   export for a context of `positions` tokens: position tables cut to it
+
+The steps every forward shares (offset -> key length -> position check -> embed -> mask -> blocks -> cache
+advance -> final norm) live in `hidden_states` alone, so no family remembers them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ane_model.layers import ChunkedHead, causal_mask, load_causal_lm
+from canonical.cache import KVCacheProtocol
+from canonical.config import check_positions
+
+
+class CausalLM(nn.Module):
+    cfg: object
+    tok_embed: nn.Embedding | None
+    layers: nn.ModuleList
+    final_norm: nn.Module
+    lm_head: ChunkedHead
+
+    @classmethod
+    def from_canonical(cls, cfg, weights: dict[str, torch.Tensor]) -> CausalLM:
+        """Built from canonical weights, in eval mode. Tied (as transformers ties it): the head's chunks come from
+        `tok_embed.weight`, whatever `lm_head.weight` holds, and serve as the token embedding."""
+        return load_causal_lm(cls(cfg), weights)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, S, C): rows of the head's chunks when tied, of `tok_embed` otherwise."""
+        return self.lm_head.embed(input_ids) if self.tok_embed is None else self.tok_embed(input_ids)
+
+    def embed(self, input_ids: torch.Tensor, offset) -> torch.Tensor:
+        """input_ids (B, S) at positions offset .. -> (B, C, 1, S). Positions enter through the blocks (RoPE)
+        unless a family adds them here."""
+        return self.embed_tokens(input_ids).transpose(1, 2).unsqueeze(2)  # rule 1: (B, C, 1, S), once, at the input
+
+    def layer_inputs(self, seq: int, offset, dtype: torch.dtype) -> tuple:
+        """What a block takes besides (x, mask, cache, layer), once per forward: nothing by default."""
+        return ()
+
+    def limit_positions(self, positions: int) -> None:
+        """Export for a context of `positions` tokens: nothing to cut by default."""
+
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCacheProtocol | None = None) -> torch.Tensor:
+        """input_ids (B, S) -> final-norm hidden states (B, C, 1, S); appends to `cache` if given. `cache.offset` may
+        be a runtime tensor (an exported graph): the position check then belongs to the export's fixed context."""
+        seq = input_ids.shape[1]
+        offset = 0 if cache is None else cache.offset
+        key_len = seq if cache is None else cache.key_length(seq)
+        check_positions(self.cfg, offset + seq)
+        x = self.embed(input_ids, offset)
+        mask = causal_mask(seq, key_len, offset, x.dtype)
+        extras = self.layer_inputs(seq, offset, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, cache, i, *extras)
+        if cache is not None:
+            cache.advance(seq)
+        return self.final_norm(x)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCacheProtocol | None = None) -> torch.Tensor:
+        """input_ids (B, S) -> logits (B, V, 1, S)."""
+        return self.lm_head(self.hidden_states(input_ids, cache))
