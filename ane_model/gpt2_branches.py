@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from ane_model.gpt2 import GPT2Model
 from ane_model.kv_cache import KVCache
-from canonical.errors import InputError
 
 # Branches remembered since the cache last changed: a keystroke adds at most a few dozen.
 _MAX_REMEMBERED = 1024
@@ -57,8 +56,7 @@ class GPT2Branches:
     def logits(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         """Logits (N, V) after each of N equally long continuations of the cached context."""
         length, steps = self.cache.length, len(sequences[0])
-        if length + steps > self.cache.capacity:
-            raise InputError(f"{length + steps} tokens exceed the KV cache capacity of {self.cache.capacity}")
+        self.cache.key_length(steps)  # refuses branches past the capacity
         if self._base != length or len(self._kv) > _MAX_REMEMBERED:
             self.forget()
             self._base = length
@@ -85,6 +83,7 @@ class GPT2Branches:
         if kv is None:
             return False
         start, end = self.cache.length, self.cache.length + len(tokens)
+        self.cache.reserve(end)
         for i, (k, v) in enumerate(kv):
             self.cache.keys[i][0, :, 0, start:end] = k.T
             self.cache.values[i][0, :, 0, start:end] = v.T
