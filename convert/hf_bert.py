@@ -65,7 +65,7 @@ _DISTILBERT_NAMES = {
 }
 
 
-def bert_config(config: dict, model_type: str, directory: Path) -> BertConfig:
+def read_config(config: dict, model_type: str, directory: Path) -> BertConfig:
     if model_type == "distilbert":
         hidden, heads = config_int(config, "dim", 768), config_int(config, "n_heads", 12)
         check_heads(hidden, heads, "dim", "n_heads")
@@ -105,7 +105,7 @@ def bert_config(config: dict, model_type: str, directory: Path) -> BertConfig:
     )
 
 
-def bert_weights(cfg: BertConfig, raw: RawWeights) -> tuple[BertConfig, dict[str, torch.Tensor]]:
+def read_weights(cfg: BertConfig, raw: RawWeights) -> tuple[BertConfig, dict[str, torch.Tensor]]:
     """Canonical weights, and the config completed with which optional heads the checkpoint has."""
     distil = cfg.dialect == "distilbert"
     names = _DISTILBERT_NAMES if distil else _BERT_NAMES

@@ -6,6 +6,8 @@ Quirks handled here and nowhere else: `Conv1D` stores weights as `(in, out)`, so
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from canonical.errors import CheckpointError
@@ -25,7 +27,7 @@ from convert.weights import RawWeights
 _IGNORED = (r"h\.\d+\.attn\.bias", r"h\.\d+\.attn\.masked_bias")  # causal-mask buffers of old checkpoints
 
 
-def gpt2_config(config: dict) -> GPT2Config:
+def read_config(config: dict, model_type: str = "gpt2", directory: Path | None = None) -> GPT2Config:
     for flag, ok in (("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
         if config.get(flag, ok) != ok:
             raise CheckpointError(f"config.json: {flag}={config[flag]!r} is not supported")
@@ -50,56 +52,64 @@ def gpt2_config(config: dict) -> GPT2Config:
     )
 
 
-def gpt2_weights(cfg: GPT2Config, raw: RawWeights) -> dict[str, torch.Tensor]:
+# The family's one name map: canonical module -> Hugging Face module ({i}: the layer), as a `GPT2Model` names them
+# (`GPT2LMHeadModel` puts WRAPPER before all but the head; mlx-lm puts `model.` there instead, and
+# `convert/mlx_lm_gpt2.py` writes its exports from this map). q, k and v are one fused module, QKV.
+NAMES = {
+    "tok_embed": "wte",
+    "pos_embed": "wpe",
+    "final_norm": "ln_f",
+    "lm_head": "lm_head",
+    "layers.{i}.attn_norm": "h.{i}.ln_1",
+    "layers.{i}.attn.o": "h.{i}.attn.c_proj",
+    "layers.{i}.mlp_norm": "h.{i}.ln_2",
+    "layers.{i}.mlp.fc1": "h.{i}.mlp.c_fc",
+    "layers.{i}.mlp.fc2": "h.{i}.mlp.c_proj",
+}
+QKV = "h.{i}.attn.c_attn"
+WRAPPER = "transformer."
+# Conv1D keeps its weights (in, out); canonical linear weights are (out, in).
+_CONV1D = ("layers.{i}.attn.o", "layers.{i}.mlp.fc1", "layers.{i}.mlp.fc2")
+
+
+def read_weights(cfg: GPT2Config, raw: RawWeights) -> tuple[GPT2Config, dict[str, torch.Tensor]]:
     summary = (
         f"n_layer={cfg.num_layers}, n_embd={cfg.hidden_size}, n_inner={cfg.intermediate_size}, "
         f"vocab_size={cfg.vocab_size}, n_positions={cfg.max_positions}"
     )
-    ckpt = CheckpointTensors(raw, prefixes=("transformer.",), config_summary=summary)
+    ckpt = CheckpointTensors(raw, prefixes=(WRAPPER,), config_summary=summary)
     C, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    expected: dict[str, tuple[int, ...]] = {
-        "wte.weight": (V, C),
-        "wpe.weight": (cfg.max_positions, C),
-        "ln_f.weight": (C,),
-        "ln_f.bias": (C,),
-        "lm_head.weight": (V, C),
-    }
+    shapes = {  # canonical module -> (weight shape as Hugging Face stores it, or None: a norm; bias shape)
+        "tok_embed": ((V, C), None), "pos_embed": ((cfg.max_positions, C), None), "final_norm": ((C,), (C,)),
+        "lm_head": ((V, C), None),
+        "layers.{i}.attn_norm": ((C,), (C,)), "layers.{i}.attn.o": ((C, C), (C,)),
+        "layers.{i}.mlp_norm": ((C,), (C,)), "layers.{i}.mlp.fc1": ((C, F), (F,)), "layers.{i}.mlp.fc2": ((F, C), (C,)),
+    }  # fmt: skip
+    expected: dict[str, tuple[int, ...]] = {}
+    for canon, (weight, bias) in shapes.items():
+        for i in range(cfg.num_layers) if "{i}" in canon else [None]:
+            module = NAMES[canon].format(i=i)
+            expected[f"{module}.weight"] = weight
+            if bias is not None:
+                expected[f"{module}.bias"] = bias
     for i in range(cfg.num_layers):
-        h = f"h.{i}"
-        expected |= {
-            f"{h}.ln_1.weight": (C,), f"{h}.ln_1.bias": (C,),
-            f"{h}.attn.c_attn.weight": (C, 3 * C), f"{h}.attn.c_attn.bias": (3 * C,),
-            f"{h}.attn.c_proj.weight": (C, C), f"{h}.attn.c_proj.bias": (C,),
-            f"{h}.ln_2.weight": (C,), f"{h}.ln_2.bias": (C,),
-            f"{h}.mlp.c_fc.weight": (C, F), f"{h}.mlp.c_fc.bias": (F,),
-            f"{h}.mlp.c_proj.weight": (F, C), f"{h}.mlp.c_proj.bias": (C,),
-        }  # fmt: skip
+        expected |= {f"{QKV.format(i=i)}.weight": (C, 3 * C), f"{QKV.format(i=i)}.bias": (3 * C,)}
     optional = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     ckpt.check(expected, optional, _IGNORED)
 
-    w = {
-        "tok_embed.weight": ckpt["wte.weight"],
-        "pos_embed.weight": ckpt["wpe.weight"],
-        "final_norm.weight": ckpt["ln_f.weight"],
-        "final_norm.bias": ckpt["ln_f.bias"],
-        "lm_head.weight": ckpt["lm_head.weight"] if ckpt.has("lm_head.weight") else ckpt["wte.weight"],
-    }
+    w: dict[str, torch.Tensor] = {}
+    for canon, module in NAMES.items():
+        for i in range(cfg.num_layers) if "{i}" in canon else [None]:
+            name, hf = canon.format(i=i), module.format(i=i)
+            for leaf in ("weight", "bias"):
+                if ckpt.has(f"{hf}.{leaf}"):
+                    tensor = ckpt[f"{hf}.{leaf}"]
+                    w[f"{name}.{leaf}"] = tensor.t() if leaf == "weight" and canon in _CONV1D else tensor
+    if "lm_head.weight" not in w:  # tied: the token embedding
+        w["lm_head.weight"] = w["tok_embed.weight"]
     for i in range(cfg.num_layers):
-        h, out = f"h.{i}", f"layers.{i}"
-        # Conv1D keeps (in, out); canonical linear weights are (out, in).
-        q, k, v = ckpt[f"{h}.attn.c_attn.weight"].t().split(C, dim=0)
-        qb, kb, vb = ckpt[f"{h}.attn.c_attn.bias"].split(C, dim=0)
-        w |= {
-            f"{out}.attn_norm.weight": ckpt[f"{h}.ln_1.weight"], f"{out}.attn_norm.bias": ckpt[f"{h}.ln_1.bias"],
-            f"{out}.attn.q.weight": q, f"{out}.attn.q.bias": qb,
-            f"{out}.attn.k.weight": k, f"{out}.attn.k.bias": kb,
-            f"{out}.attn.v.weight": v, f"{out}.attn.v.bias": vb,
-            f"{out}.attn.o.weight": ckpt[f"{h}.attn.c_proj.weight"].t(),
-            f"{out}.attn.o.bias": ckpt[f"{h}.attn.c_proj.bias"],
-            f"{out}.mlp_norm.weight": ckpt[f"{h}.ln_2.weight"], f"{out}.mlp_norm.bias": ckpt[f"{h}.ln_2.bias"],
-            f"{out}.mlp.fc1.weight": ckpt[f"{h}.mlp.c_fc.weight"].t(),
-            f"{out}.mlp.fc1.bias": ckpt[f"{h}.mlp.c_fc.bias"],
-            f"{out}.mlp.fc2.weight": ckpt[f"{h}.mlp.c_proj.weight"].t(),
-            f"{out}.mlp.fc2.bias": ckpt[f"{h}.mlp.c_proj.bias"],
-        }  # fmt: skip
-    return {name: t.contiguous() for name, t in w.items()}
+        q, k, v = ckpt[f"{QKV.format(i=i)}.weight"].t().split(C, dim=0)
+        qb, kb, vb = ckpt[f"{QKV.format(i=i)}.bias"].split(C, dim=0)
+        w |= {f"layers.{i}.attn.{p}.{leaf}": t for p, pair in zip("qkv", ((q, qb), (k, kb), (v, vb)), strict=True)
+              for leaf, t in zip(("weight", "bias"), pair, strict=True)}
+    return cfg, {name: t.contiguous() for name, t in w.items()}

@@ -50,7 +50,7 @@ _DEFAULTS: dict[str, dict] = {
 }  # fmt: skip
 
 
-def llama_config(config: dict, model_type: str, directory: Path) -> LlamaConfig:
+def read_config(config: dict, model_type: str, directory: Path) -> LlamaConfig:
     if model_type not in DIALECTS:
         raise CheckpointError(
             f"config.json: model_type {model_type!r} is not a Llama-family dialect (supported: {', '.join(DIALECTS)})"
@@ -123,14 +123,14 @@ def llama_config(config: dict, model_type: str, directory: Path) -> LlamaConfig:
     )
 
 
-def llama_weights(cfg: LlamaConfig, raw: RawWeights) -> dict[str, torch.Tensor]:
+def read_weights(cfg: LlamaConfig, raw: RawWeights) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
     summary = (
         f"model_type={cfg.dialect}, num_hidden_layers={cfg.num_layers}, hidden_size={cfg.hidden_size}, "
         f"num_attention_heads={cfg.num_heads}, num_key_value_heads={cfg.num_kv_heads}, head_dim={cfg.head_dim}, "
         f"intermediate_size={cfg.intermediate_size}, vocab_size={cfg.vocab_size}, "
         f"tie_word_embeddings={str(cfg.tie_word_embeddings).lower()}"
     )
-    ckpt = CheckpointTensors(raw, prefixes=("model.",), config_summary=summary)
+    ckpt = CheckpointTensors(raw, prefixes=(WRAPPER,), config_summary=summary)
     names = _hf_names(cfg)
     optional = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     ckpt.check({hf: shape for hf, shape in names.values()}, optional, _IGNORED)
@@ -155,35 +155,59 @@ def llama_weights(cfg: LlamaConfig, raw: RawWeights) -> dict[str, torch.Tensor]:
                 f"'{ckpt.original['embed_tokens.weight']}', but config.json has tie_word_embeddings=true"
             )
         w["lm_head.weight"] = w["tok_embed.weight"]
-    return {name: t.contiguous() for name, t in w.items()}
+    return cfg, {name: t.contiguous() for name, t in w.items()}
+
+
+# The family's one name map: canonical module -> Hugging Face module, inside layer {i} (`layers.{i}.` on both sides)
+# and at the top, as a `*Model` names them; a `*ForCausalLM` puts WRAPPER before all but the head, and so does mlx-lm
+# (`convert/mlx_lm_llama.py` writes its exports from this map).
+LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn.q": "self_attn.q_proj",
+    "attn.k": "self_attn.k_proj",
+    "attn.v": "self_attn.v_proj",
+    "attn.o": "self_attn.o_proj",
+    "attn.q_norm": "self_attn.q_norm",
+    "attn.k_norm": "self_attn.k_norm",
+    "mlp_norm": "post_attention_layernorm",
+    "mlp.gate": "mlp.gate_proj",
+    "mlp.up": "mlp.up_proj",
+    "mlp.down": "mlp.down_proj",
+}
+TOP_NAMES = {"tok_embed": "embed_tokens", "final_norm": "norm", "lm_head": "lm_head"}
+WRAPPER = "model."
 
 
 def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Canonical name -> (Hugging Face name without the `model.` prefix, expected shape)."""
+    """Canonical name -> (Hugging Face name without the wrapper's `model.` prefix, expected shape)."""
     C, F, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
-    names: dict[str, tuple[str, tuple[int, ...]]] = {"tok_embed.weight": ("embed_tokens.weight", (V, C))}
+    names: dict[str, tuple[str, tuple[int, ...]]] = {"tok_embed.weight": (f"{TOP_NAMES['tok_embed']}.weight", (V, C))}
     for i in range(cfg.num_layers):
-        out, hf = f"layers.{i}", f"layers.{i}"
-        names[f"{out}.attn_norm.weight"] = (f"{hf}.input_layernorm.weight", (C,))
-        linears = {  # canonical: (HF module, out features, in features, has a bias)
-            "attn.q": ("self_attn.q_proj", cfg.q_width, C, cfg.attention_bias),
-            "attn.k": ("self_attn.k_proj", cfg.kv_width, C, cfg.attention_bias),
-            "attn.v": ("self_attn.v_proj", cfg.kv_width, C, cfg.attention_bias),
-            "attn.o": ("self_attn.o_proj", C, cfg.q_width, cfg.attention_out_bias),
-            "mlp.gate": ("mlp.gate_proj", F, C, cfg.mlp_bias),
-            "mlp.up": ("mlp.up_proj", F, C, cfg.mlp_bias),
-            "mlp.down": ("mlp.down_proj", C, F, cfg.mlp_bias),
+        out = f"layers.{i}"
+
+        def hf(canonical: str, leaf: str, i: int = i) -> str:
+            return f"layers.{i}.{LAYER_NAMES[canonical]}.{leaf}"
+
+        names[f"{out}.attn_norm.weight"] = (hf("attn_norm", "weight"), (C,))
+        linears = {  # canonical: (out features, in features, has a bias)
+            "attn.q": (cfg.q_width, C, cfg.attention_bias),
+            "attn.k": (cfg.kv_width, C, cfg.attention_bias),
+            "attn.v": (cfg.kv_width, C, cfg.attention_bias),
+            "attn.o": (C, cfg.q_width, cfg.attention_out_bias),
+            "mlp.gate": (F, C, cfg.mlp_bias),
+            "mlp.up": (F, C, cfg.mlp_bias),
+            "mlp.down": (C, F, cfg.mlp_bias),
         }
-        for canon, (module, fan_out, fan_in, bias) in linears.items():
-            names[f"{out}.{canon}.weight"] = (f"{hf}.{module}.weight", (fan_out, fan_in))
+        for canon, (fan_out, fan_in, bias) in linears.items():
+            names[f"{out}.{canon}.weight"] = (hf(canon, "weight"), (fan_out, fan_in))
             if bias:
-                names[f"{out}.{canon}.bias"] = (f"{hf}.{module}.bias", (fan_out,))
+                names[f"{out}.{canon}.bias"] = (hf(canon, "bias"), (fan_out,))
             if canon == "attn.o" and cfg.qk_norm:
-                names[f"{out}.attn.q_norm.weight"] = (f"{hf}.self_attn.q_norm.weight", (D,))
-                names[f"{out}.attn.k_norm.weight"] = (f"{hf}.self_attn.k_norm.weight", (D,))
-        names[f"{out}.mlp_norm.weight"] = (f"{hf}.post_attention_layernorm.weight", (C,))
-    names["final_norm.weight"] = ("norm.weight", (C,))
-    names["lm_head.weight"] = ("lm_head.weight", (V, C))
+                names[f"{out}.attn.q_norm.weight"] = (hf("attn.q_norm", "weight"), (D,))
+                names[f"{out}.attn.k_norm.weight"] = (hf("attn.k_norm", "weight"), (D,))
+        names[f"{out}.mlp_norm.weight"] = (hf("mlp_norm", "weight"), (C,))
+    names["final_norm.weight"] = (f"{TOP_NAMES['final_norm']}.weight", (C,))
+    names["lm_head.weight"] = (f"{TOP_NAMES['lm_head']}.weight", (V, C))
     return names
 
 

@@ -7,19 +7,12 @@ import re
 
 from canonical.errors import CheckpointError
 from canonical.gpt2 import GPT2Config
+from convert.hf_gpt2 import NAMES, QKV
 
-# canonical prefix -> mlx-lm GPT-2 prefix ({i}: layer index); q, k and v share c_attn (fused rows).
-_NAMES = {
-    "tok_embed": "model.wte",
-    "pos_embed": "model.wpe",
-    "final_norm": "model.ln_f",
-    "lm_head": "lm_head",
-    "layers.{i}.attn_norm": "model.h.{i}.ln_1",
-    "layers.{i}.attn.o": "model.h.{i}.attn.c_proj",
-    "layers.{i}.mlp_norm": "model.h.{i}.ln_2",
-    "layers.{i}.mlp.fc1": "model.h.{i}.mlp.c_fc",
-    "layers.{i}.mlp.fc2": "model.h.{i}.mlp.c_proj",
-}
+# canonical prefix -> mlx-lm GPT-2 prefix ({i}: layer index): the Hugging Face names of the family's one map
+# (`hf_gpt2.NAMES`) under mlx-lm's `model.`; q, k and v share c_attn (fused rows).
+_NAMES = {canon: hf if canon == "lm_head" else f"model.{hf}" for canon, hf in NAMES.items()}
+_FUSED = f"model.{QKV}"
 _QKV = ("q", "k", "v")
 
 
@@ -49,7 +42,7 @@ def to_mlx_lm(weights: dict, config: GPT2Config) -> dict:
             i, proj, leaf = match.groups()
             if proj == "q":
                 parts = [weights[f"layers.{i}.attn.{p}.{leaf}"] for p in _QKV]
-                out[f"model.h.{i}.attn.c_attn.{leaf}"] = mx.concatenate(parts, axis=0)
+                out[f"{_FUSED.format(i=i)}.{leaf}"] = mx.concatenate(parts, axis=0)
             continue
         out[_rename(name, _NAMES)] = array
     return out
@@ -61,7 +54,7 @@ def from_mlx_lm(weights: dict, config: GPT2Config) -> dict:
     out = {}
     reverse = {v: k for k, v in _NAMES.items()}
     for name, array in weights.items():
-        match = re.fullmatch(r"model\.h\.(\d+)\.attn\.c_attn\.(\w+)", name)
+        match = re.fullmatch(re.escape(_FUSED).replace(r"\{i\}", r"(\d+)") + r"\.(\w+)", name)
         if match:
             i, leaf = match.groups()
             for proj, part in zip(_QKV, mx.split(array, 3, axis=0), strict=True):

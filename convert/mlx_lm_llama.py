@@ -13,17 +13,10 @@ for `llama`: Qwen2's q/k/v biases without an o bias (or an o bias without q/k/v 
 things are out of mlx-lm's reach (`mlx_lm_incompatibility` names them): q/k norm together with any bias
 (its qwen3 has no bias to load), and an MLP activation other than SiLU (every class hard-codes SwiGLU).
 
-Weight names (`{i}`: layer; a quantized layer's `.weight` is packed and comes with `.scales`/`.biases`,
-which rename like `.weight`)::
-
-    tok_embed                  model.embed_tokens
-    layers.{i}.attn_norm       model.layers.{i}.input_layernorm
-    layers.{i}.attn.{q,k,v,o}  model.layers.{i}.self_attn.{q,k,v,o}_proj
-    layers.{i}.attn.q_norm     model.layers.{i}.self_attn.q_norm      (k_norm alike)
-    layers.{i}.mlp_norm        model.layers.{i}.post_attention_layernorm
-    layers.{i}.mlp.{gate,up,down}   model.layers.{i}.mlp.{gate,up,down}_proj
-    final_norm                 model.norm
-    lm_head                    lm_head   (absent when tied: mlx-lm's head is then embed_tokens.as_linear)
+Weight names are those of the family's one name map (`hf_llama.LAYER_NAMES`, `TOP_NAMES`) as a *ForCausalLM
+spells them: `layers.{i}.attn.q` is `model.layers.{i}.self_attn.q_proj`, `tok_embed` is `model.embed_tokens`,
+`lm_head` stays (and is absent when tied: mlx-lm's head is then `embed_tokens.as_linear`). A quantized layer's
+`.weight` is packed and comes with `.scales` and `.biases`, which rename like `.weight`.
 """
 
 from __future__ import annotations
@@ -34,22 +27,12 @@ import mlx.core as mx
 
 from canonical.errors import CheckpointError
 from canonical.llama import LlamaConfig
+from convert.hf_llama import LAYER_NAMES, TOP_NAMES, WRAPPER
 
-# canonical module -> mlx-lm module, inside layer {i} or at the top.
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "mlp_norm": "post_attention_layernorm",
-    "attn.q": "self_attn.q_proj",
-    "attn.k": "self_attn.k_proj",
-    "attn.v": "self_attn.v_proj",
-    "attn.o": "self_attn.o_proj",
-    "attn.q_norm": "self_attn.q_norm",
-    "attn.k_norm": "self_attn.k_norm",
-    "mlp.gate": "mlp.gate_proj",
-    "mlp.up": "mlp.up_proj",
-    "mlp.down": "mlp.down_proj",
-}
-_TOP_NAMES = {"tok_embed": "model.embed_tokens", "final_norm": "model.norm", "lm_head": "lm_head"}
+# canonical module -> mlx-lm module, inside layer {i} or at the top: the Hugging Face names of the family's one map
+# (`hf_llama.LAYER_NAMES`), as a *ForCausalLM spells them.
+_LAYER_NAMES = LAYER_NAMES
+_TOP_NAMES = {name: hf if name == "lm_head" else WRAPPER + hf for name, hf in TOP_NAMES.items()}
 _LEAVES = ("weight", "bias", "scales", "biases")
 
 # Keys of a source config.json that would make mlx-lm build something else than our config says.
@@ -192,10 +175,10 @@ def _rename(name: str, to_mlx: bool) -> str:
     top = _TOP_NAMES if to_mlx else {v: k for k, v in _TOP_NAMES.items()}
     if module in top:
         return f"{top[module]}.{leaf}"
-    pattern = r"layers\.(\d+)\.(.+)" if to_mlx else r"model\.layers\.(\d+)\.(.+)"
+    pattern = r"layers\.(\d+)\.(.+)" if to_mlx else re.escape(WRAPPER) + r"layers\.(\d+)\.(.+)"
     match = re.fullmatch(pattern, module)
     inner = _LAYER_NAMES if to_mlx else {v: k for k, v in _LAYER_NAMES.items()}
     if match is None or match.group(2) not in inner:
         raise CheckpointError(f"weight '{name}' has no counterpart in mlx-lm's Llama family")
     i, part = match.groups()
-    return f"model.layers.{i}.{inner[part]}.{leaf}" if to_mlx else f"layers.{i}.{inner[part]}.{leaf}"
+    return f"{WRAPPER}layers.{i}.{inner[part]}.{leaf}" if to_mlx else f"layers.{i}.{inner[part]}.{leaf}"

@@ -5,8 +5,8 @@ whatever Hugging Face `model_type` names its checkpoints carry. Code that must t
 asks the registry (or `config.is_causal`), never "is it GPT-2": adding a family is its own files plus one
 `register(...)` call below. CONTRIBUTING.md walks through it.
 
-The models are referenced lazily (a function that imports them), so that reading a config imports
-neither MLX nor a model it does not need."""
+Parts are named by where they live ("module:Name") and imported when first asked for, so that reading a config
+imports neither MLX nor a model it does not need."""
 
 from __future__ import annotations
 
@@ -21,15 +21,11 @@ from canonical.errors import CheckpointError
 from canonical.gpt2 import GPT2Config
 from canonical.llama import LlamaConfig
 
-ReadConfig = Callable[[dict, str, Path], ModelConfig]  # (config.json, model_type, directory) -> canonical config
-# (config, RawWeights) -> the config completed from the weights (e.g. which heads exist), canonical weights
-ReadWeights = Callable[[ModelConfig, object], tuple[ModelConfig, dict]]
-
 
 @dataclass(frozen=True)
 class MlxLmNames:
     """How mlx-lm names this family's weights and config, so that `mlx_lm.load` runs our MLX exports: the four
-    functions of a `convert/mlx_lm_<family>.py` module (`mlx_lm_names` reads them off it)."""
+    functions of a `convert/mlx_lm_<family>.py` module."""
 
     to_mlx_lm: Callable[[dict, ModelConfig], dict]  # canonical weights -> mlx-lm's names
     from_mlx_lm: Callable[[dict, ModelConfig], dict]  # and back
@@ -37,22 +33,49 @@ class MlxLmNames:
     compatible: Callable[[ModelConfig], bool]  # whether mlx-lm's model computes what ours does for this config
 
 
+# Where a family's part lives: "package.module" or "package.module:Name", imported when first asked for (so that
+# reading a config imports neither MLX nor a model it does not need); or the object itself.
+Part = str | object
+
+
+def load_part(part: Part):
+    if not isinstance(part, str):
+        return part
+    module_name, _, attribute = part.partition(":")
+    module = import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
 @dataclass(frozen=True)
 class Family:
+    """One family's parts. The reader is a module offering the reader contract of CONTRIBUTING.md:
+
+        read_config(config_json: dict, model_type: str, directory: Path) -> config
+        read_weights(config, raw: RawWeights) -> (config completed from the weights, canonical weights)
+    """
+
     name: str  # the family, as configs record it (`config.family`)
     model_types: tuple[str, ...]  # Hugging Face `model_type` values read as this family
     config_class: type
-    read_config: ReadConfig
-    read_weights: ReadWeights
-    random_checkpoint: Callable[[Path], Path]  # a small random-init checkpoint of this family (tests, examples)
-    ane_model: Callable[[], type] | None = None  # the ANE-layout torch model class (torch-ane, Core ML)
-    mlx_model: Callable[[], type] | None = None  # the MLX model class
-    mlx_lm: Callable[[], MlxLmNames] | None = None  # mlx-lm's names, where mlx-lm has the family
-    cpu_branch_scorer: Callable[[], type] | None = None  # a batched branch scorer for the keyboard on the CPU
+    reader: Part  # the module of read_config and read_weights
+    random_checkpoint: Part  # (directory, seed=0, **overrides) -> directory: a small random-init checkpoint
+    ane_model: Part | None = None  # the ANE-layout torch model class (torch-ane, Core ML)
+    mlx_model: Part | None = None  # the MLX model class
+    mlx_lm: Part | None = None  # the module of mlx-lm's names (to_mlx_lm, from_mlx_lm, mlx_lm_config, ...)
+    cpu_branch_scorer: Part | None = None  # a batched branch scorer for the keyboard on the CPU
 
     @property
     def is_causal(self) -> bool:
         return self.config_class.is_causal
+
+    def read_config(self, raw: dict, model_type: str, directory: Path) -> ModelConfig:
+        return load_part(self.reader).read_config(raw, model_type, directory)
+
+    def read_weights(self, config: ModelConfig, raw) -> tuple[ModelConfig, dict]:
+        return load_part(self.reader).read_weights(config, raw)
+
+    def make_random_checkpoint(self, directory: Path, **overrides) -> Path:
+        return load_part(self.random_checkpoint)(directory, **overrides)
 
 
 FAMILIES: dict[str, Family] = {}
@@ -92,74 +115,51 @@ def family_of(config: ModelConfig) -> Family:
     return family
 
 
-def mlx_lm_names(module) -> MlxLmNames:
-    """The `MlxLmNames` of a module that defines `to_mlx_lm`, `from_mlx_lm`, `mlx_lm_config`, `mlx_lm_compatible`."""
+def mlx_lm_of(config: ModelConfig) -> MlxLmNames | None:
+    """mlx-lm's names for the config's family, or None where mlx-lm does not have the family."""
+    part = family_of(config).mlx_lm
+    if part is None:
+        return None
+    module = load_part(part)
     return MlxLmNames(module.to_mlx_lm, module.from_mlx_lm, module.mlx_lm_config, module.mlx_lm_compatible)
 
 
-def mlx_lm_of(config: ModelConfig) -> MlxLmNames | None:
-    """mlx-lm's names for the config's family, or None where mlx-lm does not have the family."""
-    loader = family_of(config).mlx_lm
-    return None if loader is None else loader()
+def optional_part(family: Family, part: str):
+    """The family's `part` (cpu_branch_scorer, ...), loaded, or None where the family has none."""
+    spec = getattr(family, part)
+    return None if spec is None else load_part(spec)
 
 
-def require(family: Family, part: str, purpose: str) -> Callable[[], type]:
-    """The family's `part` (ane_model, mlx_model, ...) or a one-line refusal naming what is missing."""
-    loader = getattr(family, part)
-    if loader is None:
+def require(family: Family, part: str, purpose: str):
+    """The family's `part` (ane_model, mlx_model, ...), loaded, or a one-line refusal naming what is missing."""
+    spec = getattr(family, part)
+    if spec is None:
         raise CheckpointError(f"the {family.name} family has no {part.replace('_', ' ')}: {purpose} is not available")
-    return loader
+    return load_part(spec)
 
 
-def _gpt2() -> Family:
-    from convert import hf_gpt2, random_checkpoints
-
-    return Family(
-        name="gpt2", model_types=("gpt2",), config_class=GPT2Config,
-        read_config=lambda raw, _type, _dir: hf_gpt2.gpt2_config(raw),
-        read_weights=lambda cfg, raw: (cfg, hf_gpt2.gpt2_weights(cfg, raw)),
-        random_checkpoint=random_checkpoints.make_gpt2,
-        ane_model=lambda: import_module("ane_model.gpt2").GPT2Model,
-        mlx_model=lambda: import_module("mlx_model.gpt2").GPT2Model,
-        mlx_lm=lambda: mlx_lm_names(import_module("convert.mlx_lm_gpt2")),
-        cpu_branch_scorer=lambda: import_module("ane_model.gpt2_branches").GPT2Branches,
-    )
-
-
-def _bert() -> Family:
-    from convert import hf_bert, random_checkpoints
-
-    return Family(
-        name="bert", model_types=("bert", "distilbert"), config_class=BertConfig,
-        read_config=hf_bert.bert_config, read_weights=hf_bert.bert_weights,
-        random_checkpoint=random_checkpoints.make_bert,
-        ane_model=lambda: import_module("ane_model.bert").BertModel,
-        mlx_model=lambda: import_module("mlx_model.bert").BertModel,
-    )
-
-
-def _llama() -> Family:
-    from convert import hf_llama, random_checkpoints
-
-    return Family(
-        name="llama", model_types=("llama", "mistral", "qwen2", "qwen3"), config_class=LlamaConfig,
-        read_config=hf_llama.llama_config,
-        read_weights=lambda cfg, raw: (cfg, hf_llama.llama_weights(cfg, raw)),
-        random_checkpoint=random_checkpoints.make_llama,
-        ane_model=lambda: import_module("ane_model.llama").LlamaModel,
-        mlx_model=lambda: import_module("mlx_model.llama").LlamaModel,
-        mlx_lm=lambda: mlx_lm_names(import_module("convert.mlx_lm_llama")),
-    )
-
-
-for _make in (_gpt2, _bert, _llama):
-    register(_make())
+register(Family(
+    name="gpt2", model_types=("gpt2",), config_class=GPT2Config, reader="convert.hf_gpt2",
+    random_checkpoint="convert.random_checkpoints:make_gpt2",
+    ane_model="ane_model.gpt2:GPT2Model", mlx_model="mlx_model.gpt2:GPT2Model", mlx_lm="convert.mlx_lm_gpt2",
+    cpu_branch_scorer="ane_model.gpt2_branches:GPT2Branches",
+))
+register(Family(
+    name="bert", model_types=("bert", "distilbert"), config_class=BertConfig, reader="convert.hf_bert",
+    random_checkpoint="convert.random_checkpoints:make_bert",
+    ane_model="ane_model.bert:BertModel", mlx_model="mlx_model.bert:BertModel",
+))
+register(Family(
+    name="llama", model_types=("llama", "mistral", "qwen2", "qwen3"), config_class=LlamaConfig,
+    reader="convert.hf_llama", random_checkpoint="convert.random_checkpoints:make_llama",
+    ane_model="ane_model.llama:LlamaModel", mlx_model="mlx_model.llama:LlamaModel", mlx_lm="convert.mlx_lm_llama",
+))
 
 
 def build_ane_model(config: ModelConfig, weights: dict):
     """The family's ANE-layout torch model filled with canonical weights (in eval mode)."""
     family = family_of(config)
-    model_cls = require(family, "ane_model", "the torch-ane backend and Core ML conversion")()
+    model_cls = require(family, "ane_model", "the torch-ane backend and Core ML conversion")
     return model_cls.from_canonical(config, weights)
 
 
@@ -170,5 +170,5 @@ def build_mlx_model(config: ModelConfig, weights: dict, dtype=None, bits: int | 
     import mlx.core as mx
 
     family = family_of(config)
-    model_cls = require(family, "mlx_model", "the mlx backend and MLX export")()
+    model_cls = require(family, "mlx_model", "the mlx backend and MLX export")
     return model_cls.from_canonical(config, weights, dtype or mx.float32, bits, group_size, packed)

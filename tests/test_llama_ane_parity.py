@@ -22,7 +22,8 @@ from ane_model.static_cache import StaticKVCache
 from canonical.errors import InputError
 from canonical.llama import LlamaConfig
 from convert.hf_common import read_config_json
-from convert.hf_llama import llama_config, llama_weights
+from convert.hf_llama import read_config as llama_config
+from convert.hf_llama import read_weights as llama_weights
 from convert.weights import read_raw_weights
 from ondevice.parity import TOLERANCES, compare
 from tests.checkpoints import make_llama
@@ -57,7 +58,7 @@ def _canonical(directory):
     """Canonical config and weights through the Llama reader, as `load_checkpoint` reads them."""
     raw = read_config_json(directory)
     cfg = llama_config(raw, raw["model_type"], directory)
-    return cfg, llama_weights(cfg, read_raw_weights(directory))
+    return llama_weights(cfg, read_raw_weights(directory))
 
 
 @pytest.fixture(scope="module", params=list(CASES), ids=list(CASES))

@@ -21,7 +21,8 @@ from mlx.utils import tree_flatten
 from canonical.errors import InputError
 from canonical.llama import LlamaConfig
 from convert.hf_common import read_config_json
-from convert.hf_llama import llama_config, llama_weights
+from convert.hf_llama import read_config as llama_config
+from convert.hf_llama import read_weights as llama_weights
 from convert.mlx_lm_llama import (
     from_mlx_lm,
     mlx_lm_compatible,
@@ -112,7 +113,7 @@ def case(request, tmp_path_factory) -> Case:
     _randomise_norms_and_biases(directory, seed=8)
     raw = read_config_json(directory)
     cfg = llama_config(raw, raw["model_type"], directory)
-    weights = llama_weights(cfg, read_raw_weights(directory))
+    _, weights = llama_weights(cfg, read_raw_weights(directory))
     reference = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     return Case(request.param, directory, cfg, weights, reference)
 
@@ -343,7 +344,7 @@ def test_missing_attention_biases_are_written_as_zeros(tmp_path):
     _randomise_norms_and_biases(directory, seed=8)
     raw = read_config_json(directory)
     cfg = dataclasses.replace(llama_config(raw, "qwen2", directory), dialect="llama")
-    case = Case("qwen2_as_llama", directory, cfg, llama_weights(cfg, read_raw_weights(directory)), None)
+    case = Case("qwen2_as_llama", directory, cfg, llama_weights(cfg, read_raw_weights(directory))[1], None)
     assert mlx_lm_model_type(cfg) == "llama" and cfg.attention_bias and not cfg.attention_out_bias
     ours = case.model()
     named = _export_for_mlx_lm(case, cfg, ours, tmp_path / "mlx", None)

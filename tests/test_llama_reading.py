@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from canonical.errors import CheckpointError
 from canonical.llama import LlamaConfig
 from convert.hf_common import read_config_json
-from convert.hf_llama import llama_config, llama_weights
+from convert.hf_llama import read_config as llama_config
+from convert.hf_llama import read_weights as llama_weights
 from convert.weights import read_raw_weights
 from tests.checkpoints import make_llama
 
@@ -59,7 +60,7 @@ class Built:
 def _read(directory: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
     config = read_config_json(directory)
     cfg = llama_config(config, config["model_type"], directory)
-    return cfg, llama_weights(cfg, read_raw_weights(directory))
+    return llama_weights(cfg, read_raw_weights(directory))
 
 
 @pytest.fixture(scope="module")

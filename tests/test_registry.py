@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from importlib import import_module
 from pathlib import Path
 from typing import ClassVar
 
@@ -35,12 +34,19 @@ def _toy_checkpoint(directory: Path) -> Path:
     return directory
 
 
+class ToyReader:
+    """The reader contract (CONTRIBUTING.md): GPT-2's reader, under the toy's config class."""
+
+    @staticmethod
+    def read_config(raw: dict, model_type: str, directory: Path) -> ToyConfig:
+        return ToyConfig(**dataclasses.asdict(hf_gpt2.read_config(raw, model_type, directory)))
+
+    read_weights = staticmethod(hf_gpt2.read_weights)
+
+
 TOY = Family(
-    name="toy", model_types=("toy_gpt2",), config_class=ToyConfig,
-    read_config=lambda raw, _type, _dir: ToyConfig(**dataclasses.asdict(hf_gpt2.gpt2_config(raw))),
-    read_weights=lambda cfg, raw: (cfg, hf_gpt2.gpt2_weights(cfg, raw)),
-    random_checkpoint=_toy_checkpoint,
-    ane_model=lambda: import_module("ane_model.gpt2").GPT2Model,
+    name="toy", model_types=("toy_gpt2",), config_class=ToyConfig, reader=ToyReader,
+    random_checkpoint=_toy_checkpoint, ane_model="ane_model.gpt2:GPT2Model",
 )
 
 
@@ -48,7 +54,7 @@ TOY = Family(
 def toy(tmp_path_factory):
     register(TOY)
     try:
-        yield TOY.random_checkpoint(tmp_path_factory.mktemp("toy") / "ckpt")
+        yield TOY.make_random_checkpoint(tmp_path_factory.mktemp("toy") / "ckpt")
     finally:
         unregister("toy")
 

@@ -14,7 +14,7 @@ from ane_model.kv_cache import KVCache
 from canonical.config import ModelConfig
 from canonical.errors import InputError
 from convert.checkpoint import Checkpoint
-from convert.registry import build_ane_model, family_of
+from convert.registry import build_ane_model, family_of, optional_part
 from ondevice.runtime import serial_branch_logits
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -30,9 +30,9 @@ class TorchCausalLM:
         self.model = fuse_for_cpu(build_ane_model(config, weights).to(self.dtype))
         self.capacity = min(capacity or config.max_positions, config.max_positions)
         self.cache = KVCache(config.num_layers, config.kv_width, self.capacity, dtype=self.dtype)
-        scorer = family_of(config).cpu_branch_scorer
+        scorer = optional_part(family_of(config), "cpu_branch_scorer")
         # Without a batched scorer, `runtime.branch_logits` scores branches through prefill and trim.
-        self.branches = None if scorer is None else scorer()(self.model, self.cache)
+        self.branches = None if scorer is None else scorer(self.model, self.cache)
 
     @property
     def length(self) -> int:
