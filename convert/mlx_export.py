@@ -19,8 +19,8 @@ from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
 from convert.mlx_checkpoint import FORMAT_KEY, FORMAT_VERSION, WEIGHTS_FILE
 from convert.registry import build_mlx_model, mlx_lm_of
+from mlx_model.layers import DTYPES
 
-DTYPES = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)  # what MLX's affine quantization accepts
 TOKENIZER_FILES = (

@@ -1,5 +1,6 @@
 """`ondevice verify`: run a backend and the transformers reference on the same random token ids and
-report how far apart they are, against the bounds of `parity.TOLERANCES`.
+report how far apart they are, against the bounds of `parity.TOLERANCES` (one per format: fp32, fp16, each
+Core ML compression, each reduced MLX format).
 
 Outputs with non-finite values (NaN, inf) fail outright, and greedy agreement is then not reported: argmax
 of NaN logits "agrees" with anything. So do reference outputs that carry nothing to agree with (constant, all
@@ -17,7 +18,7 @@ import numpy as np
 from canonical.errors import InputError
 from convert.checkpoint import Checkpoint, load_checkpoint
 from ondevice.backends import load_backend
-from ondevice.parity import TOLERANCES, Comparison, Tolerance, compare
+from ondevice.parity import LOSSLESS, TOLERANCES, Comparison, Tolerance, compare
 from ondevice.reference import load_reference
 from ondevice.runtime import greedy_tokens
 
@@ -183,24 +184,6 @@ def _verify_encoder(report: VerifyReport, ours, reference, rng) -> None:
         _compare_with_reference(report, name, a, b)
 
 
-# Compressed packages carry quantisation error on top of fp16 rounding. Each bound is the worst error measured
-# over the compressed packages the tests convert (tiny random-init GPT-2: 2 layers, 64 wide; tiny Llama: 2
-# layers, 48 wide, GQA 3:1; both initializer_range 0.2, an adverse case where every weight matters; MiniLM at
-# palettize6/iOS16), each verified at seq_len 8, 32 and 64 with seeds 0-3, with a margin: the error bound is
-# 1.2x the worst relative error, the cosine bound leaves 1.5x the worst measured gap to 1. Measured (worst
-# relative error; worst cosine), beside each bound:
-COMPRESSED_TOLERANCES = {
-    # gpt2 0.0424, 0.99953 (io/iOS17 the same); llama 0.0611, 0.99935
-    "int8": Tolerance(rel_max_abs=0.075, cosine=0.999),
-    # gpt2 0.255, 0.99611; llama 0.130, 0.99610; minilm (sentence_embedding) 0.142, 0.99422
-    "palettize6": Tolerance(rel_max_abs=0.31, cosine=0.991),
-    # gpt2 0.482, 0.95442; llama 0.181, 0.99231 (tables at int8)
-    "int4": Tolerance(rel_max_abs=0.58, cosine=0.93),
-    # gpt2 0.535, 0.94822; llama 0.567, 0.92897 (tables at 6 bits)
-    "palettize4": Tolerance(rel_max_abs=0.68, cosine=0.89),
-}
-
-
 def verify_package(package: str, reference: str | Checkpoint, seq_len: int | None = None, seed: int = 0,
                    greedy_steps: int = 16, use_coreml: bool | None = None) -> VerifyReport:
     """Like `verify`, for a written Core ML package (Core ML on a Mac, the numpy evaluator elsewhere).
@@ -222,7 +205,7 @@ def verify_package(package: str, reference: str | Checkpoint, seq_len: int | Non
     precision, compression = ours.meta["precision"], ours.meta["compression"]
     # Core ML state is always fp16, so an fp32 package with a state cache holds fp16 keys and values.
     stored = "fp16" if ours.meta.get("kv_cache") == "state" else precision
-    tolerance = COMPRESSED_TOLERANCES.get(compression, TOLERANCES[stored])
+    tolerance = TOLERANCES[compression] if compression != "none" else TOLERANCES[stored]
     causal = ckpt.config.is_causal
     longest = ours.capacity - greedy_steps if causal else max(ours.lengths)
     if longest < 1:
@@ -240,19 +223,6 @@ def verify_package(package: str, reference: str | Checkpoint, seq_len: int | Non
     else:
         _verify_encoder(report, ours, load_reference(ckpt), rng)
     return report
-
-
-# Bounds for an MLX export in a reduced format, set as the Core ML ones above (1.2x the worst relative error,
-# 1.5x the worst cosine gap) from exports of the same tiny GPT-2 and Llama at seq_len 8, 32, 64 and seeds 0-3,
-# measured (worst relative error; worst cosine) beside each; q8/q4 over fp32 and fp16 exports alike.
-MLX_EXPORT_TOLERANCES = {
-    "bf16": Tolerance(rel_max_abs=0.066, cosine=0.9995),  # gpt2 0.0214, 0.99989; llama 0.0544, 0.99970
-    # q8: gpt2 0.0370, 0.99967; llama test checkpoints of tests/test_llama_mlx_parity.py (sharper: init 0.2,
-    # randomised norms) up to 0.094, 0.99886 (groups of 32), CLI exports of tests/test_llama_mlx_export.py 0.068,
-    # 0.99906 (mistral): 1.2x the worst error, 1.5x the worst cosine gap.
-    "q8": Tolerance(rel_max_abs=0.12, cosine=0.9983),
-    "q4": Tolerance(rel_max_abs=0.68, cosine=0.88),  # gpt2 0.563, 0.92409; llama 0.200, 0.98851
-}
 
 
 def verify_mlx_export(directory: str, reference: str | Checkpoint | None, seq_len: int | None = None, seed: int = 0,
@@ -280,11 +250,11 @@ def verify_mlx_export(directory: str, reference: str | Checkpoint | None, seq_le
                          f"{ckpt.directory}")
     quantization = exported.quantization
     precision = f"q{quantization['bits']}" if quantization else exported.dtype
-    tolerance = MLX_EXPORT_TOLERANCES.get(precision, TOLERANCES.get(precision))
+    tolerance = TOLERANCES[precision]
     seq_len = min(DEFAULT_SEQ_LEN, ckpt.config.max_positions) if seq_len is None else seq_len
     check_seq_len(seq_len, ckpt.config.max_positions, f"{ckpt.config.positions_field} in config.json")
     report = VerifyReport(str(ckpt.directory), ckpt.model_type, "mlx export", precision, seq_len, tolerance,
-                          greedy_required=precision in ("fp32", "fp16"))
+                          greedy_required=precision in LOSSLESS)
     ours, rng = load_mlx(exported, dtype=None), np.random.default_rng(seed)
     if ckpt.config.is_causal:
         _verify_causal_lm(report, ours, load_reference(ckpt), rng, greedy_steps)

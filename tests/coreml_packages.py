@@ -5,7 +5,7 @@ Each option value is converted once, on the tiniest models (not the cartesian pr
 VARIANTS, built lazily by the module that reads it. Bounds: fp16 packages must meet parity.TOLERANCES["fp16"]
 (cosine >= 0.999, max error <= 2e-2 of the output's scale); fp32 packages with an io cache meet the fp32
 bound; compressed packages must keep greedy agreement and meet the bounds in
-ondevice.verify.COMPRESSED_TOLERANCES, each set above the error measured here (stated per variant)."""
+parity.TOLERANCES, each set above the error measured here (stated per variant)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from convert.coreml import CoreMLOptions, convert_to_coreml
 from coreml_runtime.ane_rules import inspect_package
 from coreml_runtime.mil_eval import MilProgram
 from ondevice.parity import TOLERANCES
-from ondevice.verify import COMPRESSED_TOLERANCES, verify_package
+from ondevice.verify import verify_package
 
 CONTEXT, PREFILL, SEQ = 96, 16, 32  # the greedy check needs SEQ + 16 steps <= CONTEXT
 
@@ -69,7 +69,7 @@ def package_maker(root: Path, request: pytest.FixtureRequest) -> Callable[[str],
 def _tolerance(name: str):
     options = VARIANTS[name][1]
     if options.compress != "none":
-        return COMPRESSED_TOLERANCES[options.compress]
+        return TOLERANCES[options.compress]
     return TOLERANCES["fp32" if options.dtype == "fp32" and options.kv_cache == "io" else "fp16"]
 
 

@@ -9,7 +9,7 @@ word-level tokenizer, so that it travels inside the package and GPTQ calibration
 
 Bounds: fp16 packages meet parity.TOLERANCES["fp16"] (cosine >= 0.999, max error <= 2e-2 of the output's
 scale) and reproduce transformers' greedy tokens decoded through the package's cache (state or io);
-compressed packages meet ondevice.verify.COMPRESSED_TOLERANCES (greedy agreement reported, not required).
+compressed packages meet parity.TOLERANCES (greedy agreement reported, not required).
 Each package is converted once, by the module that reads it."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from convert.checkpoint import load_checkpoint
 from convert.coreml import CoreMLOptions, convert_to_coreml
 from coreml_runtime.ane_rules import inspect_package
 from ondevice.parity import TOLERANCES
-from ondevice.verify import COMPRESSED_TOLERANCES, verify_package
+from ondevice.verify import verify_package
 from tests.checkpoints import make_llama
 
 CONTEXT, PREFILL, SEQ, STEPS = 96, 16, 32, 24  # SEQ + STEPS <= CONTEXT
@@ -127,7 +127,7 @@ def check_matches_transformers(packages, name: str) -> None:
     report = verify_package(str(package), str(checkpoint), seq_len=SEQ, greedy_steps=STEPS)
     options = VARIANTS[name][1]
     compressed = options.compress != "none"
-    tol = COMPRESSED_TOLERANCES[options.compress] if compressed else TOLERANCES["fp16"]
+    tol = TOLERANCES[options.compress] if compressed else TOLERANCES["fp16"]
     assert report.tolerance == tol
     (c,) = report.comparisons
     same = sum(a == b for a, b in zip(report.greedy_ours, report.greedy_reference, strict=True))

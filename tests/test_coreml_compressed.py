@@ -1,5 +1,5 @@
 """Compressed Core ML packages of GPT-2 and MiniLM (tests/coreml_packages.py): int8 (iOS 17's per-channel and
-iOS 18's per-block), int4, 4- and 6-bit palettization, each within ondevice.verify.COMPRESSED_TOLERANCES, emitting
+iOS 18's per-block), int4, 4- and 6-bit palettization, each within ondevice.parity.TOLERANCES, emitting
 its compression op, and within the ANE rules."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Compressed Core ML packages of the Llama family (tests/llama_packages.py): int8, int4 by rounding and by GPTQ,
-4- and 6-bit palettization, each within ondevice.verify.COMPRESSED_TOLERANCES and emitting its compression op."""
+4- and 6-bit palettization, each within ondevice.parity.TOLERANCES and emitting its compression op."""
 
 from __future__ import annotations
 
