@@ -1,9 +1,9 @@
-"""Write `ondevice/keyboard/names.py`: the English words whose written form is capitalised (names, days,
+"""Write `ondevice/keyboard/data/names.txt`: the English words whose written form is capitalised (names, days,
 months, nationalities, acronyms), for the keyboard's case rules.
 
     python -m training.names
 
-Source: Debian's `wamerican` (SCOWL, size 50; permissive licence, quoted in the written module). A word is
+Source: Debian's `wamerican` (SCOWL, size 50; permissive licence, quoted in the written file's header). A word is
 kept when SCOWL lists it only with a capital ("London", "Monday", "BBC"; not "Bill", which also has "bill")
 and it is common enough to be in the keyboard's lexicon (wordfreq Zipf frequency >= 3, the lexicon's own
 threshold). Deterministic for a given wamerican and wordfreq."""
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ondevice.keyboard.lexicon import MIN_ZIPF
 
-OUT = Path(__file__).resolve().parent.parent / "ondevice" / "keyboard" / "names.py"
+OUT = Path(__file__).resolve().parent.parent / "ondevice" / "keyboard" / "data" / "names.txt"
 WORD_LIST = Path("usr/share/dict/american-english")
 
 
@@ -49,21 +49,13 @@ def main() -> None:
     notice = copyright_text[start:end]
     lines = [" ".join(names[i : i + 12]) for i in range(0, len(names), 12)]
     body = "\n".join(lines)
-    OUT.write_text(f'''"""Capitalised English words (names, days, months, nationalities, acronyms): where the lexicon
-says a word is written with a capital. Written by `python -m training.names` from {deb.name}
-(sha256:{sha}),
-the words SCOWL lists only capitalised that wordfreq rates common (Zipf >= {MIN_ZIPF}).
-
-SCOWL's notice:
-
-{notice}express or implied warranty."""
-
-_WORDS = """
-{body}
-"""
-NAMES = frozenset(_WORDS.split())
-''')
-    print(f"{len(names)} words -> {OUT}")
+    header = (f"Capitalised English words (names, days, months, nationalities, acronyms): where the lexicon\n"
+              f"says a word is written with a capital. Written by `python -m training.names` from {deb.name}\n"
+              f"(sha256:{sha}),\n"
+              f"the words SCOWL lists only capitalised that wordfreq rates common (Zipf >= {MIN_ZIPF}).\n\n"
+              f"SCOWL's notice:\n\n{notice}express or implied warranty.")
+    comments = "\n".join(f"# {line}".rstrip() for line in header.splitlines())
+    OUT.write_text(comments + "\n" + body + "\n")
 
 
 if __name__ == "__main__":

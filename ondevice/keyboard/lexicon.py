@@ -13,7 +13,7 @@ How a word is written (`Lexicon.form`): the user's own form when they typed the 
 else the training text's when it writes the word capitalised in at least `CAPITAL_SHARE` of its mid-sentence
 uses and the word belongs to the text's domain rather than to general English ("Python", "API", "Unicode"; not
 "None"); else the capitalised form of
-`names.NAMES` (SCOWL's capitalised-only words: "London", "Monday", "BBC"); "I" and its contractions; else lower
+`data/names.txt` (SCOWL's capitalised-only words: "London", "Monday", "BBC"); "I" and its contractions; else lower
 case. `display` then applies the case rules: letters the user typed keep their case, the first letter is
 capitalised at the start of a sentence, nowhere else unless the form has it.
 
@@ -40,6 +40,15 @@ DOMAIN_RATIO = 30
 ONE_LETTER_WORDS = frozenset({"a", "i"})
 _STOP = re.compile(r"[.!?]")
 _SENTENCE_END = re.compile(r"(?:^|[.!?][\"'”’)\]]*)[\s\"'“‘(\[]*$")
+
+
+def capitalised_names() -> frozenset[str]:
+    """The English words whose written form is capitalised (names, days, acronyms), from the package's data file
+    `data/names.txt` (written by `python -m training.names` from SCOWL; provenance and licence in its header)."""
+    from importlib.resources import files
+
+    text = (files("ondevice.keyboard") / "data" / "names.txt").read_text(encoding="utf-8")
+    return frozenset(word for line in text.splitlines() if not line.startswith("#") for word in line.split())
 
 
 def sentence_start(before: str) -> bool:
@@ -231,10 +240,9 @@ class WordSet:
 
 @lru_cache(maxsize=4)
 def _cached_lexicon(training_text: str, training_weight: float) -> Lexicon:
-    from ondevice.keyboard.names import NAMES
 
     english = english_frequencies()
-    forms = {name.lower(): name for name in NAMES}
+    forms = {name.lower(): name for name in capitalised_names()}
     training: Counter = Counter()
     if training_text:
         text = Path(training_text).read_bytes()
