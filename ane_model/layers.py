@@ -1,6 +1,6 @@
 """Building blocks shared by every ANE-layout family. Tensors in the hot path are `(B, C, 1, S)`.
 
-Each layout trick names the rule it serves (the numbered ANE rules in DESIGN.md, from Apple's
+Each layout trick names the rule it serves (the numbered ANE rules of docs/ane-rules.md, from Apple's
 "Deploying Transformers on the Apple Neural Engine")."""
 
 from __future__ import annotations

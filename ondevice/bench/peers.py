@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ondevice.bench.measure import interleaved, seconds
-from ondevice.bench.records import Target, failed, peer_stats, record, skipped
+from ondevice.bench.records import Subject, failed, peer_stats, record, skipped
 from ondevice.bench.runners import PROMPT_TOKENS, coreml_unavailable, device_of, parameter_count, weight_bytes
 
 MLX_LM = "mlx_lm"
@@ -27,8 +27,8 @@ def mlx_lm_records(job: dict) -> list[dict]:
     """Both sides load our MLX export of the checkpoint (mlx-lm's own weight names and config keys), the same
     file: mlx-lm cannot read a transformers-5 `save_pretrained` GPT-2 directory, and the export is what an
     app would ship."""
-    ours = Target(job["model"], "mlx", device_of("mlx"), job["precision"], source="mlx-export")
-    theirs = Target(job["model"], MLX_LM, ours.device, job["precision"], source="mlx-export")
+    ours = Subject(job["model"], "mlx", device_of("mlx"), job["precision"], source="mlx-export")
+    theirs = Subject(job["model"], MLX_LM, ours.device, job["precision"], source="mlx-export")
     try:
         import mlx_lm  # noqa: F401
     except ImportError as exc:
@@ -82,7 +82,7 @@ def ane_transformers_records(job: dict) -> list[dict]:
     converted from the same random-init DistilBERT (made here with transformers, never downloaded).
     Its package pins old torch and transformers, so it installs on few set-ups: where it does not, or
     off macOS, the record says why."""
-    theirs = Target(DISTILBERT, ANE_TRANSFORMERS, ANE_UNITS, "fp16", source="coreml-package")
+    theirs = Subject(DISTILBERT, ANE_TRANSFORMERS, ANE_UNITS, "fp16", source="coreml-package")
     why = coreml_unavailable()
     if why:
         return [skipped(theirs, why)]
@@ -98,7 +98,7 @@ def ane_transformers_records(job: dict) -> list[dict]:
     from ondevice.backends.coreml import load_package
     from ondevice.bench.runners import convert_package
 
-    ours = Target(DISTILBERT, "coreml", ANE_UNITS, "fp16", source="coreml-package")
+    ours = Subject(DISTILBERT, "coreml", ANE_UNITS, "fp16", source="coreml-package")
     work = Path(job["cache_dir"])
     directory = work / DISTILBERT
     if not (directory / "config.json").is_file():

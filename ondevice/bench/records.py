@@ -20,7 +20,7 @@ KINDS = {  # kind -> unit
 
 
 @dataclass(frozen=True)
-class Target:
+class Subject:
     """A model on one backend variant: the fields every record of that run shares."""
 
     model: str
@@ -35,13 +35,13 @@ class Target:
                 "compression": self.compression, "source": self.source}
 
 
-def record(target: Target, kind: str, value: float | None = None, *, stats: Stats | None = None,
+def record(subject: Subject, kind: str, value: float | None = None, *, stats: Stats | None = None,
            seq_len: int | None = None, batch: int | None = None, status: str = "ok", reason: str | None = None,
            **extra) -> dict:
     """A measurement; with `stats`, its value is their median and its spread their p10-p90."""
     if stats is not None:
         value = stats.median
-    return {"kind": kind, "status": status, **target.fields(), "seq_len": seq_len, "batch": batch,
+    return {"kind": kind, "status": status, **subject.fields(), "seq_len": seq_len, "batch": batch,
             "value": value, "unit": KINDS[kind], "repeats": stats.repeats if stats else (0 if value is None else 1),
             "spread": {"p10": stats.p10, "p90": stats.p90} if stats else None, "reason": reason, **extra}
 
@@ -68,14 +68,14 @@ def peer_stats(peer: str, kind: str, ours: Stats, theirs: Stats) -> dict:
     return {"peer": peer, "ratio": speed_ratio(kind, ours.median, theirs.median), **_compared(theirs)}
 
 
-def skipped(target: Target, reason: str, kind: str = "backend", **extra) -> dict:
-    return record(target, kind, status="skipped", reason=reason, **extra)
+def skipped(subject: Subject, reason: str, kind: str = "backend", **extra) -> dict:
+    return record(subject, kind, status="skipped", reason=reason, **extra)
 
 
-def failed(target: Target, exc: BaseException, kind: str = "backend", **extra) -> dict:
+def failed(subject: Subject, exc: BaseException, kind: str = "backend", **extra) -> dict:
     """An error record: the exception's type and first line, so one backend's failure reads in one row."""
     message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    return record(target, kind, status="error", reason=f"{type(exc).__name__}: {message}".rstrip(": "), **extra)
+    return record(subject, kind, status="error", reason=f"{type(exc).__name__}: {message}".rstrip(": "), **extra)
 
 
 def schema() -> dict:

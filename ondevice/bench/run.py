@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from ondevice.bench.machine import describe_machine, short_machine
-from ondevice.bench.records import Target, failed, record, skipped, speed_ratio
+from ondevice.bench.records import Subject, failed, record, skipped, speed_ratio
 
 ROOT = Path(__file__).resolve().parents[2]  # the directory holding the ondevice package
 # Default output: bench-results/ in the working directory, never inside the package or its source tree (the
@@ -103,7 +103,7 @@ def resolve_model(spec: str, cache_dir: Path) -> tuple[str, Path]:
     return (directory.name if expand_user(spec).is_dir() else spec), directory
 
 
-def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
+def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
     """(jobs to run, records known without running anything: backends that cannot run here)."""
     from canonical.errors import InputError
     from convert.checkpoint import read_model_config
@@ -134,7 +134,7 @@ def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
             elif backend == "coreml":
                 why = coreml_unavailable()
                 if why:
-                    known.append(skipped(Target(name, "coreml", "+".join(COMPUTE_UNITS), "fp16",
+                    known.append(skipped(Subject(name, "coreml", "+".join(COMPUTE_UNITS), "fp16",
                                                 "+".join(COREML_COMPRESSIONS), "coreml-package"), why))
                     continue
                 for compression in COREML_COMPRESSIONS:
@@ -154,9 +154,9 @@ def plan(options: BenchOptions) -> tuple[list[dict], list[dict]]:
         from ondevice.bench.peers import DISTILBERT
 
         why = peer_unavailable(ANE_TRANSFORMERS)
-        target = Target(DISTILBERT, ANE_TRANSFORMERS, "CPU_AND_NE", "fp16", source="coreml-package")
+        subject = Subject(DISTILBERT, ANE_TRANSFORMERS, "CPU_AND_NE", "fp16", source="coreml-package")
         if why:
-            known.append(skipped(target, why))
+            known.append(skipped(subject, why))
         else:
             jobs.append(common | {"job": ANE_TRANSFORMERS, "backend": ANE_TRANSFORMERS, "model": DISTILBERT,
                                   "seq_lens": clip_seq_lens(options.seq_lens, 512)})
@@ -202,7 +202,7 @@ def usable_cache(cache_dir: Path) -> tuple[Path, str | None]:
                           f"to {fallback} for this run (set ONDEVICE_BENCH_CACHE to keep them)")
 
 
-def describe_plan(options: BenchOptions, jobs: list[dict]) -> str:
+def describe_jobs(options: BenchOptions, jobs: list[dict]) -> str:
     """One line saying what the run will measure, so that a long run says so before it starts."""
     models = ", ".join(dict.fromkeys(job["model"] for job in jobs)) or "nothing"
     lengths = ",".join(map(str, options.seq_lens))
@@ -224,7 +224,7 @@ def _child_env(threads: int | None) -> dict[str, str]:
 
 def run_isolated(job: dict, timeout_s: float, threads: int | None) -> list[dict]:
     """Run one job in a fresh interpreter; a crash or a time-out is an error record, not the end of the run."""
-    target = Target(job.get("model", "-"), job.get("backend", job["job"]), job.get("compute_units") or "-",
+    subject = Subject(job.get("model", "-"), job.get("backend", job["job"]), job.get("compute_units") or "-",
                     job.get("precision", "-"), job.get("compression", "none"))
     with tempfile.TemporaryDirectory(prefix="ondevice-bench-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "records.json"
@@ -236,11 +236,11 @@ def run_isolated(job: dict, timeout_s: float, threads: int | None) -> list[dict]
                                   capture_output=True, text=True, timeout=timeout_s, env=_child_env(threads),
                                   close_fds=sys.platform != "darwin")
         except subprocess.TimeoutExpired:
-            return [failed(target, TimeoutError(f"timed out after {timeout_s:.0f} s"))]
+            return [failed(subject, TimeoutError(f"timed out after {timeout_s:.0f} s"))]
         if out_path.is_file():
             return json.loads(out_path.read_text())
         lines = [line for line in (done.stderr or "").splitlines() if line.strip()]
-        return [failed(target, RuntimeError(f"worker exited {done.returncode}: {lines[-1] if lines else ''}"))]
+        return [failed(subject, RuntimeError(f"worker exited {done.returncode}: {lines[-1] if lines else ''}"))]
 
 
 def _finish(records: list[dict], machine: dict) -> list[dict]:
@@ -297,11 +297,11 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> Path:
     options = replace(options, cache_dir=cache_dir)
     if note:
         console.print(note, highlight=False, soft_wrap=True, markup=False)
-    jobs, records = plan(options)  # bad input fails here, before anything is measured or written
-    console.print(describe_plan(options, jobs), highlight=False, soft_wrap=True, markup=False)
+    jobs, records = plan_jobs(options)  # bad input fails here, before anything is measured or written
+    console.print(describe_jobs(options, jobs), highlight=False, soft_wrap=True, markup=False)
     options.out.mkdir(parents=True, exist_ok=True)
     machine = describe_machine()
-    host = Target("-", "machine", "cpu", "-")
+    host = Subject("-", "machine", "cpu", "-")
     try:
         bw = measure_bandwidth(options.bandwidth_mib, repeats=3 if options.quick else 5, threads=options.threads)
         records.insert(0, record(host, "memory_bandwidth", bw["bytes_per_s"], array_bytes=bw["array_bytes"],

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ondevice.bench.measure import Stats, interleaved, peak_rss_bytes
-from ondevice.bench.records import Target, failed, record, reference_fields, skipped
+from ondevice.bench.records import Subject, failed, record, reference_fields, skipped
 
 OWN_PROCESS = "measured only when the backend runs alone in a fresh process (isolate)"
 
@@ -30,10 +30,10 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def backend_target(job: dict) -> Target:
+def backend_subject(job: dict) -> Subject:
     from ondevice.bench.runners import device_of
 
-    return Target(job["model"], job["backend"], device_of(job["backend"], job.get("compute_units")),
+    return Subject(job["model"], job["backend"], device_of(job["backend"], job.get("compute_units")),
                   job["precision"], job.get("compression", "none"),
                   "coreml-package" if job["backend"] == "coreml" else "checkpoint")
 
@@ -54,17 +54,17 @@ def run_backend(job: dict) -> list[dict]:
     )
 
     set_threads(job["threads"])
-    target = Target(job["model"], job["backend"], "?", job["precision"], job.get("compression", "none"))
+    subject = Subject(job["model"], job["backend"], "?", job["precision"], job.get("compression", "none"))
     try:
         import_backend(job["backend"])
-        target = backend_target(job)
+        subject = backend_subject(job)
     except ImportError as exc:  # a backend this machine cannot run: say so, do not fail the run
-        return [skipped(target, f"{job['backend']} cannot be imported here ({exc})")]
+        return [skipped(subject, f"{job['backend']} cannot be imported here ({exc})")]
     except Exception as exc:
-        return [failed(target, exc)]
+        return [failed(subject, exc)]
     isolated = job.get("isolated", True)
-    records = [record(target, "runtime_baseline_memory", peak_rss_bytes()) if isolated else
-               skipped(target, OWN_PROCESS, kind="runtime_baseline_memory")]
+    records = [record(subject, "runtime_baseline_memory", peak_rss_bytes()) if isolated else
+               skipped(subject, OWN_PROCESS, kind="runtime_baseline_memory")]
     _, config = read_model_config(resolve_checkpoint(job["checkpoint"]))
     load = loader(job["backend"], job["checkpoint"], job["precision"], job.get("package"), job.get("compute_units"))
     try:
@@ -72,8 +72,8 @@ def run_backend(job: dict) -> list[dict]:
         model = load()
         cold = time.perf_counter() - start
     except Exception as exc:
-        return [*records, failed(target, exc, kind="load_cold")]
-    records.append(record(target, "load_cold", cold))
+        return [*records, failed(subject, exc, kind="load_cold")]
+    records.append(record(subject, "load_cold", cold))
     if config.is_causal:
         tokens = min(job["decode_tokens"], config.max_positions - 16)
         cases = causal_cases(config.vocab_size, job["seq_lens"], tokens)
@@ -85,12 +85,12 @@ def run_backend(job: dict) -> list[dict]:
             case.run(model)
             working.append(case)
         except Exception as exc:
-            records.append(failed(target, exc, kind=case.kind, seq_len=case.seq_len, batch=case.batch))
+            records.append(failed(subject, exc, kind=case.kind, seq_len=case.seq_len, batch=case.batch))
     if isolated:  # before the reference is loaded for the comparisons: nothing here but this backend
-        records.append(record(target, "peak_memory", peak_rss_bytes(), note="max RSS of this process: includes "
+        records.append(record(subject, "peak_memory", peak_rss_bytes(), note="max RSS of this process: includes "
                               "the runtime baseline (Python and libraries imported) measured before loading"))
     else:
-        records.append(skipped(target, OWN_PROCESS, kind="peak_memory"))
+        records.append(skipped(subject, OWN_PROCESS, kind="peak_memory"))
     warm = []
     try:
         for _ in range(job["repeats"]):  # the second and later loads: files in the page cache, libraries warm
@@ -100,15 +100,15 @@ def run_backend(job: dict) -> list[dict]:
             model = load()
             warm.append(time.perf_counter() - start)
     except Exception as exc:
-        return [*records, failed(target, exc, kind="load_warm")]
-    records.append(record(target, "load_warm", stats=Stats.of(warm)))
+        return [*records, failed(subject, exc, kind="load_warm")]
+    records.append(record(subject, "load_warm", stats=Stats.of(warm)))
 
     reference = None
     if job["backend"] != "reference" and job["compare_reference"]:
         try:
             reference = loader("reference", job["checkpoint"], "fp32")()
         except Exception as exc:
-            records.append(failed(Target(job["model"], "reference", "cpu", "fp32"), exc, kind="load_cold"))
+            records.append(failed(Subject(job["model"], "reference", "cpu", "fp32"), exc, kind="load_cold"))
     precision = "int8" if job.get("compression") == "int8" else job["precision"]
     for case in working:
         try:
@@ -124,16 +124,16 @@ def run_backend(job: dict) -> list[dict]:
                 extra |= reference_fields(case.kind, ours, stats["reference"].scaled(scale))
             if case.kind == "decode":  # parameters from the checkpoint's file headers: no second load
                 extra |= {"tokens": tokens, "weight_bytes": weight_bytes(parameter_count(job["checkpoint"]), precision)}
-            records.append(record(target, case.kind, stats=ours, seq_len=case.seq_len, batch=case.batch, **extra))
+            records.append(record(subject, case.kind, stats=ours, seq_len=case.seq_len, batch=case.batch, **extra))
         except Exception as exc:
-            records.append(failed(target, exc, kind=case.kind, seq_len=case.seq_len, batch=case.batch))
+            records.append(failed(subject, exc, kind=case.kind, seq_len=case.seq_len, batch=case.batch))
     reference = None  # free it before predictive text loads its own models
     if config.is_causal and job["backend"] in ("torch-ane", "mlx") and job["keystrokes"] > 0:
         from ondevice.bench.keystrokes import keystroke_records
 
         model = None
         gc.collect()
-        records += keystroke_records(target, job["checkpoint"], job["backend"], job["precision"], job["keystrokes"],
+        records += keystroke_records(subject, job["checkpoint"], job["backend"], job["precision"], job["keystrokes"],
                                      job["reuse_lines"], job["threads"])
     return records
 
@@ -143,16 +143,16 @@ def run_convert(job: dict) -> list[dict]:
     from convert.locate import resolve_checkpoint
     from ondevice.bench.runners import convert_package
 
-    target = Target(job["model"], "coreml", "conversion", "fp16", job["compression"], "checkpoint")
+    subject = Subject(job["model"], "coreml", "conversion", "fp16", job["compression"], "checkpoint")
     try:
         _, config = read_model_config(resolve_checkpoint(job["checkpoint"]))
         Path(job["package"]).parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         convert_package(job["checkpoint"], Path(job["package"]), job["compression"], job["seq_lens"],
                         config.is_causal, config.max_positions)
-        return [record(target, "coreml_convert", time.perf_counter() - start)]
+        return [record(subject, "coreml_convert", time.perf_counter() - start)]
     except Exception as exc:
-        return [failed(target, exc, kind="coreml_convert")]
+        return [failed(subject, exc, kind="coreml_convert")]
 
 
 def run_job(job: dict) -> list[dict]:
@@ -164,7 +164,7 @@ def run_job(job: dict) -> list[dict]:
         return runners[job["job"]](job)
     except Exception as exc:  # a bug or a broken set-up: still one record, never a crash of the run
         backend = job.get("backend") or job["job"]
-        return [failed(Target(job.get("model", "-"), backend, "-", job.get("precision", "-")), exc)]
+        return [failed(Subject(job.get("model", "-"), backend, "-", job.get("precision", "-")), exc)]
 
 
 def main() -> None:

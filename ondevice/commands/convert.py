@@ -20,7 +20,7 @@ from ondevice.commands.common import (
 )
 
 
-class Target(StrEnum):
+class OutputFormat(StrEnum):
     coreml = "coreml"
     mlx = "mlx"
 
@@ -32,7 +32,8 @@ MLX_GROUP_SIZES = (32, 64, 128)
 @one_line_errors
 def convert(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, bundled name, or cached model id.")],
-    to: Annotated[Target, typer.Option("--to", help="coreml: an .mlpackage for the Neural Engine; mlx: MLX weights.")],
+    to: Annotated[OutputFormat, typer.Option(
+        "--to", help="coreml: an .mlpackage for the Neural Engine; mlx: MLX weights.")],
     out: Annotated[str, typer.Option("--out", help="Output path (PATH.mlpackage for coreml, a directory for mlx).")],
     overwrite: Annotated[bool, typer.Option(
         help="Replace an earlier output of this command (or an empty folder); never anything else.")] = False,
@@ -69,12 +70,12 @@ def convert(
     from ondevice.quiet import CONVERTER_BARS, captured
 
     _check_options(to, dtype, seq_len, context, target, kv_cache, compress, calibration_text, quantize, group_size)
-    if to is Target.mlx:
+    if to is OutputFormat.mlx:
         not_applicable({"--allow-large": allow_large or None}, "to --to coreml only")
     out = output_path("--out", out)
-    if to is Target.coreml and out.suffix != ".mlpackage":
+    if to is OutputFormat.coreml and out.suffix != ".mlpackage":
         raise InputError(f"{out}: a Core ML package path must end in .mlpackage")
-    if to is Target.mlx and out.suffix == ".mlpackage":
+    if to is OutputFormat.mlx and out.suffix == ".mlpackage":
         raise InputError(f"{out}: an MLX directory named like a Core ML package would be taken for one (by inspect, "
                          "generate, Xcode); choose an --out without .mlpackage, or --to coreml")
     source = resolve_checkpoint(checkpoint)
@@ -90,7 +91,7 @@ def convert(
     start = time.perf_counter()
     bars = {"coreml": errors.is_terminal, "mlx": console.is_terminal}  # asked before stderr is captured
     with captured(verbose, own_bars=CONVERTER_BARS) as noise:
-        if to is Target.coreml:
+        if to is OutputFormat.coreml:
             from convert.coreml import CoreMLOptions, convert_to_coreml, plan_conversion
 
             options = CoreMLOptions(dtype=dtype or "fp16", seq_lens=tuple(seq_len or ()), context=context,
@@ -108,7 +109,7 @@ def convert(
                            record={"kind": to.value, "source": str(source.resolve())}) as work:
             # `work` lies in a staging folder beside --out: everything the converter writes, its own temporary
             # folders included, stays in there until the output is complete, and is removed if it never is.
-            if to is Target.coreml:
+            if to is OutputFormat.coreml:
                 convert_to_coreml(source, work, options, progress=bars["coreml"])
             else:
                 from convert.mlx_export import export_mlx
@@ -122,10 +123,10 @@ def convert(
                   highlight=False, soft_wrap=True)
 
 
-def _check_options(to: Target, dtype, seq_len, context, target, kv_cache, compress, calibration_text, quantize,
+def _check_options(to: OutputFormat, dtype, seq_len, context, target, kv_cache, compress, calibration_text, quantize,
                    group_size) -> None:
     """Option values and options that do not apply to the target, before anything is read or written."""
-    if to is Target.mlx:
+    if to is OutputFormat.mlx:
         not_applicable({"--compress": compress}, "to --to coreml only (for MLX: --quantize 4 or 8)")
         not_applicable({"--seq-len": seq_len, "--context": context, "--target": target, "--kv-cache": kv_cache,
                         "--calibration-text": calibration_text},
