@@ -58,8 +58,9 @@ class FusedLayerNorm(LayerNormANE):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (channels,), self.weight.view(channels), self.bias.view(channels),
-                         self.eps)
+        y = F.layer_norm(
+            x.permute(0, 2, 3, 1), (channels,), self.weight.view(channels), self.bias.view(channels), self.eps
+        )
         return y.permute(0, 3, 1, 2)
 
 
@@ -73,8 +74,14 @@ class FusedRMSNorm(RMSNormANE):
 
 
 class FusedAttention(Attention):
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache=None, layer: int = 0,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        cache=None,
+        layer: int = 0,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
 
         def per_head(t: torch.Tensor, n: int) -> torch.Tensor:  # (B, n*D, 1, S) -> (B, n, S, D), a view
@@ -102,8 +109,9 @@ class FusedAttention(Attention):
                 k = per_head(k, kv_heads)
         batch, _, query_len, _ = q.shape
         # The additive mask (B | 1, Sk, 1, Sq) as SDPA's (B | 1, 1, Sq, Sk); q is already scaled.
-        out = F.scaled_dot_product_attention(q, k, per_head(v, kv_heads), attn_mask=mask.permute(0, 2, 3, 1),
-                                             scale=1.0, enable_gqa=kv_heads != heads)
+        out = F.scaled_dot_product_attention(
+            q, k, per_head(v, kv_heads), attn_mask=mask.permute(0, 2, 3, 1), scale=1.0, enable_gqa=kv_heads != heads
+        )
         merged = out.transpose(1, 2).reshape(batch, query_len, heads * head_dim)  # (B, Sq, H*D): positions-major
         return self.o(merged.transpose(1, 2).unsqueeze(2))
 
@@ -115,8 +123,11 @@ class FusedSwiGLU(SwiGLU):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, S)
         batch, channels, _, seq = x.shape
         rows = x.permute(0, 3, 1, 2).reshape(batch * seq, channels)
-        both = rows @ self.gate_up_weight if self.gate_up_bias is None else torch.addmm(
-            self.gate_up_bias, rows, self.gate_up_weight)
+        both = (
+            rows @ self.gate_up_weight
+            if self.gate_up_bias is None
+            else torch.addmm(self.gate_up_bias, rows, self.gate_up_weight)
+        )
         gate, up = both.split(self.gate.out_channels, dim=1)  # (B*S, F) each
         inner = self.act(gate) * up
         return self.down(inner.view(batch, seq, -1, 1).permute(0, 2, 3, 1))
@@ -126,8 +137,13 @@ def _is_pointwise(conv: nn.Conv2d) -> bool:
     return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
 
 
-_FUSED = {LayerNormANE: FusedLayerNorm, RMSNormANE: FusedRMSNorm, Attention: FusedAttention, SwiGLU: FusedSwiGLU,
-          HeadChunk: FusedHeadChunk}
+_FUSED = {
+    LayerNormANE: FusedLayerNorm,
+    RMSNormANE: FusedRMSNorm,
+    Attention: FusedAttention,
+    SwiGLU: FusedSwiGLU,
+    HeadChunk: FusedHeadChunk,
+}
 
 
 def fuse_for_cpu(model: nn.Module) -> nn.Module:
@@ -157,4 +173,3 @@ def _pack_gate_up(mlp: FusedSwiGLU) -> None:
         conv.weight.data = packed[:, j * width : (j + 1) * width].t()[:, :, None, None]
     mlp.gate_up_weight = packed
     mlp.gate_up_bias = None if mlp.gate.bias is None else torch.cat([mlp.gate.bias.data, mlp.up.bias.data])
-

@@ -64,8 +64,10 @@ class GPT2Branches:
         parents = [self._kv.get(k[:-1]) for k in keys] if steps > 1 else []
         if parents and all(p is not None for p in parents):
             new = [k[-1:] for k in keys]  # one token each, on top of the parent's keys and values
-            own = [(torch.stack([p[i][0] for p in parents]), torch.stack([p[i][1] for p in parents]))
-                   for i in range(len(self.layers))]
+            own = [
+                (torch.stack([p[i][0] for p in parents]), torch.stack([p[i][1] for p in parents]))
+                for i in range(len(self.layers))
+            ]
         else:
             new, own = keys, [None] * len(self.layers)
         hidden, kv = self._forward(torch.tensor(new, dtype=torch.long), own, first=steps - len(new[0]))

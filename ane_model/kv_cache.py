@@ -12,8 +12,9 @@ STEP = GROWTH_STEP  # tokens per growth of a buffer (tests shrink it to make buf
 
 
 class KVCache(CacheLength):
-    def __init__(self, num_layers: int, kv_width: int, capacity: int, batch: int = 1,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, num_layers: int, kv_width: int, capacity: int, batch: int = 1, dtype: torch.dtype = torch.float32
+    ):
         """kv_width: channels of one layer's keys (and values), the config's `kv_width` = num_kv_heads *
         head_dim; with grouped-query attention that is less than the hidden size, and only those are kept."""
         super().__init__(capacity)

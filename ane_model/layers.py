@@ -90,7 +90,7 @@ class HeadChunk(nn.Module):
     def __init__(self, fan_in: int, size: int, bias: bool):
         super().__init__()
         self.in_channels, self.out_channels = fan_in, size
-        self.weight = nn.Parameter(torch.empty(size, fan_in).normal_(std=fan_in ** -0.5))
+        self.weight = nn.Parameter(torch.empty(size, fan_in).normal_(std=fan_in**-0.5))
         self.bias = nn.Parameter(torch.zeros(size)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, S) -> (B, V_j, 1, S)
@@ -146,7 +146,11 @@ class ChunkedHead(nn.Module):
 
 
 def split_einsum_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, mask: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_heads: int,
+    mask: torch.Tensor,
     num_kv_heads: int | None = None,
 ) -> torch.Tensor:
     """Multi-head attention, one head at a time (rule 3).
@@ -251,15 +255,23 @@ class Attention(nn.Module):
     projection, an optional RMSNorm of each head's queries and keys (Qwen3) and RoPE (tables passed to
     `forward`). The cache holds the G*D key/value channels only, never repeated ones."""
 
-    def __init__(self, hidden: int, num_heads: int, num_kv_heads: int | None = None, head_dim: int | None = None,
-                 qkv_bias: bool = True, out_bias: bool = True, qk_norm_eps: float | None = None):
+    def __init__(
+        self,
+        hidden: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
+        qk_norm_eps: float | None = None,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads or num_heads
         if num_heads % self.num_kv_heads:
             raise ValueError(f"{num_heads} query heads cannot share {self.num_kv_heads} key/value heads evenly")
         self.head_dim = head_dim or hidden // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         q_width, kv_width = num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.q = conv_linear(hidden, q_width, qkv_bias)
         self.k = conv_linear(hidden, kv_width, qkv_bias)
@@ -275,8 +287,14 @@ class Attention(nn.Module):
         # Qwen3: RMSNorm over each head's D channels, on its (B, D, 1, S) slice (rule 4: split, not reshape)
         return torch.cat([norm(head) for head in x.split(self.head_dim, dim=1)], dim=1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache=None, layer: int = 0,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        cache=None,
+        layer: int = 0,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """x (B, C, 1, S); rope: (cos, signed_sin) from `RotaryEmbedding`, tiled over the query heads."""
         q, k, v = self.q(x), self.k(x), self.v(x)  # (B, H*D, 1, S), (B, G*D, 1, S)
         if self.q_norm is not None:

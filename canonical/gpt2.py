@@ -1,12 +1,12 @@
 """GPT-2's canonical config. Canonical weight names (every linear weight is `(out, in)`, as in `nn.Linear`)::
 
-    tok_embed.weight (V, C)        pos_embed.weight (P, C)
-    layers.{i}.attn_norm.{weight,bias}
-    layers.{i}.attn.{q,k,v,o}.{weight,bias}
-    layers.{i}.mlp_norm.{weight,bias}
-    layers.{i}.mlp.{fc1,fc2}.{weight,bias}
-    final_norm.{weight,bias}
-    lm_head.weight (V, C)   (the same tensor as tok_embed.weight when tied)
+tok_embed.weight (V, C)        pos_embed.weight (P, C)
+layers.{i}.attn_norm.{weight,bias}
+layers.{i}.attn.{q,k,v,o}.{weight,bias}
+layers.{i}.mlp_norm.{weight,bias}
+layers.{i}.mlp.{fc1,fc2}.{weight,bias}
+final_norm.{weight,bias}
+lm_head.weight (V, C)   (the same tensor as tok_embed.weight when tied)
 """
 
 from __future__ import annotations

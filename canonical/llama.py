@@ -94,7 +94,8 @@ class LlamaConfig:
                     scaled.append(f / self.rope_factor)
                 else:
                     smooth = (self.rope_original_max_positions / wavelen - self.rope_low_freq_factor) / (
-                        self.rope_high_freq_factor - self.rope_low_freq_factor)
+                        self.rope_high_freq_factor - self.rope_low_freq_factor
+                    )
                     scaled.append((1 - smooth) * f / self.rope_factor + smooth * f)
             return scaled
         return inv

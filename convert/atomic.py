@@ -90,8 +90,13 @@ def _fingerprint(path: Path) -> dict:
 
 def _write_marker(directory: Path, record: dict | None) -> None:
     files, folders, _ = _tree(directory)
-    marker = {**(read_marker(directory) or {}), **(record or {}), "written_by": WRITTEN_BY,
-              "files": {name: _fingerprint(path) for name, path in sorted(files.items())}, "folders": folders}
+    marker = {
+        **(read_marker(directory) or {}),
+        **(record or {}),
+        "written_by": WRITTEN_BY,
+        "files": {name: _fingerprint(path) for name, path in sorted(files.items())},
+        "folders": folders,
+    }
     marker.pop("entries", None)  # the top-level names that markers of earlier versions listed
     (directory / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
 
@@ -111,11 +116,14 @@ def _never_replaced(destination: Path, protect: Iterable[str | Path], hint: str)
     for source in protect:
         source = expand_user(source).resolve()
         if resolved == source:
-            raise ConversionError(f"{destination}: is the source checkpoint; an output never replaces its source "
-                                  f"(choose another --out)")
+            raise ConversionError(
+                f"{destination}: is the source checkpoint; an output never replaces its source (choose another --out)"
+            )
         if _within(source, resolved):
-            raise ConversionError(f"{destination}: contains the source checkpoint {source}; an output never "
-                                  f"replaces its source (choose another --out)")
+            raise ConversionError(
+                f"{destination}: contains the source checkpoint {source}; an output never "
+                f"replaces its source (choose another --out)"
+            )
     if _within(Path.cwd().resolve(), resolved):
         raise ConversionError(f"{destination}: is the working directory or contains it; {hint}")
 
@@ -129,16 +137,22 @@ def refuse_to_replace(destination: Path, protect: Iterable[str | Path] = ()) -> 
         return
     marker = read_marker(destination)
     if marker is None:
-        raise ConversionError(f"{destination}: holds {entries[0]!r}" + (f" and {len(entries) - 1} more" if
-                              len(entries) > 1 else "") + f", not written by ondevice; {hint} (remove it yourself "
-                              "or choose another --out)")
+        raise ConversionError(
+            f"{destination}: holds {entries[0]!r}"
+            + (f" and {len(entries) - 1} more" if len(entries) > 1 else "")
+            + f", not written by ondevice; {hint} (remove it yourself "
+            "or choose another --out)"
+        )
     recorded = marker.get("files")
     if not isinstance(recorded, dict):
-        raise ConversionError(f"{destination}: written by an earlier version of ondevice that did not record the "
-                              "files it wrote, so --overwrite cannot tell them from yours (remove it yourself or "
-                              "choose another --out)")
-    keep = "--overwrite replaces an earlier output only while it holds nothing else (move it out or choose another " \
-           "--out)"
+        raise ConversionError(
+            f"{destination}: written by an earlier version of ondevice that did not record the "
+            "files it wrote, so --overwrite cannot tell them from yours (remove it yourself or "
+            "choose another --out)"
+        )
+    keep = (
+        "--overwrite replaces an earlier output only while it holds nothing else (move it out or choose another --out)"
+    )
     files, folders, links = _tree(destination)
     ours_folders = set(marker.get("folders") or ())
     # files first: a folder of the user's is named by what is in it, where anything is
@@ -183,8 +197,11 @@ def remove_stale_staging(destination: Path) -> list[Path]:
     A folder without that file is never touched, whatever its name and age: it may be a user's."""
     removed = []
     try:
-        candidates = [p for p in destination.parent.iterdir() if p.name.startswith(".") and
-                      p.name.endswith(".partial") and p.is_dir() and not p.is_symlink()]
+        candidates = [
+            p
+            for p in destination.parent.iterdir()
+            if p.name.startswith(".") and p.name.endswith(".partial") and p.is_dir() and not p.is_symlink()
+        ]
     except OSError:
         return removed
     for staging in candidates:
@@ -224,8 +241,9 @@ def _refuse_existing(destination: Path, protect: list) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(destination: str | Path, overwrite: bool = False, protect: Iterable[str | Path] = (),
-                  record: dict | None = None) -> Iterator[Path]:
+def atomic_output(
+    destination: str | Path, overwrite: bool = False, protect: Iterable[str | Path] = (), record: dict | None = None
+) -> Iterator[Path]:
     """Yield a temporary path (file or directory, the caller decides) that becomes `destination`.
 
     Refuses an existing destination unless `overwrite`, and with `overwrite` anything `refuse_to_replace`
@@ -244,8 +262,7 @@ def atomic_output(destination: str | Path, overwrite: bool = False, protect: Ite
     remove_stale_staging(destination)
     with terminate_as_interrupt():
         try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial",
-                                            dir=destination.parent))
+            staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
             (staging / OWNER).write_text(json.dumps({"written_by": WRITTEN_BY, "pid": os.getpid()}) + "\n")
         except OSError as exc:
             raise ConversionError(f"{destination.parent}: cannot write here ({exc.strerror or exc})") from None

@@ -63,8 +63,12 @@ IOS_WEIGHT_LIMIT = 1_000_000_000
 # Bytes one stored weight takes, (vocabulary tables, everything else), per compression (`coreml_compress.py`
 # keeps the tables at 8 bits for int4 and at 6 bits for palettize4). Scales, zero points and look-up tables
 # add a few percent: int4 stores an fp16 scale and a 4-bit zero point per block of 32 weights.
-_BYTES_PER_WEIGHT = {"int8": (1.0, 1.0), "int4": (1.0, 0.5 + 2.5 / 32), "palettize6": (0.75, 0.75),
-                     "palettize4": (0.75, 0.5)}
+_BYTES_PER_WEIGHT = {
+    "int8": (1.0, 1.0),
+    "int4": (1.0, 0.5 + 2.5 / 32),
+    "palettize6": (0.75, 0.75),
+    "palettize4": (0.75, 0.5),
+}
 _SMALLER_FIRST = ("int8", "palettize6", "int4", "palettize4")  # least lossy first
 
 
@@ -99,11 +103,15 @@ def plan_conversion(config, options: CoreMLOptions) -> Plan:
         raise ConversionError(f"unknown compression {options.compress!r} (choose from: {', '.join(COMPRESSIONS)})")
     ios18 = target >= ct.target.iOS18
     if options.compress == "int4" and not ios18:
-        raise ConversionError(f"int4 per-block quantization needs iOS18/macOS15 (constexpr_blockwise_shift_scale); "
-                              f"target is {options.target}")
+        raise ConversionError(
+            f"int4 per-block quantization needs iOS18/macOS15 (constexpr_blockwise_shift_scale); "
+            f"target is {options.target}"
+        )
     if options.allow_large and not options.target.lower().startswith("ios"):
-        raise ConversionError(f"--allow-large applies to iOS targets (their ~1 GB limit); a {options.target} package "
-                              "has no such limit: drop --allow-large")
+        raise ConversionError(
+            f"--allow-large applies to iOS targets (their ~1 GB limit); a {options.target} package "
+            "has no such limit: drop --allow-large"
+        )
     if options.calibration_text is not None:
         if options.compress != "int4" or not config.is_causal:
             raise ConversionError("calibration text applies to causal LMs with --compress int4 only")
@@ -116,8 +124,10 @@ def plan_conversion(config, options: CoreMLOptions) -> Plan:
         return _plan_causal(config, options, target, ios18)
     seq_lens = tuple(sorted(set(options.seq_lens))) or (min(DEFAULT_ENCODER_LEN, config.max_positions),)
     if seq_lens[-1] > config.max_positions:
-        raise ConversionError(f"sequence length {seq_lens[-1]} exceeds the model's {config.max_positions} "
-                              f"positions ({config.positions_field})")
+        raise ConversionError(
+            f"sequence length {seq_lens[-1]} exceeds the model's {config.max_positions} "
+            f"positions ({config.positions_field})"
+        )
     return Plan(options, target, seq_lens, None, None, multifunction=False)
 
 
@@ -125,12 +135,12 @@ def _plan_causal(config, options: CoreMLOptions, target, ios18: bool) -> Plan:
     if options.kv_cache not in KV_CACHES:
         raise ConversionError(f"unknown KV cache style {options.kv_cache!r} (choose state or io)")
     if options.kv_cache == "state" and not ios18:
-        raise ConversionError(f"KV cache 'state' needs iOS18/macOS15 (Core ML state); target is {options.target}: "
-                              f"use --kv-cache io")
+        raise ConversionError(
+            f"KV cache 'state' needs iOS18/macOS15 (Core ML state); target is {options.target}: use --kv-cache io"
+        )
     context = options.context or min(DEFAULT_CONTEXT, config.max_positions)
     if not 1 < context <= config.max_positions:
-        raise ConversionError(f"context {context} must be in 2..{config.max_positions} "
-                              f"({config.positions_field})")
+        raise ConversionError(f"context {context} must be in 2..{config.max_positions} ({config.positions_field})")
     if len(options.seq_lens) > 1:
         raise ConversionError("a causal LM takes one prefill length (--seq-len once); decode is always 1 token")
     prefill = options.seq_lens[0] if options.seq_lens else min(DEFAULT_PREFILL, context)
@@ -172,18 +182,31 @@ def check_size(config, weights: dict[str, torch.Tensor], options: CoreMLOptions,
     if size <= limit:
         return
     scheme = options.dtype if options.compress == "none" else options.compress
-    candidates = _SMALLER_FIRST[_SMALLER_FIRST.index(options.compress) + 1:] if options.compress in _SMALLER_FIRST \
+    candidates = (
+        _SMALLER_FIRST[_SMALLER_FIRST.index(options.compress) + 1 :]
+        if options.compress in _SMALLER_FIRST
         else _SMALLER_FIRST
+    )
     sizes = [(c, estimated_weight_bytes(config, weights, options.dtype, c)) for c in candidates]
     fits = [(c, n) for c, n in sizes if n <= limit]
-    advice = (f"--compress {fits[0][0]} would make them about {fits[0][1] / 1e9:.2f} GB"
-              if fits else "no compression makes them fit")
-    raise ConversionError(f"the weights come to about {size / 1e9:.2f} GB ({scheme}), above the ~{limit / 1e9:.0f} GB "
-                          f"an iOS app can load: {advice} (or pass --allow-large to write it anyway)")
+    advice = (
+        f"--compress {fits[0][0]} would make them about {fits[0][1] / 1e9:.2f} GB"
+        if fits
+        else "no compression makes them fit"
+    )
+    raise ConversionError(
+        f"the weights come to about {size / 1e9:.2f} GB ({scheme}), above the ~{limit / 1e9:.0f} GB "
+        f"an iOS app can load: {advice} (or pass --allow-large to write it anyway)"
+    )
 
 
-def convert_to_coreml(checkpoint: str | Path | Checkpoint, out: str | Path, options: CoreMLOptions,
-                      overwrite: bool = False, progress: bool = True) -> Path:
+def convert_to_coreml(
+    checkpoint: str | Path | Checkpoint,
+    out: str | Path,
+    options: CoreMLOptions,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """Convert `checkpoint` into the package `out` (PATH.mlpackage); return `out`."""
     out = Path(out)
     if out.suffix != ".mlpackage":
@@ -220,8 +243,11 @@ def _interface(functions: dict) -> dict[str, dict[str, list[str]]]:
     result = {}
     for name, model in functions.items():
         desc = model.get_spec().description
-        result[name] = {"inputs": [f.name for f in desc.input], "outputs": [f.name for f in desc.output],
-                        "states": [f.name for f in desc.state]}
+        result[name] = {
+            "inputs": [f.name for f in desc.input],
+            "outputs": [f.name for f in desc.output],
+            "states": [f.name for f in desc.state],
+        }
     return result
 
 
@@ -287,8 +313,9 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
         from convert.coreml_calibrate import calibrate_int4, calibration_windows, window_length
 
         bar.set_postfix_str("calibrate")
-        windows = calibration_windows(plan.options.calibration_text, ckpt.directory, window_length(ckpt.config),
-                                      vocab_size=ckpt.config.vocab_size)
+        windows = calibration_windows(
+            plan.options.calibration_text, ckpt.directory, window_length(ckpt.config), vocab_size=ckpt.config.vocab_size
+        )
         calibrate_int4(model, windows)  # the blocks' convs carry uint4 metadata that ct.convert honours
         bar.update()
     model.limit_positions(plan.context)  # position tables (RoPE) hold the package's context only
@@ -318,10 +345,14 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
         seq = torch.export.Dim("seq", min=1, max=max(prefill, 2))
         dynamic = ({1: seq}, None, None, None)
         lengths = sorted({1, prefill})
-        ids = ct.TensorType(INPUT_IDS, shape=ct.EnumeratedShapes([(1, n) for n in lengths], default=(1, prefill)),
-                            dtype=np.int32)
-        result = {"main": _ct_convert(_export(module, example(prefill), dynamic), [ids, *extra_inputs()], names,
-                                      plan, out_dtype)}
+        ids = ct.TensorType(
+            INPUT_IDS, shape=ct.EnumeratedShapes([(1, n) for n in lengths], default=(1, prefill)), dtype=np.int32
+        )
+        result = {
+            "main": _ct_convert(
+                _export(module, example(prefill), dynamic), [ids, *extra_inputs()], names, plan, out_dtype
+            )
+        }
         bar.update()
         return result
     functions = {}

@@ -50,8 +50,10 @@ def read_calibration_text(text: Path) -> list[str]:
         with opener(text, "rt", encoding="utf-8") as f:
             paragraphs = [line for line in f.read().splitlines() if line.strip()]
     except UnicodeDecodeError as exc:
-        raise ConversionError(f"{text}: calibration text is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-                              f"offset {exc.start}): give the model's training text, one paragraph a line") from None
+        raise ConversionError(
+            f"{text}: calibration text is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start}): give the model's training text, one paragraph a line"
+        ) from None
     except (OSError, EOFError) as exc:  # gzip's errors for a damaged or mislabelled .gz file
         raise ConversionError(f"{text}: calibration text cannot be read ({exc})") from None
     if not paragraphs:
@@ -59,8 +61,9 @@ def read_calibration_text(text: Path) -> list[str]:
     return paragraphs
 
 
-def calibration_windows(text: Path, tokenizer_dir: Path, length: int, count: int | None = None,
-                        seed: int = 0, vocab_size: int | None = None) -> list[torch.Tensor]:
+def calibration_windows(
+    text: Path, tokenizer_dir: Path, length: int, count: int | None = None, seed: int = 0, vocab_size: int | None = None
+) -> list[torch.Tensor]:
     """`count` token windows (1, length) at seeded random offsets in `text` (one paragraph a line,
     plain or .gz), each paragraph preceded by the end-of-text token as the model reads text at inference."""
     from transformers import AutoTokenizer
@@ -72,8 +75,9 @@ def calibration_windows(text: Path, tokenizer_dir: Path, length: int, count: int
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     except (OSError, ValueError, TypeError) as exc:
-        raise ConversionError(f"{tokenizer_dir}: its tokenizer cannot be loaded for calibration "
-                              f"({str(exc).splitlines()[0]})") from None
+        raise ConversionError(
+            f"{tokenizer_dir}: its tokenizer cannot be loaded for calibration ({str(exc).splitlines()[0]})"
+        ) from None
     if vocab_size is not None:
         check_tokenizer_fits(len(tokenizer), vocab_size, tokenizer_dir)
     separator = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
@@ -83,7 +87,7 @@ def calibration_windows(text: Path, tokenizer_dir: Path, length: int, count: int
     stream = torch.tensor(ids)
     count = CALIBRATION_WINDOWS if count is None else count
     starts = torch.randint(0, len(stream) - length, (count,), generator=torch.Generator().manual_seed(seed))
-    return [stream[start:start + length][None] for start in starts.tolist()]
+    return [stream[start : start + length][None] for start in starts.tolist()]
 
 
 def window_length(config) -> int:
@@ -107,8 +111,9 @@ def calibrate_int4(model: CausalLM, windows: list[torch.Tensor], block_size: int
     # symmetric scales and 32-column processing groups measured no better on held-out training text,
     # and on the 96 greedy decisions blocks of 16 kept 93, activation order 93, both together 91: the
     # spread of calibration seeds (91-93), every change at a reference margin under 0.06 logits.
-    layer_config = ModuleGPTQConfig(weight_dtype="uint4", granularity="per_block", block_size=block_size,
-                                    quantization_scheme="affine")
+    layer_config = ModuleGPTQConfig(
+        weight_dtype="uint4", granularity="per_block", block_size=block_size, quantization_scheme="affine"
+    )
     config = LayerwiseCompressorConfig(global_config=layer_config, calibration_nsamples=len(windows))
     # LayerwiseCompressor runs a sequence of layers that each take the previous output alone.
     stages = nn.Sequential(*(_Stage(block, model.layer_inputs) for block in model.layers))

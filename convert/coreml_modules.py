@@ -60,8 +60,9 @@ class CausalLMWithIOCache(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, position: torch.Tensor, key_cache: torch.Tensor,
-                value_cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, input_ids: torch.Tensor, position: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         # Unlike state, an io cache may be fp32: it keeps the package's precision.
         cache = StaticKVCache(key_cache, value_cache, position)
         hidden = self.model.hidden_states(input_ids, cache)
@@ -78,8 +79,11 @@ class EncoderForExport(nn.Module):
         self.model = model
         with torch.no_grad():
             out = model(*example)
-        self.has = {"pooled": out.pooled is not None, "sentence_embedding": out.sentence_embedding is not None,
-                    "mlm": out.mlm_logits is not None}
+        self.has = {
+            "pooled": out.pooled is not None,
+            "sentence_embedding": out.sentence_embedding is not None,
+            "mlm": out.mlm_logits is not None,
+        }
         self.mlm_chunks = len(model.mlm_logit_chunks(out.hidden)) if self.has["mlm"] else 0
 
     def output_names(self) -> list[str]:
@@ -87,8 +91,9 @@ class EncoderForExport(nn.Module):
         names += [POOLED] * self.has["pooled"] + [SENTENCE_EMBEDDING] * self.has["sentence_embedding"]
         return names + logits_names(MLM_LOGITS, self.mlm_chunks)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         out = self.model(input_ids, attention_mask, token_type_ids)
         result = [out.hidden]
         if out.pooled is not None:

@@ -70,5 +70,3 @@ def write_package_extras(package: Path, ckpt, plan, interface: dict) -> None:
     for key, value in fields.items():
         meta.userDefined[f"ondevice.{key}"] = value
     spec_path.write_bytes(spec.SerializeToString())
-
-

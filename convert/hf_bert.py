@@ -192,8 +192,13 @@ def _sentence_transformers_pooling(directory: Path) -> tuple[str | None, bool]:
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{pooling_path}: unreadable pooling config ({exc})") from exc
     modes = [m for m in ("cls", "mean", "max") if pooling.get(f"pooling_mode_{m}_token{'s' if m != 'cls' else ''}")]
-    others = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v and k not in (
-        "pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens")]
+    others = [
+        k
+        for k, v in pooling.items()
+        if k.startswith("pooling_mode_")
+        and v
+        and k not in ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens")
+    ]
     if len(modes) != 1 or others:
         raise CheckpointError(f"{pooling_path}: only a single cls, mean or max pooling mode is supported")
     return modes[0], "Normalize" in kinds

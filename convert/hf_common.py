@@ -36,8 +36,15 @@ def read_config_json(directory: Path) -> dict:
 MAX_COUNT = 1 << 24
 
 
-def config_int(config: dict, key: str, default: int | None = None, *, minimum: int = 1, field: str | None = None,
-               file: str = "config.json") -> int:
+def config_int(
+    config: dict,
+    key: str,
+    default: int | None = None,
+    *,
+    minimum: int = 1,
+    field: str | None = None,
+    file: str = "config.json",
+) -> int:
     """An integer field (`field`: its name in messages, when it sits inside a nested object)."""
     field = field or key
     value = config.get(key, default)
@@ -50,8 +57,9 @@ def config_int(config: dict, key: str, default: int | None = None, *, minimum: i
     return value
 
 
-def config_float(config: dict, key: str, default: float | None = None, *, field: str | None = None,
-                 maximum: float | None = None) -> float:
+def config_float(
+    config: dict, key: str, default: float | None = None, *, field: str | None = None, maximum: float | None = None
+) -> float:
     """A finite number above 0 (and at most `maximum`): JSON's `Infinity` and `NaN` parse as floats, and a norm's
     epsilon of infinity or a RoPE base of zero would make every output the same."""
     field = field or key
@@ -61,8 +69,9 @@ def config_float(config: dict, key: str, default: float | None = None, *, field:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or not value > 0:
         raise CheckpointError(f"config.json: '{field}' must be a finite number > 0, got {value!r}")
     if maximum is not None and value > maximum:
-        raise CheckpointError(f"config.json: '{field}' is {value!r}, above {maximum:g}, where it would swamp what it "
-                              "is added to")
+        raise CheckpointError(
+            f"config.json: '{field}' is {value!r}, above {maximum:g}, where it would swamp what it is added to"
+        )
     return float(value)
 
 
@@ -94,9 +103,7 @@ def token_id(config: dict, key: str, default: int | None = None, file: str = "co
 
 def check_heads(hidden: int, heads: int, hidden_key: str, heads_key: str) -> None:
     if hidden % heads:
-        raise CheckpointError(
-            f"config.json: {hidden_key}={hidden} is not divisible by {heads_key}={heads}"
-        )
+        raise CheckpointError(f"config.json: {hidden_key}={hidden} is not divisible by {heads_key}={heads}")
 
 
 class CheckpointTensors:
@@ -151,8 +158,10 @@ class CheckpointTensors:
             tensor = self.tensors.get(name)
             if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
-                raise CheckpointError(f"{self.where(name)}: tensor '{self.original[name]}' holds {bad:,} NaN or inf "
-                                      "values: the checkpoint is damaged")
+                raise CheckpointError(
+                    f"{self.where(name)}: tensor '{self.original[name]}' holds {bad:,} NaN or inf "
+                    "values: the checkpoint is damaged"
+                )
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.tensors[name]

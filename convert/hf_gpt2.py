@@ -110,6 +110,9 @@ def read_weights(cfg: GPT2Config, raw: RawWeights) -> tuple[GPT2Config, dict[str
     for i in range(cfg.num_layers):
         q, k, v = ckpt[f"{QKV.format(i=i)}.weight"].t().split(C, dim=0)
         qb, kb, vb = ckpt[f"{QKV.format(i=i)}.bias"].split(C, dim=0)
-        w |= {f"layers.{i}.attn.{p}.{leaf}": t for p, pair in zip("qkv", ((q, qb), (k, kb), (v, vb)), strict=True)
-              for leaf, t in zip(("weight", "bias"), pair, strict=True)}
+        w |= {
+            f"layers.{i}.attn.{p}.{leaf}": t
+            for p, pair in zip("qkv", ((q, qb), (k, kb), (v, vb)), strict=True)
+            for leaf, t in zip(("weight", "bias"), pair, strict=True)
+        }
     return cfg, {name: t.contiguous() for name, t in w.items()}

@@ -246,8 +246,9 @@ def _rope_fields(config: dict, max_positions: int) -> dict:
         if "original_max_position_embeddings" in config:  # a top-level value wins in transformers too
             original = config_int(config, "original_max_position_embeddings")
         elif "original_max_position_embeddings" in rope:
-            original = config_int(rope, "original_max_position_embeddings",
-                                  field=f"{key}.original_max_position_embeddings")
+            original = config_int(
+                rope, "original_max_position_embeddings", field=f"{key}.original_max_position_embeddings"
+            )
         else:
             original = max_positions
         fields |= dict(rope_low_freq_factor=low, rope_high_freq_factor=high, rope_original_max_positions=original)

@@ -64,8 +64,10 @@ def load_mlx_checkpoint(directory: str | Path) -> MLXCheckpoint:
     mlx_lm = mlx_lm_of(config)
     if meta.get("names") in MLX_LM_NAMES:
         if mlx_lm is None:
-            raise CheckpointError(f"{directory / 'config.json'}: names 'mlx-lm' for the {config.family} family, "
-                                  f"which mlx-lm does not have")
+            raise CheckpointError(
+                f"{directory / 'config.json'}: names 'mlx-lm' for the {config.family} family, "
+                f"which mlx-lm does not have"
+            )
         weights = mlx_lm.from_mlx_lm(stored, config)
     else:
         weights = stored

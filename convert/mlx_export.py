@@ -78,8 +78,9 @@ def export_mlx(
         try:
             mx.save_safetensors(str(work / WEIGHTS_FILE), weights, metadata={"format": "mlx"})
         except RuntimeError as exc:  # MLX reports a failed write (a full disk) as "[write] Unable to write N bytes"
-            raise ConversionError(f"{out.name}/{WEIGHTS_FILE}: could not be written ({str(exc).splitlines()[0]}; "
-                                  "is the disk full?)") from None
+            raise ConversionError(
+                f"{out.name}/{WEIGHTS_FILE}: could not be written ({str(exc).splitlines()[0]}; is the disk full?)"
+            ) from None
         bar.advance(task)
         _write_config(ckpt, work, dtype, quantize, group_size, names="canonical" if mlx_lm is None else "mlx-lm")
         _copy_tokenizer(ckpt.directory, work)

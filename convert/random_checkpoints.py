@@ -22,8 +22,16 @@ def make_gpt2(directory: Path, seed: int = 0, lm_head: bool = True, **overrides)
     greedy decoding does not collapse onto near-ties or one repeated token."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
-    kwargs = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=211, n_positions=160, initializer_range=0.2,
-                  bos_token_id=0, eos_token_id=0)
+    kwargs = dict(
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        vocab_size=211,
+        n_positions=160,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     kwargs.update(overrides)
     torch.manual_seed(seed)
     config = GPT2Config(**kwargs)
@@ -38,8 +46,14 @@ def make_bert(directory: Path, seed: int = 0, head: str = "mlm", **overrides) ->
     property of the weights rather than of the implementation."""
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
-    kwargs = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=96,
-                  vocab_size=197, max_position_embeddings=160)
+    kwargs = dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=96,
+        vocab_size=197,
+        max_position_embeddings=160,
+    )
     kwargs.update(overrides)
     torch.manual_seed(seed)
     config = BertConfig(**kwargs)
@@ -62,8 +76,17 @@ def make_gpt2_124m(directory: Path) -> Path:
     reused when `directory` already holds it."""
     if (directory / "config.json").is_file():
         return directory
-    return make_gpt2(directory, n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024,
-                     initializer_range=0.02, bos_token_id=50256, eos_token_id=50256)
+    return make_gpt2(
+        directory,
+        n_layer=12,
+        n_embd=768,
+        n_head=12,
+        vocab_size=50257,
+        n_positions=1024,
+        initializer_range=0.02,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    )
 
 
 # The Llama-family dialects by Hugging Face model_type: config and model classes of transformers.
@@ -75,8 +98,15 @@ _LLAMA_DIALECTS = {
 }
 
 
-def make_llama(directory: Path, dialect: str = "llama", seed: int = 0, dtype: torch.dtype = torch.float32,
-               config_style: str = "v5", shard_size: str | None = None, **overrides) -> Path:
+def make_llama(
+    directory: Path,
+    dialect: str = "llama",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    config_style: str = "v5",
+    shard_size: str | None = None,
+    **overrides,
+) -> Path:
     """A Llama-family checkpoint (`dialect`: llama, mistral, qwen2, qwen3), saved with `save_pretrained`.
 
     Defaults: 2 layers, width 48, 6 heads of 8 sharing 2 key/value heads (GQA 3:1), vocabulary 211,
@@ -89,9 +119,19 @@ def make_llama(directory: Path, dialect: str = "llama", seed: int = 0, dtype: to
     import transformers
 
     config_name, model_name = _LLAMA_DIALECTS[dialect]
-    kwargs = dict(num_hidden_layers=2, hidden_size=48, num_attention_heads=6, num_key_value_heads=2,
-                  intermediate_size=64, vocab_size=211, max_position_embeddings=160, initializer_range=0.2,
-                  bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    kwargs = dict(
+        num_hidden_layers=2,
+        hidden_size=48,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=211,
+        max_position_embeddings=160,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
     if dialect in ("qwen2", "qwen3"):
         kwargs["use_sliding_window"] = False
     if dialect == "mistral":
@@ -122,10 +162,22 @@ def make_smollm2_135m(directory: Path) -> Path:
     49,152, tied head, 8,192 positions, rope theta 100,000), random init; reused when already there."""
     if (directory / "config.json").is_file():
         return directory
-    return make_llama(directory, "llama", num_hidden_layers=30, hidden_size=576, num_attention_heads=9,
-                      num_key_value_heads=3, intermediate_size=1536, vocab_size=49152, max_position_embeddings=8192,
-                      initializer_range=0.02, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-                      rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
+    return make_llama(
+        directory,
+        "llama",
+        num_hidden_layers=30,
+        hidden_size=576,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        intermediate_size=1536,
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        initializer_range=0.02,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+    )
 
 
 def make_qwen3_06b(directory: Path) -> Path:
@@ -133,8 +185,20 @@ def make_qwen3_06b(directory: Path) -> Path:
     vocabulary 151,936, tied head, q/k norm, 40,960 positions), random init; reused when already there."""
     if (directory / "config.json").is_file():
         return directory
-    return make_llama(directory, "qwen3", num_hidden_layers=28, hidden_size=1024, num_attention_heads=16,
-                      num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
-                      max_position_embeddings=40960, initializer_range=0.02, tie_word_embeddings=True,
-                      bos_token_id=151643, eos_token_id=151645,
-                      rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+    return make_llama(
+        directory,
+        "qwen3",
+        num_hidden_layers=28,
+        hidden_size=1024,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=3072,
+        vocab_size=151936,
+        max_position_embeddings=40960,
+        initializer_range=0.02,
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )

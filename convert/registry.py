@@ -50,8 +50,8 @@ def load_part(part: Part):
 class Family:
     """One family's parts. The reader is a module offering the reader contract of CONTRIBUTING.md:
 
-        read_config(config_json: dict, model_type: str, directory: Path) -> config
-        read_weights(config, raw: RawWeights) -> (config completed from the weights, canonical weights)
+    read_config(config_json: dict, model_type: str, directory: Path) -> config
+    read_weights(config, raw: RawWeights) -> (config completed from the weights, canonical weights)
     """
 
     name: str  # the family, as configs record it (`config.family`)
@@ -104,8 +104,9 @@ def family_for_model_type(model_type: object, where: Path | str) -> Family:
     for family in FAMILIES.values():
         if model_type in family.model_types:
             return family
-    raise CheckpointError(f"{where}: model_type {model_type!r} is not supported "
-                          f"(supported: {', '.join(supported_model_types())})")
+    raise CheckpointError(
+        f"{where}: model_type {model_type!r} is not supported (supported: {', '.join(supported_model_types())})"
+    )
 
 
 def family_of(config: ModelConfig) -> Family:
@@ -138,22 +139,42 @@ def require(family: Family, part: str, purpose: str):
     return load_part(spec)
 
 
-register(Family(
-    name="gpt2", model_types=("gpt2",), config_class=GPT2Config, reader="convert.hf_gpt2",
-    random_checkpoint="convert.random_checkpoints:make_gpt2",
-    ane_model="ane_model.gpt2:GPT2Model", mlx_model="mlx_model.gpt2:GPT2Model", mlx_lm="convert.mlx_lm_gpt2",
-    cpu_branch_scorer="ane_model.gpt2_branches:GPT2Branches",
-))
-register(Family(
-    name="bert", model_types=("bert", "distilbert"), config_class=BertConfig, reader="convert.hf_bert",
-    random_checkpoint="convert.random_checkpoints:make_bert",
-    ane_model="ane_model.bert:BertModel", mlx_model="mlx_model.bert:BertModel",
-))
-register(Family(
-    name="llama", model_types=("llama", "mistral", "qwen2", "qwen3"), config_class=LlamaConfig,
-    reader="convert.hf_llama", random_checkpoint="convert.random_checkpoints:make_llama",
-    ane_model="ane_model.llama:LlamaModel", mlx_model="mlx_model.llama:LlamaModel", mlx_lm="convert.mlx_lm_llama",
-))
+register(
+    Family(
+        name="gpt2",
+        model_types=("gpt2",),
+        config_class=GPT2Config,
+        reader="convert.hf_gpt2",
+        random_checkpoint="convert.random_checkpoints:make_gpt2",
+        ane_model="ane_model.gpt2:GPT2Model",
+        mlx_model="mlx_model.gpt2:GPT2Model",
+        mlx_lm="convert.mlx_lm_gpt2",
+        cpu_branch_scorer="ane_model.gpt2_branches:GPT2Branches",
+    )
+)
+register(
+    Family(
+        name="bert",
+        model_types=("bert", "distilbert"),
+        config_class=BertConfig,
+        reader="convert.hf_bert",
+        random_checkpoint="convert.random_checkpoints:make_bert",
+        ane_model="ane_model.bert:BertModel",
+        mlx_model="mlx_model.bert:BertModel",
+    )
+)
+register(
+    Family(
+        name="llama",
+        model_types=("llama", "mistral", "qwen2", "qwen3"),
+        config_class=LlamaConfig,
+        reader="convert.hf_llama",
+        random_checkpoint="convert.random_checkpoints:make_llama",
+        ane_model="ane_model.llama:LlamaModel",
+        mlx_model="mlx_model.llama:LlamaModel",
+        mlx_lm="convert.mlx_lm_llama",
+    )
+)
 
 
 def build_ane_model(config: ModelConfig, weights: dict):
@@ -163,8 +184,9 @@ def build_ane_model(config: ModelConfig, weights: dict):
     return model_cls.from_canonical(config, weights)
 
 
-def build_mlx_model(config: ModelConfig, weights: dict, dtype=None, bits: int | None = None, group_size: int = 64,
-                    packed: bool = False):
+def build_mlx_model(
+    config: ModelConfig, weights: dict, dtype=None, bits: int | None = None, group_size: int = 64, packed: bool = False
+):
     """The family's MLX model (weights cast to `dtype`, fp32 by default; quantized to `bits` in groups of
     `group_size`, or already quantized when `packed`)."""
     import mlx.core as mx

@@ -37,8 +37,10 @@ def read_raw_weights(directory: Path) -> RawWeights:
     if single.is_file() and index.is_file():
         # transformers reads the single file, and a reader of the index the shards: which one is current is the
         # user's to say, never ours to guess (a verify would compare two different models).
-        raise CheckpointError(f"{directory}: holds both model.safetensors and model.safetensors.index.json (with its "
-                              "shards), two sets of weights; remove the one that is stale")
+        raise CheckpointError(
+            f"{directory}: holds both model.safetensors and model.safetensors.index.json (with its "
+            "shards), two sets of weights; remove the one that is stale"
+        )
     for name, kind in _LAYOUTS:
         path = directory / name
         if not path.is_file():
@@ -128,8 +130,10 @@ def _why_unreadable(path: Path, exc: Exception) -> str:
         return "damaged, truncated or not a PyTorch file at all: no pickle of tensors in it"
     foreign = [g for g in globals_ if not g.startswith(_TENSOR_GLOBALS)]
     if foreign:
-        return (f"it holds pickled objects other than tensors ({foreign[0]}), refused because loading them could run "
-                "code; use a safetensors checkpoint")
+        return (
+            f"it holds pickled objects other than tensors ({foreign[0]}), refused because loading them could run "
+            "code; use a safetensors checkpoint"
+        )
     return "it uses pickle features that the safe loader does not take; use a safetensors checkpoint"
 
 

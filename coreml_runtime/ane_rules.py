@@ -16,11 +16,31 @@ from canonical.errors import ConversionError
 
 ANE_MAX_DIM = 16384  # rule 7: the ANE rejects larger dimensions
 # Ops with no ANE implementation: Core ML runs them on the CPU (or GPU), splitting the graph.
-NOT_ON_ANE = frozenset({
-    "while_loop", "cond", "scatter", "scatter_nd", "scatter_along_axis", "gather_nd", "non_zero", "topk",
-    "argsort", "cumsum", "random_bernoulli", "random_categorical", "random_normal", "random_uniform",
-    "non_maximum_suppression", "list_read", "list_write", "list_gather", "list_scatter", "list_length", "make_list",
-})
+NOT_ON_ANE = frozenset(
+    {
+        "while_loop",
+        "cond",
+        "scatter",
+        "scatter_nd",
+        "scatter_along_axis",
+        "gather_nd",
+        "non_zero",
+        "topk",
+        "argsort",
+        "cumsum",
+        "random_bernoulli",
+        "random_categorical",
+        "random_normal",
+        "random_uniform",
+        "non_maximum_suppression",
+        "list_read",
+        "list_write",
+        "list_gather",
+        "list_scatter",
+        "list_length",
+        "make_list",
+    }
+)
 # Not computation: weights and their decompression happen at load time; state ops are memory.
 _NOT_COMPUTE = ("const", "constexpr_", "read_state", "coreml_update_state")
 _BLOB_SENTINEL = 0xDEADBEEF
@@ -96,13 +116,21 @@ def check_function(name: str, fn, precision: str) -> list[Violation]:
             if len(shape) > 4:
                 found.append(Violation(name, var.name, op.op_type, "rank > 4", f"shape {list(shape)} (rule 1)"))
             if any(d > ANE_MAX_DIM for d in concrete):
-                found.append(Violation(name, var.name, op.op_type, f"dimension > {ANE_MAX_DIM}",
-                                       f"shape {list(shape)} (rule 7)"))
+                found.append(
+                    Violation(name, var.name, op.op_type, f"dimension > {ANE_MAX_DIM}", f"shape {list(shape)} (rule 7)")
+                )
             if _is_float(dtype) and precision == "fp16" and dtype != "fp16":
                 found.append(Violation(name, var.name, op.op_type, "non-fp16 compute", f"{dtype} (rule 6)"))
             if _is_float(dtype) and len(shape) == 4 and shape[-1] == 1:
-                found.append(Violation(name, var.name, op.op_type, "size-1 last axis",
-                                       f"shape {list(shape)}: padded to 64 bytes (rule 1)"))
+                found.append(
+                    Violation(
+                        name,
+                        var.name,
+                        op.op_type,
+                        "size-1 last axis",
+                        f"shape {list(shape)}: padded to 64 bytes (rule 1)",
+                    )
+                )
     return found
 
 

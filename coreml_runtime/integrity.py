@@ -25,6 +25,8 @@ def check_package_weights(package: str | Path) -> str | None:
         raise ConversionError(f"{weights}: missing, though the package records weights of sha256 {recorded[:16]}…")
     actual = sha256_file(weights)
     if actual != recorded:
-        raise ConversionError(f"{weights}: sha256 {actual[:16]}… differs from the {recorded[:16]}… recorded at "
-                              "conversion: the weights were altered or damaged since; convert again")
+        raise ConversionError(
+            f"{weights}: sha256 {actual[:16]}… differs from the {recorded[:16]}… recorded at "
+            "conversion: the weights were altered or damaged since; convert again"
+        )
     return actual

@@ -47,10 +47,17 @@ def _conv(op, env):
     groups = int(_v(op, "groups", env) if op.inputs.get("groups") is not None else 1)
     strides = _v(op, "strides", env)
     pad = _v(op, "pad", env)
-    if w.ndim != 4 or w.shape[2:] != (1, 1) or groups != 1 or (strides is not None and any(s != 1 for s in strides)) \
-            or (pad is not None and any(pad)):
-        raise ConversionError(f"mil_eval: op 'conv' ({op.name}) is supported as a 1x1, stride-1, ungrouped "
-                              f"convolution only; got weight {w.shape}, groups {groups}")
+    if (
+        w.ndim != 4
+        or w.shape[2:] != (1, 1)
+        or groups != 1
+        or (strides is not None and any(s != 1 for s in strides))
+        or (pad is not None and any(pad))
+    ):
+        raise ConversionError(
+            f"mil_eval: op 'conv' ({op.name}) is supported as a 1x1, stride-1, ungrouped "
+            f"convolution only; got weight {w.shape}, groups {groups}"
+        )
     out = np.einsum("oc,bchw->bohw", w[:, :, 0, 0].astype(np.float32), x, optimize=True)
     return out if b is None else out + b.reshape(1, -1, 1, 1)
 
@@ -99,10 +106,15 @@ def _cast(op, env):
     return _v(op, "x", env).astype(string_to_nptype(str(op.inputs["dtype"].val)))
 
 
-_REDUCTIONS = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max, "reduce_min": np.min,
-               "reduce_prod": np.prod,
-               "reduce_l2_norm": lambda x, axis, keepdims: np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims)),
-               "reduce_sum_square": lambda x, axis, keepdims: np.sum(x * x, axis=axis, keepdims=keepdims)}
+_REDUCTIONS = {
+    "reduce_mean": np.mean,
+    "reduce_sum": np.sum,
+    "reduce_max": np.max,
+    "reduce_min": np.min,
+    "reduce_prod": np.prod,
+    "reduce_l2_norm": lambda x, axis, keepdims: np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims)),
+    "reduce_sum_square": lambda x, axis, keepdims: np.sum(x * x, axis=axis, keepdims=keepdims),
+}
 
 
 @_kernel(*_REDUCTIONS)
@@ -168,8 +180,10 @@ class MilProgram:
             spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
             self.program = load_milproto(spec, spec.specificationVersion, str(spec_path.parent / "weights"))
         except Exception as exc:  # protobuf, blob and loader errors: the package is unreadable
-            raise ConversionError(f"{package}: cannot load its ML program ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+            raise ConversionError(
+                f"{package}: cannot load its ML program ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+            ) from None
         self.spec = spec
         self.functions = self.program.functions
         self._consts: dict[int, np.ndarray] = {}
@@ -195,8 +209,9 @@ class MilProgram:
                 state[name] = np.zeros(wrapped.get_shape(), dtype=types.nptype_from_builtin(wrapped.get_primitive()))
         return state
 
-    def predict(self, inputs: dict[str, np.ndarray], function: str | None = None,
-                state: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def predict(
+        self, inputs: dict[str, np.ndarray], function: str | None = None, state: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run one function on `inputs`; `state` (from `make_state`) is updated in place."""
         from coremltools.converters.mil.mil import types
 

@@ -15,8 +15,17 @@ from canonical.errors import ConversionError
 
 AUTHOR = "ondevice-transformers"
 TOKENIZER_DIR = Path("Data") / AUTHOR / "tokenizer"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 FORMAT_VERSION = "1"
 
 
@@ -35,8 +44,9 @@ def root_model_path(package: Path) -> Path:
         data = json.loads(manifest.read_text())
         root = data["itemInfoEntries"][data["rootModelIdentifier"]]["path"]
     except (OSError, ValueError, KeyError) as exc:
-        raise ConversionError(f"{package}: not a readable Core ML package ({type(exc).__name__} in Manifest.json)") \
-            from None
+        raise ConversionError(
+            f"{package}: not a readable Core ML package ({type(exc).__name__} in Manifest.json)"
+        ) from None
     return package / "Data" / root
 
 
@@ -54,8 +64,11 @@ def read_metadata(package: Path) -> dict[str, str]:
         spec.ParseFromString(root_model_path(package).read_bytes())
     except (OSError, ValueError, DecodeError) as exc:
         raise ConversionError(f"{package}: cannot read the model spec ({exc})") from None
-    meta = {k.removeprefix("ondevice."): v for k, v in spec.description.metadata.userDefined.items()
-            if k.startswith("ondevice.")}
+    meta = {
+        k.removeprefix("ondevice."): v
+        for k, v in spec.description.metadata.userDefined.items()
+        if k.startswith("ondevice.")
+    }
     if "architecture" not in meta:
         raise ConversionError(f"{package}: no ondevice metadata (not written by 'ondevice convert --to coreml')")
     return meta

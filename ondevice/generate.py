@@ -102,12 +102,16 @@ def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None, where: ob
     tokenizer has no chat template or its template refuses the messages."""
     template = getattr(tokenizer, "chat_template", None)
     if not template:
-        raise InputError(f"{where}: the tokenizer has no chat template, so --chat cannot format the prompt "
-                         "(drop --chat to continue the text as it is)")
+        raise InputError(
+            f"{where}: the tokenizer has no chat template, so --chat cannot format the prompt "
+            "(drop --chat to continue the text as it is)"
+        )
     named = isinstance(template, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in template.items())
     if not isinstance(template, str) and not named:
-        raise InputError(f"{where}: the tokenizer's chat_template is a {type(template).__name__}, not a template (a "
-                         "Jinja string, or named Jinja strings)")
+        raise InputError(
+            f"{where}: the tokenizer's chat_template is a {type(template).__name__}, not a template (a "
+            "Jinja string, or named Jinja strings)"
+        )
     messages = [{"role": "system", "content": system}] if system is not None else []
     messages.append({"role": "user", "content": prompt})
     from jinja2 import TemplateError, TemplateSyntaxError
@@ -115,8 +119,10 @@ def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None, where: ob
     try:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     except TemplateSyntaxError as exc:
-        raise InputError(f"{where}: the chat template is not valid Jinja (line {exc.lineno}: "
-                         f"{str(exc.message or exc).splitlines()[0]})") from exc
+        raise InputError(
+            f"{where}: the chat template is not valid Jinja (line {exc.lineno}: "
+            f"{str(exc.message or exc).splitlines()[0]})"
+        ) from exc
     except TemplateError as exc:  # e.g. a template that raises on a system message
         raise InputError(f"{where}: the chat template refuses these messages ({str(exc).splitlines()[0]})") from exc
     if isinstance(ids, Mapping):  # a BatchEncoding, where return_dict is not honoured

@@ -83,8 +83,9 @@ class GreedyAgreement:
         return f"greedy {self.agreed}/{self.steps} (ties {self.ties}, clear misses {self.clear_misses})"
 
 
-def greedy_agreement(ours, reference, prompt: list[int], steps: int, resolution=np.float16,
-                     tie_margin: float | None = None) -> GreedyAgreement:
+def greedy_agreement(
+    ours, reference, prompt: list[int], steps: int, resolution=np.float16, tie_margin: float | None = None
+) -> GreedyAgreement:
     """Teacher-forced greedy comparison along the reference's own greedy path.
 
     Free-running greedy decoding turns one flipped near-tie into a different continuation, so an exact

@@ -64,8 +64,9 @@ def _fd2_redirected(stream) -> Iterator[tuple[io.TextIOBase | None, object]]:
     saved = os.dup(2)
     sink = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 (closed by the caller, after reading it)
     os.dup2(sink.fileno(), 2)
-    terminal = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(stream, "encoding", None) or "utf-8",
-                         errors="replace")
+    terminal = os.fdopen(
+        os.dup(saved), "w", buffering=1, encoding=getattr(stream, "encoding", None) or "utf-8", errors="replace"
+    )
     try:
         yield terminal, sink
     finally:

@@ -77,8 +77,9 @@ class ReferenceEncoder:
         self.model = _quiet_from_pretrained(cls, checkpoint.directory)
 
     @torch.inference_mode()
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-               token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def encode(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         kwargs = {"attention_mask": torch.as_tensor(attention_mask, dtype=torch.long)}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = torch.as_tensor(token_type_ids, dtype=torch.long)
@@ -108,6 +109,8 @@ def sentence_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, cfg: Be
 
 def load_reference(checkpoint: Checkpoint):
     if not isinstance(checkpoint, Checkpoint):  # an exported MLX directory: its weights are not the source's names
-        raise CheckpointError(f"{checkpoint.directory}: an MLX directory is not a reference; pass the Hugging Face "
-                              "checkpoint it was exported from")
+        raise CheckpointError(
+            f"{checkpoint.directory}: an MLX directory is not a reference; pass the Hugging Face "
+            "checkpoint it was exported from"
+        )
     return (ReferenceCausalLM if checkpoint.config.is_causal else ReferenceEncoder)(checkpoint)

@@ -53,8 +53,12 @@ class VerifyReport:
     @property
     def passed(self) -> bool:
         greedy_ok = self.greedy_match is not False or not self.greedy_required
-        return (all(c.within(self.tolerance) for c in self.comparisons) and greedy_ok and not self.nonfinite
-                and not self.uninformative)
+        return (
+            all(c.within(self.tolerance) for c in self.comparisons)
+            and greedy_ok
+            and not self.nonfinite
+            and not self.uninformative
+        )
 
 
 def check_seed(seed: int) -> None:
@@ -114,9 +118,7 @@ def check_seq_len(seq_len: int, max_positions: int, field_name: str) -> None:
     if seq_len < 1:
         raise InputError(f"sequence length must be at least 1, got {seq_len}")
     if seq_len > max_positions:
-        raise InputError(
-            f"sequence length {seq_len} exceeds the model's {max_positions} positions ({field_name})"
-        )
+        raise InputError(f"sequence length {seq_len} exceeds the model's {max_positions} positions ({field_name})")
 
 
 def verify(
@@ -132,8 +134,10 @@ def verify(
     check_seed(seed)
     if not isinstance(checkpoint, Checkpoint) and is_mlx_directory(checkpoint):
         if backend != "mlx":
-            raise InputError(f"{checkpoint}: an MLX directory written by 'ondevice convert --to mlx' runs on the mlx "
-                             f"backend, not {backend}; it is verified against the checkpoint it came from")
+            raise InputError(
+                f"{checkpoint}: an MLX directory written by 'ondevice convert --to mlx' runs on the mlx "
+                f"backend, not {backend}; it is verified against the checkpoint it came from"
+            )
         return verify_mlx_export(checkpoint, None, seq_len=seq_len, seed=seed, greedy_steps=greedy_steps)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
@@ -184,8 +188,14 @@ def _verify_encoder(report: VerifyReport, ours, reference, rng) -> None:
         _compare_with_reference(report, name, a, b)
 
 
-def verify_package(package: str, reference: str | Checkpoint, seq_len: int | None = None, seed: int = 0,
-                   greedy_steps: int = 16, use_coreml: bool | None = None) -> VerifyReport:
+def verify_package(
+    package: str,
+    reference: str | Checkpoint,
+    seq_len: int | None = None,
+    seed: int = 0,
+    greedy_steps: int = 16,
+    use_coreml: bool | None = None,
+) -> VerifyReport:
     """Like `verify`, for a written Core ML package (Core ML on a Mac, the numpy evaluator elsewhere).
     The package's weights are checked against the sha256 recorded at conversion first."""
     from convert.checkpoint import is_mlx_directory
@@ -195,13 +205,16 @@ def verify_package(package: str, reference: str | Checkpoint, seq_len: int | Non
     check_seed(seed)
     check_package_weights(package)
     if not isinstance(reference, Checkpoint) and is_mlx_directory(reference):
-        raise InputError(f"{reference}: --reference takes the Hugging Face checkpoint a package came from, not an "
-                         "MLX directory")
+        raise InputError(
+            f"{reference}: --reference takes the Hugging Face checkpoint a package came from, not an MLX directory"
+        )
     ckpt = reference if isinstance(reference, Checkpoint) else load_checkpoint(reference)
     ours = load_package(package, use_coreml=use_coreml)
     if type(ours.config) is not type(ckpt.config) or ours.config.vocab_size != ckpt.config.vocab_size:
-        raise InputError(f"{package} was converted from a {ours.meta['architecture']} model that does not match "
-                         f"the reference {ckpt.directory}")
+        raise InputError(
+            f"{package} was converted from a {ours.meta['architecture']} model that does not match "
+            f"the reference {ckpt.directory}"
+        )
     precision, compression = ours.meta["precision"], ours.meta["compression"]
     # Core ML state is always fp16, so an fp32 package with a state cache holds fp16 keys and values.
     stored = "fp16" if ours.meta.get("kv_cache") == "state" else precision
@@ -209,14 +222,23 @@ def verify_package(package: str, reference: str | Checkpoint, seq_len: int | Non
     causal = ckpt.config.is_causal
     longest = ours.capacity - greedy_steps if causal else max(ours.lengths)
     if longest < 1:
-        raise InputError(f"{package}: its context of {ours.capacity} tokens leaves no room for a prompt before the "
-                         f"{greedy_steps} greedy steps verify decodes (convert with --context {greedy_steps + 8} or "
-                         "more)")
+        raise InputError(
+            f"{package}: its context of {ours.capacity} tokens leaves no room for a prompt before the "
+            f"{greedy_steps} greedy steps verify decodes (convert with --context {greedy_steps + 8} or "
+            "more)"
+        )
     seq_len = min(DEFAULT_SEQ_LEN, longest) if seq_len is None else seq_len
     check_seq_len(seq_len, longest, "the package's context minus greedy steps" if causal else "the package's seq_lens")
     backend = f"coreml ({ours.runner.device})" + (f", {compression}" if compression != "none" else "")
-    report = VerifyReport(str(ckpt.directory), ckpt.model_type, backend, precision, seq_len, tolerance,
-                          greedy_required=compression == "none")
+    report = VerifyReport(
+        str(ckpt.directory),
+        ckpt.model_type,
+        backend,
+        precision,
+        seq_len,
+        tolerance,
+        greedy_required=compression == "none",
+    )
     rng = np.random.default_rng(seed)
     if causal:
         _verify_causal_lm(report, ours, load_reference(ckpt), rng, greedy_steps)
@@ -225,8 +247,13 @@ def verify_package(package: str, reference: str | Checkpoint, seq_len: int | Non
     return report
 
 
-def verify_mlx_export(directory: str, reference: str | Checkpoint | None, seq_len: int | None = None, seed: int = 0,
-                      greedy_steps: int = 16) -> VerifyReport:
+def verify_mlx_export(
+    directory: str,
+    reference: str | Checkpoint | None,
+    seq_len: int | None = None,
+    seed: int = 0,
+    greedy_steps: int = 16,
+) -> VerifyReport:
     """Like `verify`, for a directory written by `ondevice convert --to mlx`, against its source checkpoint
     (`reference`; None: the checkpoint recorded at export, if it is still there)."""
     from convert.checkpoint import is_mlx_directory, mlx_source
@@ -238,23 +265,34 @@ def verify_mlx_export(directory: str, reference: str | Checkpoint | None, seq_le
         reference = mlx_source(directory)
         if reference is None or not Path(reference).is_dir():
             where = f" ({reference} is gone)" if reference is not None else ""
-            raise InputError(f"{directory}: an MLX directory is verified against the checkpoint it was exported "
-                             f"from{where}: pass --reference CHECKPOINT")
+            raise InputError(
+                f"{directory}: an MLX directory is verified against the checkpoint it was exported "
+                f"from{where}: pass --reference CHECKPOINT"
+            )
     if not isinstance(reference, Checkpoint) and is_mlx_directory(reference):
-        raise InputError(f"{reference}: --reference takes the Hugging Face checkpoint an export came from, not an "
-                         "MLX directory")
+        raise InputError(
+            f"{reference}: --reference takes the Hugging Face checkpoint an export came from, not an MLX directory"
+        )
     exported = load_mlx_checkpoint(directory)
     ckpt = reference if isinstance(reference, Checkpoint) else load_checkpoint(reference)
     if exported.config != ckpt.config:
-        raise InputError(f"{directory} was exported from a model whose config differs from the reference "
-                         f"{ckpt.directory}")
+        raise InputError(
+            f"{directory} was exported from a model whose config differs from the reference {ckpt.directory}"
+        )
     quantization = exported.quantization
     precision = f"q{quantization['bits']}" if quantization else exported.dtype
     tolerance = TOLERANCES[precision]
     seq_len = min(DEFAULT_SEQ_LEN, ckpt.config.max_positions) if seq_len is None else seq_len
     check_seq_len(seq_len, ckpt.config.max_positions, f"{ckpt.config.positions_field} in config.json")
-    report = VerifyReport(str(ckpt.directory), ckpt.model_type, "mlx export", precision, seq_len, tolerance,
-                          greedy_required=precision in LOSSLESS)
+    report = VerifyReport(
+        str(ckpt.directory),
+        ckpt.model_type,
+        "mlx export",
+        precision,
+        seq_len,
+        tolerance,
+        greedy_required=precision in LOSSLESS,
+    )
     ours, rng = load_mlx(exported, dtype=None), np.random.default_rng(seed)
     if ckpt.config.is_causal:
         _verify_causal_lm(report, ours, load_reference(ckpt), rng, greedy_steps)

@@ -25,29 +25,48 @@ CONTEXT, PREFILL, SEQ = 96, 16, 32  # the greedy check needs SEQ + 16 steps <= C
 # name: (checkpoint fixture, options, constexpr op the compression must emit or None)
 VARIANTS = {
     "gpt2-state-fp16": ("gpt2_dir", CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,)), None),
-    "gpt2-io-fp32-ios18": ("gpt2_dir", CoreMLOptions(dtype="fp32", kv_cache="io", context=CONTEXT,
-                                                     seq_lens=(PREFILL,)), None),
-    "gpt2-io-ios17-int8": ("gpt2_dir", CoreMLOptions(kv_cache="io", target="iOS17", context=CONTEXT,
-                                                     seq_lens=(PREFILL,), compress="int8"),
-                           "constexpr_affine_dequantize"),
-    "gpt2-int8": ("gpt2_dir", CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,), compress="int8"),
-                  "constexpr_blockwise_shift_scale"),
-    "gpt2-int4": ("gpt2_dir", CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,), compress="int4"),
-                  "constexpr_blockwise_shift_scale"),
-    "gpt2-palettize4": ("gpt2_dir", CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,), compress="palettize4"),
-                        "constexpr_lut_to_dense"),
-    "gpt2-palettize6": ("gpt2_dir", CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,), compress="palettize6",
-                                                  target="macOS15"), "constexpr_lut_to_dense"),
+    "gpt2-io-fp32-ios18": (
+        "gpt2_dir",
+        CoreMLOptions(dtype="fp32", kv_cache="io", context=CONTEXT, seq_lens=(PREFILL,)),
+        None,
+    ),
+    "gpt2-io-ios17-int8": (
+        "gpt2_dir",
+        CoreMLOptions(kv_cache="io", target="iOS17", context=CONTEXT, seq_lens=(PREFILL,), compress="int8"),
+        "constexpr_affine_dequantize",
+    ),
+    "gpt2-int8": (
+        "gpt2_dir",
+        CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,), compress="int8"),
+        "constexpr_blockwise_shift_scale",
+    ),
+    "gpt2-int4": (
+        "gpt2_dir",
+        CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,), compress="int4"),
+        "constexpr_blockwise_shift_scale",
+    ),
+    "gpt2-palettize4": (
+        "gpt2_dir",
+        CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,), compress="palettize4"),
+        "constexpr_lut_to_dense",
+    ),
+    "gpt2-palettize6": (
+        "gpt2_dir",
+        CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,), compress="palettize6", target="macOS15"),
+        "constexpr_lut_to_dense",
+    ),
     "bert-mlm-enumerated": ("bert_dir", CoreMLOptions(seq_lens=(16, SEQ)), None),
     "distilbert-mlm": ("distilbert_dir", CoreMLOptions(seq_lens=(SEQ,), target="iOS16"), None),
     "minilm": ("minilm_dir", CoreMLOptions(seq_lens=(SEQ,)), None),
-    "minilm-palettize6-ios16": ("minilm_dir", CoreMLOptions(seq_lens=(SEQ,), target="iOS16", compress="palettize6"),
-                                "constexpr_lut_to_dense"),
+    "minilm-palettize6-ios16": (
+        "minilm_dir",
+        CoreMLOptions(seq_lens=(SEQ,), target="iOS16", compress="palettize6"),
+        "constexpr_lut_to_dense",
+    ),
 }
 
 
 FOUR_BIT = {"gpt2-int4": 3, "gpt2-palettize4": 9}  # measured greedy agreement out of 16 (see below)
-
 
 
 def package_maker(root: Path, request: pytest.FixtureRequest) -> Callable[[str], tuple[Path, Path]]:
@@ -59,8 +78,10 @@ def package_maker(root: Path, request: pytest.FixtureRequest) -> Callable[[str],
         if name not in built:
             fixture, options, _ = VARIANTS[name]
             checkpoint = request.getfixturevalue(fixture)
-            built[name] = (convert_to_coreml(checkpoint, root / f"{name}.mlpackage", options, progress=False),
-                           checkpoint)
+            built[name] = (
+                convert_to_coreml(checkpoint, root / f"{name}.mlpackage", options, progress=False),
+                checkpoint,
+            )
         return built[name]
 
     return get

@@ -30,8 +30,16 @@ def make_keyboard_checkpoint(directory: Path, vocab_size: int = 330, seed: int =
     tokenizer = train_tokenizer(SENTENCES * 4, vocab_size)
     eot = tokenizer.token_to_id(EOT)
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_positions=96, n_embd=48, n_layer=2, n_head=4,
-                        initializer_range=0.1, bos_token_id=eot, eos_token_id=eot)
+    config = GPT2Config(
+        vocab_size=tokenizer.get_vocab_size(),
+        n_positions=96,
+        n_embd=48,
+        n_layer=2,
+        n_head=4,
+        initializer_range=0.1,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
     directory.mkdir(parents=True, exist_ok=True)
     GPT2LMHeadModel(config).eval().save_pretrained(directory)
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOT, eos_token=EOT).save_pretrained(directory)
@@ -46,8 +54,10 @@ TOKENIZER_STYLES = ("byte-level", "sentencepiece-bpe", "sentencepiece-unigram")
 _BYTES = [f"<0x{b:02X}>" for b in range(256)]
 _SENTENCEPIECE_SPECIALS = ["<unk>", "<s>", "</s>"]
 # Llama 3's pre-tokenizer split (Qwen2's differs only in how it groups digits).
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def training_lines(count: int = 300) -> list[str]:
@@ -63,16 +73,24 @@ def byte_level_tokenizer(lines: list[str], vocab_size: int, specials: list[str],
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(lines, trainer)
     if bos is not None:
         tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+        )
     return tokenizer
 
 
@@ -83,19 +101,23 @@ def sentencepiece_bpe_tokenizer(lines: list[str], vocab_size: int):
 
     learner = Tokenizer(models.BPE())
     learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    learner.train_from_iterator(lines, trainers.BpeTrainer(
-        vocab_size=vocab_size - len(_SENTENCEPIECE_SPECIALS) - len(_BYTES), show_progress=False))
+    learner.train_from_iterator(
+        lines,
+        trainers.BpeTrainer(vocab_size=vocab_size - len(_SENTENCEPIECE_SPECIALS) - len(_BYTES), show_progress=False),
+    )
     learned = json.loads(learner.to_str())["model"]
     pieces = [p for p, _ in sorted(learned["vocab"].items(), key=lambda item: item[1])]
     vocab = {p: i for i, p in enumerate(_SENTENCEPIECE_SPECIALS + _BYTES + pieces)}
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
     tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                           decoders.Strip(" ", 1, 0)])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     tokenizer.add_special_tokens(_SENTENCEPIECE_SPECIALS)
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                             special_tokens=[("<s>", 1)])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     return tokenizer
 
 
@@ -106,21 +128,29 @@ def sentencepiece_unigram_tokenizer(lines: list[str], vocab_size: int):
 
     learner = Tokenizer(models.Unigram())
     learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    learner.train_from_iterator(lines, trainers.UnigramTrainer(
-        vocab_size=vocab_size - len(_SENTENCEPIECE_SPECIALS) - len(_BYTES), unk_token="<unk>",
-        special_tokens=["<unk>"], show_progress=False))
+    learner.train_from_iterator(
+        lines,
+        trainers.UnigramTrainer(
+            vocab_size=vocab_size - len(_SENTENCEPIECE_SPECIALS) - len(_BYTES),
+            unk_token="<unk>",
+            special_tokens=["<unk>"],
+            show_progress=False,
+        ),
+    )
     pieces = [(p, score) for p, score in json.loads(learner.to_str())["model"]["vocab"] if p != "<unk>"]
     vocab = [(p, 0.0) for p in _SENTENCEPIECE_SPECIALS] + [(b, -100.0) for b in _BYTES] + pieces
     tokenizer = Tokenizer(models.Unigram(vocab, unk_id=0, byte_fallback=True))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tokenizer.decoder = decoders.Sequence([decoders.Metaspace(replacement="▁", prepend_scheme="first"),
-                                           decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Metaspace(replacement="▁", prepend_scheme="first"), decoders.ByteFallback(), decoders.Fuse()]
+    )
     tokenizer.add_special_tokens(_SENTENCEPIECE_SPECIALS)
     return tokenizer
 
 
-def make_family_keyboard_checkpoint(directory: Path, dialect: str, style: str, vocab_size: int = 520,
-                                    pad_vocab: int = 0, seed: int = 0) -> Path:
+def make_family_keyboard_checkpoint(
+    directory: Path, dialect: str, style: str, vocab_size: int = 520, pad_vocab: int = 0, seed: int = 0
+) -> Path:
     """A random-init causal LM of `dialect` (gpt2, llama, mistral, qwen2, qwen3) with a tokenizer of `style`
     (TOKENIZER_STYLES) whose vocabulary the model's matches (plus `pad_vocab` unused ids, as Qwen pads)."""
     from transformers import PreTrainedTokenizerFast
@@ -132,8 +162,7 @@ def make_family_keyboard_checkpoint(directory: Path, dialect: str, style: str, v
     lines = training_lines() + [" ".join(string.ascii_letters)] * 100
     if style == "byte-level":
         qwen = dialect.startswith("qwen")
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if qwen else ["<|begin_of_text|>",
-                                                                                   "<|end_of_text|>"]
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if qwen else ["<|begin_of_text|>", "<|end_of_text|>"]
         tokenizer = byte_level_tokenizer(lines, vocab_size, specials, None if qwen else "<|begin_of_text|>")
         bos_token, eos_token, unk_token = specials[0], specials[-1], None
     elif style == "sentencepiece-bpe":
@@ -147,13 +176,30 @@ def make_family_keyboard_checkpoint(directory: Path, dialect: str, style: str, v
     bos, eos = tokenizer.token_to_id(bos_token), tokenizer.token_to_id(eos_token)
     vocab = tokenizer.get_vocab_size() + pad_vocab
     if dialect == "gpt2":
-        make_gpt2(directory, seed=seed, vocab_size=vocab, n_embd=48, n_positions=96, initializer_range=0.1,
-                  bos_token_id=bos, eos_token_id=eos)
+        make_gpt2(
+            directory,
+            seed=seed,
+            vocab_size=vocab,
+            n_embd=48,
+            n_positions=96,
+            initializer_range=0.1,
+            bos_token_id=bos,
+            eos_token_id=eos,
+        )
     else:
-        make_llama(directory, dialect, seed=seed, vocab_size=vocab, max_position_embeddings=96,
-                   initializer_range=0.1, bos_token_id=bos, eos_token_id=eos)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos_token, eos_token=eos_token,
-                            unk_token=unk_token).save_pretrained(directory)
+        make_llama(
+            directory,
+            dialect,
+            seed=seed,
+            vocab_size=vocab,
+            max_position_embeddings=96,
+            initializer_range=0.1,
+            bos_token_id=bos,
+            eos_token_id=eos,
+        )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=bos_token, eos_token=eos_token, unk_token=unk_token
+    ).save_pretrained(directory)
     return directory
 
 
@@ -191,8 +237,9 @@ def capitals_allowed(word: str, typed: str, before: str, lexicon, in_text) -> bo
         if i < len(typed):
             if typed[i] != word[i]:
                 return False
-        elif not (in_capitals or (i == 0 and sentence_start(before))
-                  or any(len(f) > i and f[i] == word[i] for f in forms)):
+        elif not (
+            in_capitals or (i == 0 and sentence_start(before)) or any(len(f) > i and f[i] == word[i] for f in forms)
+        ):
             return False
     return True
 
@@ -236,4 +283,3 @@ def replay_ci_subset(subset: str) -> tuple[dict, dict, RecordingPredictor]:
 def assert_not_regressed(recorded: dict, live: dict) -> None:
     for metric in ("next_word_acc3", "ksr3"):
         assert live["model"][metric] >= recorded["model"][metric] - ALLOWED_DROP, metric
-

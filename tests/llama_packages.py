@@ -30,19 +30,74 @@ from ondevice.verify import verify_package
 from tests.checkpoints import make_llama
 
 CONTEXT, PREFILL, SEQ, STEPS = 96, 16, 32, 24  # SEQ + STEPS <= CONTEXT
-WORDS = ["the", "a", "one", "two", "three", "red", "green", "blue", "cat", "dog", "bird", "fish", "runs", "jumps",
-         "sleeps", "eats", "sees", "finds", "big", "small", "old", "new", "happy", "sad", "fast", "slow", "under",
-         "over", "near", "far", "house", "tree", "river", "hill", "sun", "moon", "rain", "snow", "day", "night", "and",
-         "but", "then", "so", "because", "when", "where", "who", "what"]
-_LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                    original_max_position_embeddings=16)
+WORDS = [
+    "the",
+    "a",
+    "one",
+    "two",
+    "three",
+    "red",
+    "green",
+    "blue",
+    "cat",
+    "dog",
+    "bird",
+    "fish",
+    "runs",
+    "jumps",
+    "sleeps",
+    "eats",
+    "sees",
+    "finds",
+    "big",
+    "small",
+    "old",
+    "new",
+    "happy",
+    "sad",
+    "fast",
+    "slow",
+    "under",
+    "over",
+    "near",
+    "far",
+    "house",
+    "tree",
+    "river",
+    "hill",
+    "sun",
+    "moon",
+    "rain",
+    "snow",
+    "day",
+    "night",
+    "and",
+    "but",
+    "then",
+    "so",
+    "because",
+    "when",
+    "where",
+    "who",
+    "what",
+]
+_LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    rope_theta=10000.0,
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=16,
+)
 # name: (dialect, make_llama overrides). Defaults: 2 layers, width 48, 6 heads of 8 sharing 2 kv heads, vocab 211.
 DIALECTS = {
     "llama": ("llama", {}),
     "mistral": ("mistral", dict(num_key_value_heads=1)),
     "qwen2-tied": ("qwen2", dict(tie_word_embeddings=True)),
-    "qwen3-tied-wide": ("qwen3", dict(head_dim=16, num_attention_heads=4, num_key_value_heads=2, vocab_size=20000,
-                                      tie_word_embeddings=True)),
+    "qwen3-tied-wide": (
+        "qwen3",
+        dict(head_dim=16, num_attention_heads=4, num_key_value_heads=2, vocab_size=20000, tie_word_embeddings=True),
+    ),
     "llama3-rope": ("llama", dict(rope_parameters=_LLAMA3_ROPE)),
 }
 STATE = CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,))
@@ -79,9 +134,9 @@ def add_tokenizer(directory, vocab_size: int) -> None:
     vocab |= {f"<unused{i}>": i for i in range(len(vocab), vocab_size)}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(directory)
-
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(directory)
 
 
 def checkpoint_maker(root: Path) -> Callable[[str], Path]:
@@ -114,8 +169,10 @@ def package_maker(root: Path, checkpoints: Callable[[str], Path]) -> Callable[[s
                     options = dataclasses.replace(options, calibration_text=calibration)
                     # 16 windows of 160 tokens, not 128: the test checks the path, not the calibration's quality
                     patch.setattr(coreml_calibrate, "CALIBRATION_WINDOWS", 16)
-                built[name] = (convert_to_coreml(checkpoint, root / f"{name}.mlpackage", options, progress=False),
-                               checkpoint)
+                built[name] = (
+                    convert_to_coreml(checkpoint, root / f"{name}.mlpackage", options, progress=False),
+                    checkpoint,
+                )
         return built[name]
 
     return get
@@ -143,8 +200,9 @@ def check_matches_transformers(packages, name: str) -> None:
         return
     # Free-running greedy departs from transformers' at a near-tie of the reference, no earlier than measured, or
     # not at all: which side of a 1-spacing tie fp16 lands on varies with the CPU's BLAS (seen both ways).
-    first = next((i for i, (a, b) in enumerate(zip(report.greedy_ours, report.greedy_reference, strict=True))
-                  if a != b), None)
+    first = next(
+        (i for i, (a, b) in enumerate(zip(report.greedy_ours, report.greedy_reference, strict=True)) if a != b), None
+    )
     if first is None:
         assert report.passed
         return
@@ -155,8 +213,10 @@ def check_matches_transformers(packages, name: str) -> None:
 
     logits = load_reference(ckpt).prefill(prompt + report.greedy_reference[:first])[-1]
     second, top = np.sort(logits.astype(np.float64))[-2:]
-    print(f"{name}: first departure at step {first}, reference margin {top - second:.4f} "
-          f"(fp16 spacing {float(np.spacing(np.float16(top))):.4f})")
+    print(
+        f"{name}: first departure at step {first}, reference margin {top - second:.4f} "
+        f"(fp16 spacing {float(np.spacing(np.float16(top))):.4f})"
+    )
     assert top - second < 2 * float(np.spacing(np.float16(top))), (name, top - second)
 
 

@@ -18,8 +18,10 @@ from convert.registry import build_ane_model as build_model
 def test_channel_layer_norm_equals_torch_layer_norm(channels, seq, magnitude, seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, seq, channels, generator=gen, dtype=torch.float64) * magnitude
-    weight, bias = torch.randn(channels, generator=gen, dtype=torch.float64), torch.randn(channels, generator=gen,
-                                                                                         dtype=torch.float64)
+    weight, bias = (
+        torch.randn(channels, generator=gen, dtype=torch.float64),
+        torch.randn(channels, generator=gen, dtype=torch.float64),
+    )
     norm = LayerNormANE(channels, eps=1e-5).double()
     norm.weight.data, norm.bias.data = weight.view(1, -1, 1, 1), bias.view(1, -1, 1, 1)
     ours = norm(x.transpose(1, 2).unsqueeze(2)).squeeze(2).transpose(1, 2)
@@ -62,8 +64,11 @@ def test_causal_mask_with_offset_blocks_exactly_the_future():
 
 def _activation_shapes(model: nn.Module, *inputs) -> dict[str, tuple[int, ...]]:
     shapes = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: shapes.__setitem__(name, tuple(out.shape)))
-             for name, m in model.named_modules() if isinstance(m, nn.Conv2d | LayerNormANE)]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, name=name: shapes.__setitem__(name, tuple(out.shape)))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | LayerNormANE)
+    ]
     with torch.no_grad():
         model(*inputs)
     for hook in hooks:

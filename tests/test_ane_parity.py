@@ -23,8 +23,7 @@ FP32, FP16 = TOLERANCES["fp32"], TOLERANCES["fp16"]
 
 GPT2_SHAPES = {
     "base": {},
-    "5 heads of width 40, exact gelu, n_inner 300": dict(n_head=5, n_embd=200, n_inner=300,
-                                                          activation_function="gelu"),
+    "5 heads of width 40, exact gelu, n_inner 300": dict(n_head=5, n_embd=200, n_inner=300, activation_function="gelu"),
     "3 layers, untied head, relu": dict(n_layer=3, tie_word_embeddings=False, activation_function="relu"),
 }
 BERT_SHAPES = {
@@ -103,8 +102,9 @@ def test_gpt2_fp16_within_stated_bounds(gpt2):
     ckpt, reference = gpt2
     ids = _ids(ckpt.config.vocab_size, 64, seed=3)
     reference.trim(0)
-    result = compare("logits", TorchCausalLM(ckpt.config, ckpt.weights, dtype="fp16").prefill(ids),
-                     reference.prefill(ids))
+    result = compare(
+        "logits", TorchCausalLM(ckpt.config, ckpt.weights, dtype="fp16").prefill(ids), reference.prefill(ids)
+    )
     assert result.within(FP16), result
     # Greedy along the reference's path: every step agrees except where the reference's top two logits are
     # closer than one fp16 spacing. Measured: 32/32 on two shapes; on the 5-head shape step 16 has a margin
@@ -197,7 +197,7 @@ def _encoder_inputs(cfg, batch: int, seq: int, seed: int = 0):
     ids = rng.integers(0, cfg.vocab_size, size=(batch, seq))
     mask = np.ones((batch, seq), dtype=np.int64)
     if seq > 1:
-        mask[-1, seq - max(1, seq // 3):] = 0
+        mask[-1, seq - max(1, seq // 3) :] = 0
     types = rng.integers(0, 2, size=(batch, seq)) if cfg.type_vocab_size > 1 else None
     return ids, mask, types
 
@@ -257,8 +257,14 @@ def minilm(minilm_dir):
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_real_minilm_matches_reference(minilm, dtype):
     ids, mask, _ = _encoder_inputs(minilm.config, batch=2, seq=128, seed=7)
-    results = _compare_encoders(TorchEncoder(minilm.config, minilm.weights, dtype=dtype), ReferenceEncoder(minilm),
-                                ids, mask, None, TOLERANCES[dtype])
+    results = _compare_encoders(
+        TorchEncoder(minilm.config, minilm.weights, dtype=dtype),
+        ReferenceEncoder(minilm),
+        ids,
+        mask,
+        None,
+        TOLERANCES[dtype],
+    )
     assert {r.name for r in results} == {"hidden", "pooled", "sentence_embedding"}
 
 
@@ -267,12 +273,16 @@ def test_real_minilm_embeds_real_text_like_sentence_transformers(minilm, minilm_
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
-    sentences = ["The cat sits on the mat.", "Neural Engines run transformers fast on a phone.",
-                 "A keyboard suggests the next word as you type, one keystroke at a time."]
+    sentences = [
+        "The cat sits on the mat.",
+        "Neural Engines run transformers fast on a phone.",
+        "A keyboard suggests the next word as you type, one keystroke at a time.",
+    ]
     want = SentenceTransformer(str(minilm_dir), device="cpu").encode(sentences, convert_to_numpy=True)
     batch = AutoTokenizer.from_pretrained(minilm_dir)(sentences, padding=True, return_tensors="np")
-    got = TorchEncoder(minilm.config, minilm.weights).encode(batch["input_ids"], batch["attention_mask"],
-                                                             batch["token_type_ids"])["sentence_embedding"]
+    got = TorchEncoder(minilm.config, minilm.weights).encode(
+        batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    )["sentence_embedding"]
     result = compare("sentence_embedding", got, want)
     assert result.within(FP32), result
     similarity = got @ got.T

@@ -53,8 +53,12 @@ BAD_VALUES = [
     ("llama", "rms_norm_eps", float("inf"), "'rms_norm_eps' must be a finite number > 0, got inf"),
     ("llama", "rms_norm_eps", 1e30, "'rms_norm_eps' is 1e+30, above 1"),
     ("llama", "rms_norm_eps", 0, "'rms_norm_eps' must be a finite number > 0, got 0"),
-    ("llama", "max_position_embeddings", 10**12, "'max_position_embeddings' is 1,000,000,000,000, beyond the "
-                                                 "16,777,216 this package can address"),
+    (
+        "llama",
+        "max_position_embeddings",
+        10**12,
+        "'max_position_embeddings' is 1,000,000,000,000, beyond the 16,777,216 this package can address",
+    ),
     ("llama", "eos_token_id", -3, "'eos_token_id' must be a token id"),
     ("llama", "tie_word_embeddings", "yes", "'tie_word_embeddings' must be true or false"),
     ("gpt2", "layer_norm_epsilon", float("nan"), "'layer_norm_epsilon' must be a finite number > 0, got nan"),
@@ -64,15 +68,17 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize(("family", "field", "value", "fragment"), BAD_VALUES,
-                         ids=[f"{f}-{k}-{v}" for f, k, v, _ in BAD_VALUES])
+@pytest.mark.parametrize(
+    ("family", "field", "value", "fragment"), BAD_VALUES, ids=[f"{f}-{k}-{v}" for f, k, v, _ in BAD_VALUES]
+)
 def test_config_values_out_of_range_are_named(family, field, value, fragment, llama_dir, gpt2_dir, bert_dir, tmp_path):
     source = {"llama": llama_dir, "gpt2": gpt2_dir, "bert": bert_dir}[family]
     directory = _copy_with(source, tmp_path, "bad", **{field: value})
     assert_one_line_error(run_cli("verify", directory), "config.json", fragment)
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert_one_line_error(run_cli("convert", directory, "--to", "coreml", "--out", tmp_path / "o.mlpackage"),
-                          fragment)  # the default context, which a 10^12-position config once broke
+    assert_one_line_error(
+        run_cli("convert", directory, "--to", "coreml", "--out", tmp_path / "o.mlpackage"), fragment
+    )  # the default context, which a 10^12-position config once broke
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if family != "bert":
         assert_one_line_error(run_cli("predict", "hello ", "--model", directory), fragment)
@@ -114,11 +120,15 @@ def test_nan_or_inf_weights_are_refused_naming_the_tensor(gpt2_dir, tmp_path, ba
         state["transformer.h.1.mlp.c_fc.weight"][3, 7] = bad
 
     _edit_weights(directory, poison)
-    for args in (["convert", directory, "--to", "mlx", "--out", tmp_path / "o"],
-                 ["convert", directory, "--to", "coreml", "--out", tmp_path / "o.mlpackage"],
-                 ["verify", directory], ["bench", "--model", directory, "--out", tmp_path / "b"]):
-        assert_one_line_error(run_cli(*args), "model.safetensors", "tensor 'transformer.h.1.mlp.c_fc.weight' holds 1 "
-                              "NaN or inf values")
+    for args in (
+        ["convert", directory, "--to", "mlx", "--out", tmp_path / "o"],
+        ["convert", directory, "--to", "coreml", "--out", tmp_path / "o.mlpackage"],
+        ["verify", directory],
+        ["bench", "--model", directory, "--out", tmp_path / "b"],
+    ):
+        assert_one_line_error(
+            run_cli(*args), "model.safetensors", "tensor 'transformer.h.1.mlp.c_fc.weight' holds 1 NaN or inf values"
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan"]
 
 
@@ -130,16 +140,22 @@ def test_a_shard_index_beside_a_single_weights_file_is_refused(gpt2_dir, tmp_pat
     directory = tmp_path / "both"
     AutoModelForCausalLM.from_pretrained(gpt2_dir).save_pretrained(directory, max_shard_size="100KB")
     shutil.copy2(gpt2_dir / "model.safetensors", directory / "model.safetensors")
-    assert_one_line_error(run_cli("verify", directory), "holds both model.safetensors and "
-                          "model.safetensors.index.json", "remove the one that is stale")
+    assert_one_line_error(
+        run_cli("verify", directory),
+        "holds both model.safetensors and model.safetensors.index.json",
+        "remove the one that is stale",
+    )
 
 
 def test_random_bytes_are_not_called_pickled_code(gpt2_dir, tmp_path):
     directory = Path(shutil.copytree(gpt2_dir, tmp_path / "random"))
     (directory / "model.safetensors").unlink()
     (directory / "pytorch_model.bin").write_bytes(bytes(range(256)) * 16)
-    line = assert_one_line_error(run_cli("verify", directory), "pytorch_model.bin: not a readable PyTorch weights file",
-                                 "damaged, truncated or not a PyTorch file")
+    line = assert_one_line_error(
+        run_cli("verify", directory),
+        "pytorch_model.bin: not a readable PyTorch weights file",
+        "damaged, truncated or not a PyTorch file",
+    )
     assert "run code" not in line
 
 
@@ -155,16 +171,33 @@ def test_a_real_torch_save_is_read(gpt2_dir, tmp_path):
     assert all(torch.equal(read.weights[k], original.weights[k]) for k in original.weights)
 
 
-@pytest.mark.parametrize(("content", "fragment"), [
-    (b"", "calibration text is empty"),
-    (b"\n  \n", "calibration text is empty"),
-    (bytes(range(128, 256)) * 8, "calibration text is not UTF-8 text (byte 0x80 at offset 0)"),
-])
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"", "calibration text is empty"),
+        (b"\n  \n", "calibration text is empty"),
+        (bytes(range(128, 256)) * 8, "calibration text is not UTF-8 text (byte 0x80 at offset 0)"),
+    ],
+)
 def test_calibration_text_that_is_empty_or_binary(gpt2_dir, tmp_path, content, fragment):
     text = tmp_path / "calibration.txt"
     text.write_bytes(content)
-    assert_one_line_error(run_cli("convert", gpt2_dir, "--to", "coreml", "--out", tmp_path / "o.mlpackage",
-                                  "--compress", "int4", "--calibration-text", text), "calibration.txt", fragment)
+    assert_one_line_error(
+        run_cli(
+            "convert",
+            gpt2_dir,
+            "--to",
+            "coreml",
+            "--out",
+            tmp_path / "o.mlpackage",
+            "--compress",
+            "int4",
+            "--calibration-text",
+            text,
+        ),
+        "calibration.txt",
+        fragment,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.txt"]
 
 
@@ -177,6 +210,9 @@ def test_a_full_disk_while_writing_mlx_weights(gpt2_dir, tmp_path, monkeypatch):
         raise RuntimeError(f"[write] Unable to write 74752 bytes to file {path}")
 
     monkeypatch.setattr(mx, "save_safetensors", full)
-    assert_one_line_error(run_cli("convert", gpt2_dir, "--to", "mlx", "--out", tmp_path / "o"),
-                          "o/model.safetensors: could not be written", "is the disk full?")
+    assert_one_line_error(
+        run_cli("convert", gpt2_dir, "--to", "mlx", "--out", tmp_path / "o"),
+        "o/model.safetensors: could not be written",
+        "is the disk full?",
+    )
     assert list(tmp_path.iterdir()) == []

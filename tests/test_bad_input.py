@@ -54,8 +54,13 @@ def _edit_weights(directory: Path, edit) -> None:
 
 def test_unknown_model_type(gpt2_copy):
     _edit_config(gpt2_copy, model_type="falcon")
-    assert_one_line_error(run_cli("verify", str(gpt2_copy)), "config.json", "'falcon'", "not supported",
-                          "supported: gpt2, bert, distilbert, llama, mistral, qwen2, qwen3")
+    assert_one_line_error(
+        run_cli("verify", str(gpt2_copy)),
+        "config.json",
+        "'falcon'",
+        "not supported",
+        "supported: gpt2, bert, distilbert, llama, mistral, qwen2, qwen3",
+    )
 
 
 def test_missing_tensor(gpt2_copy):
@@ -70,10 +75,14 @@ def test_extra_tensor(gpt2_copy):
 
 def test_tensor_of_the_wrong_shape(bert_dir, tmp_path):
     directory = Path(shutil.copytree(bert_dir, tmp_path / "bert"))
-    _edit_weights(directory, lambda s: s.update(
-        {"bert.encoder.layer.0.intermediate.dense.weight": torch.zeros(95, 64)}))
-    assert_one_line_error(run_cli("verify", str(directory)),
-                          "'bert.encoder.layer.0.intermediate.dense.weight' has shape [95, 64]", "implies [96, 64]")
+    _edit_weights(
+        directory, lambda s: s.update({"bert.encoder.layer.0.intermediate.dense.weight": torch.zeros(95, 64)})
+    )
+    assert_one_line_error(
+        run_cli("verify", str(directory)),
+        "'bert.encoder.layer.0.intermediate.dense.weight' has shape [95, 64]",
+        "implies [96, 64]",
+    )
 
 
 def test_config_that_contradicts_its_weights(gpt2_copy):
@@ -95,8 +104,9 @@ def test_corrupt_safetensors_header(gpt2_copy):
 
 
 def test_sequence_longer_than_the_positions(gpt2_dir):
-    assert_one_line_error(run_cli("verify", str(gpt2_dir), "--seq-len", "161"),
-                          "sequence length 161", "160 positions", "n_positions")
+    assert_one_line_error(
+        run_cli("verify", str(gpt2_dir), "--seq-len", "161"), "sequence length 161", "160 positions", "n_positions"
+    )
 
 
 def test_sequence_longer_than_the_positions_in_the_model_itself(gpt2_dir, bert_dir):
@@ -158,8 +168,9 @@ def test_unknown_backend(gpt2_dir):
 
 
 def test_coreml_backend_on_a_checkpoint_says_how_to_get_a_package(gpt2_dir):
-    assert_one_line_error(run_cli("verify", str(gpt2_dir), "--backend", "coreml"),
-                          "the coreml backend runs a converted package")
+    assert_one_line_error(
+        run_cli("verify", str(gpt2_dir), "--backend", "coreml"), "the coreml backend runs a converted package"
+    )
 
 
 # Option values and options that do not apply: one line naming the option and what to use instead, exit 2,
@@ -175,12 +186,18 @@ BAD_OPTIONS = [
     (["verify", "{gpt2}", "--seed", "-1"], ["--seed -1: must be 0 or more"]),
     (["verify", "{gpt2}", "--seq-len", "0"], ["--seq-len 0: must be at least 1"]),
     (["verify", "{gpt2}", "--reference", "{gpt2}"], ["--reference applies to a .mlpackage or an MLX directory"]),
-    (["verify", "{tmp}/p.mlpackage", "--reference", "{gpt2}", "--backend", "mlx"], ["--backend applies to a "
-                                                                                    "checkpoint"]),
-    (["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--context", "0"],
-     ["--context 0: must be at least 2"]),
-    (["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--seq-len", "0"],
-     ["--seq-len 0: must be at least 1"]),
+    (
+        ["verify", "{tmp}/p.mlpackage", "--reference", "{gpt2}", "--backend", "mlx"],
+        ["--backend applies to a checkpoint"],
+    ),
+    (
+        ["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--context", "0"],
+        ["--context 0: must be at least 2"],
+    ),
+    (
+        ["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--seq-len", "0"],
+        ["--seq-len 0: must be at least 1"],
+    ),
     (["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o"], ["must end in .mlpackage"]),
     (["bench", "--threads", "0"], ["--threads 0: must be at least 1"]),
     (["bench", "--threads", "-1"], ["--threads -1: must be at least 1"]),
@@ -188,31 +205,53 @@ BAD_OPTIONS = [
     (["bench", "--seq-lens", "16,0"], ["--seq-lens 0: must be at least 1"]),
     (["bench", "--out", "{file}"], ["is a file; --out takes a directory"]),
     # options that do not apply to the target or the family: refused, with what to use instead
-    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--compress", "int4"],
-     ["--compress applies to --to coreml only", "--quantize 4 or 8"]),
-    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--target", "iOS15"],
-     ["--target applies to --to coreml only"]),
-    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--context", "64"],
-     ["--context applies to --to coreml only"]),
-    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--group-size", "32"],
-     ["--group-size applies with --quantize 4 or 8 only"]),
-    (["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--quantize", "4"],
-     ["--quantize applies to --to mlx only", "--compress int8, int4"]),
-    (["convert", "{bert}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--kv-cache", "io"],
-     ["--kv-cache applies to causal LMs", "bert is an encoder"]),
-    (["convert", "{bert}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--context", "64"],
-     ["--context applies to causal LMs"]),
+    (
+        ["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--compress", "int4"],
+        ["--compress applies to --to coreml only", "--quantize 4 or 8"],
+    ),
+    (
+        ["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--target", "iOS15"],
+        ["--target applies to --to coreml only"],
+    ),
+    (
+        ["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--context", "64"],
+        ["--context applies to --to coreml only"],
+    ),
+    (
+        ["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--group-size", "32"],
+        ["--group-size applies with --quantize 4 or 8 only"],
+    ),
+    (
+        ["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--quantize", "4"],
+        ["--quantize applies to --to mlx only", "--compress int8, int4"],
+    ),
+    (
+        ["convert", "{bert}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--kv-cache", "io"],
+        ["--kv-cache applies to causal LMs", "bert is an encoder"],
+    ),
+    (
+        ["convert", "{bert}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--context", "64"],
+        ["--context applies to causal LMs"],
+    ),
     (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--quantize", "3"], ["--quantize 3: choose from 4, 8"]),
     (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o", "--dtype", "int8"], ["--dtype int8: choose from"]),
-    (["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--target", "macOS15", "--allow-large"],
-     ["--allow-large applies to iOS targets", "drop --allow-large"]),
-    (["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o.mlpackage"],
-     ["an MLX directory named like a Core ML package", "--to coreml"]),
+    (
+        ["convert", "{gpt2}", "--to", "coreml", "--out", "{tmp}/o.mlpackage", "--target", "macOS15", "--allow-large"],
+        ["--allow-large applies to iOS targets", "drop --allow-large"],
+    ),
+    (
+        ["convert", "{gpt2}", "--to", "mlx", "--out", "{tmp}/o.mlpackage"],
+        ["an MLX directory named like a Core ML package", "--to coreml"],
+    ),
     (["generate", "{gpt2}", "--ids", "1", "--top-k", "5"], ["--top-k applies with sampling only"]),
-    (["bench", "--model", "{bert}", "--backends", "mlx_lm"], ["--backends mlx_lm applies to causal LMs",
-                                                              "reference, torch-ane, mlx or coreml"]),
-    (["bench", "--model", "{gpt2}", "--seq-lens", "16,100000"], ["--seq-lens 100000: longer than",
-                                                                 "160 positions (n_positions)"]),
+    (
+        ["bench", "--model", "{bert}", "--backends", "mlx_lm"],
+        ["--backends mlx_lm applies to causal LMs", "reference, torch-ane, mlx or coreml"],
+    ),
+    (
+        ["bench", "--model", "{gpt2}", "--seq-lens", "16,100000"],
+        ["--seq-lens 100000: longer than", "160 positions (n_positions)"],
+    ),
     (["bench", "--keystrokes", "-1"], ["--keystrokes -1: must be at least 0"]),
     # messages that say what happened
     (["convert", "{gpt2}", "--to", "mlx", "--out", "{gpt2}"], ["is the source checkpoint"]),  # not "pass --overwrite"
@@ -225,15 +264,13 @@ BAD_OPTIONS = [
     (["predict", "-k", "two", "x"], ["Invalid value for '-k'"]),
     (["nosuch"], ["No such command 'nosuch'", "(ondevice --help)"]),
     # outputs the filesystem cannot take
-    (["convert", "{gpt2}", "--to", "mlx", "--out", "/nonexistent-ondevice-dir/o"], ["output directory does not "
-                                                                                    "exist"]),
+    (["convert", "{gpt2}", "--to", "mlx", "--out", "/nonexistent-ondevice-dir/o"], ["output directory does not exist"]),
     (["convert", "{gpt2}", "--to", "mlx", "--out", "{file}/o"], ["output directory does not exist"]),
     (["convert", "{gpt2}", "--to", "mlx", "--out", "/proc/ondevice-o"], ["/proc: cannot write here"]),
 ]
 
 
-@pytest.mark.parametrize(("args", "fragments"), BAD_OPTIONS, ids=[" ".join(a[:1] + a[2:])[:60] for a, _ in
-                                                                   BAD_OPTIONS])
+@pytest.mark.parametrize(("args", "fragments"), BAD_OPTIONS, ids=[" ".join(a[:1] + a[2:])[:60] for a, _ in BAD_OPTIONS])
 def test_bad_option_values_get_one_line(args, fragments, gpt2_dir, bert_dir, tmp_path):
     (tmp_path / "text.txt").write_text("one line of text\n")
     values = {"gpt2": str(gpt2_dir), "bert": str(bert_dir), "tmp": str(tmp_path), "file": str(tmp_path / "text.txt")}
@@ -251,8 +288,10 @@ def test_output_in_a_folder_that_cannot_be_written(gpt2_dir, tmp_path, monkeypat
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(tempfile, "mkdtemp", refused)
-    assert_one_line_error(run_cli("convert", str(gpt2_dir), "--to", "mlx", "--out", str(tmp_path / "o")),
-                          f"{tmp_path}: cannot write here (Permission denied)")
+    assert_one_line_error(
+        run_cli("convert", str(gpt2_dir), "--to", "mlx", "--out", str(tmp_path / "o")),
+        f"{tmp_path}: cannot write here (Permission denied)",
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -265,8 +304,10 @@ def test_a_full_disk_while_writing_gets_one_line_and_leaves_nothing(gpt2_dir, tm
         raise OSError(errno.ENOSPC, "No space left on device", str(work / "tokenizer.json"))
 
     monkeypatch.setattr(convert.mlx_export, "_copy_tokenizer", full)
-    assert_one_line_error(run_cli("convert", str(gpt2_dir), "--to", "mlx", "--out", str(tmp_path / "o")),
-                          "tokenizer.json: No space left on device")
+    assert_one_line_error(
+        run_cli("convert", str(gpt2_dir), "--to", "mlx", "--out", str(tmp_path / "o")),
+        "tokenizer.json: No space left on device",
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -292,11 +333,19 @@ def test_an_early_ctrl_c_prints_one_word(gpt2_dir, tmp_path):
     import sys
     import time
 
-    command = [str(Path(sys.executable).with_name("ondevice")), "convert", str(gpt2_dir), "--to", "mlx",
-               "--out", str(tmp_path / "o")]
+    command = [
+        str(Path(sys.executable).with_name("ondevice")),
+        "convert",
+        str(gpt2_dir),
+        "--to",
+        "mlx",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     for delay in (0.4, 0.8, 1.5):
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1")
+        )
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
@@ -364,6 +413,8 @@ def test_an_mlx_directory_is_neither_a_torch_checkpoint_nor_a_reference(gpt2_dir
 
 
 def test_allow_large_applies_to_core_ml_only(gpt2_dir, tmp_path):
-    assert_one_line_error(run_cli("convert", str(gpt2_dir), "--to", "mlx", "--out", str(tmp_path / "m"),
-                                  "--allow-large"), "--allow-large applies to --to coreml only")
+    assert_one_line_error(
+        run_cli("convert", str(gpt2_dir), "--to", "mlx", "--out", str(tmp_path / "m"), "--allow-large"),
+        "--allow-large applies to --to coreml only",
+    )
     assert not (tmp_path / "m").exists()

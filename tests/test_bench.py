@@ -32,12 +32,30 @@ def bench(tmp_path_factory):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(Path(keyboard_gpt2_path()) / name, gpt2 / name)
     bert = make_bert(root / "bert")
-    llama = make_llama(root / "llama", "qwen3", hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                       head_dim=32, intermediate_size=64, tie_word_embeddings=True)
+    llama = make_llama(
+        root / "llama",
+        "qwen3",
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=64,
+        tie_word_embeddings=True,
+    )
     backends = ["reference", "torch-ane", "mlx", "coreml", "mlx_lm"]
-    options = BenchOptions(models=[str(gpt2), str(llama), str(bert)], backends=backends,
-                           seq_lens=[8], repeats=1, threads=1, decode_tokens=4, keystrokes=12, reuse_lines=1,
-                           bandwidth_mib=16, cache_dir=root / "cache", out=root / "out")
+    options = BenchOptions(
+        models=[str(gpt2), str(llama), str(bert)],
+        backends=backends,
+        seq_lens=[8],
+        repeats=1,
+        threads=1,
+        decode_tokens=4,
+        keystrokes=12,
+        reuse_lines=1,
+        bandwidth_mib=16,
+        cache_dir=root / "cache",
+        out=root / "out",
+    )
     console = Console(file=io.StringIO(), width=200)
     out = run_bench(options, console)
     document = json.loads((out / "bench.json").read_text())
@@ -218,6 +236,14 @@ def test_plot_is_written(bench):
 def test_a_failing_job_becomes_an_error_record(tmp_path):
     from ondevice.bench.worker import run_job
 
-    (r,) = run_job({"job": "backend", "model": "missing", "backend": "torch-ane", "precision": "fp32",
-                    "checkpoint": str(tmp_path / "nothing-here"), "threads": 1})
+    (r,) = run_job(
+        {
+            "job": "backend",
+            "model": "missing",
+            "backend": "torch-ane",
+            "precision": "fp32",
+            "checkpoint": str(tmp_path / "nothing-here"),
+            "threads": 1,
+        }
+    )
     assert r["status"] == "error" and r["reason"]

@@ -21,10 +21,14 @@ def _record(model: str, status: str, reason: str | None = None) -> dict:
 
 
 def test_failed_models_are_those_with_errors_and_nothing_measured():
-    records = [_record("-", "error", "bandwidth"),
-               _record("a", "error", "CheckpointError: truncated"), _record("a", "error", "again"),
-               _record("b", "error", "one backend broke"), _record("b", "ok"),
-               _record("c", "skipped", "coreml needs macOS")]
+    records = [
+        _record("-", "error", "bandwidth"),
+        _record("a", "error", "CheckpointError: truncated"),
+        _record("a", "error", "again"),
+        _record("b", "error", "one backend broke"),
+        _record("b", "ok"),
+        _record("c", "skipped", "coreml needs macOS"),
+    ]
     assert failed_models(records) == {"a": "CheckpointError: truncated"}
 
 
@@ -32,9 +36,25 @@ def test_a_truncated_checkpoint_is_refused_before_anything_runs(gpt2_dir, tmp_pa
     broken = Path(shutil.copytree(gpt2_dir, tmp_path / "truncated"))
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    result = CliRunner().invoke(app, ["bench", "--model", str(broken), "--backends", "torch-ane", "--quick",
-                                      "--seq-lens", "8", "--repeats", "1", "--threads", "1",
-                                      "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--model",
+            str(broken),
+            "--backends",
+            "torch-ane",
+            "--quick",
+            "--seq-lens",
+            "8",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert_one_line_error(result, "truncated/model.safetensors: not a readable safetensors file")
     assert not (tmp_path / "out").exists()  # nothing measured, nothing written
 
@@ -54,10 +74,18 @@ def test_bench_without_out_writes_in_the_working_directory_only(gpt2_dir, tmp_pa
     package = Path(ondevice.__file__).resolve().parent
 
     def state() -> tuple[str, list]:
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root,
-                                capture_output=True, text=True).stdout if (root / ".git").exists() else ""
-        files = sorted((str(p.relative_to(package)), p.stat().st_mtime_ns) for p in package.rglob("*")
-                       if p.is_file() and "__pycache__" not in p.parts)
+        status = (
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, capture_output=True, text=True
+            ).stdout
+            if (root / ".git").exists()
+            else ""
+        )
+        files = sorted(
+            (str(p.relative_to(package)), p.stat().st_mtime_ns)
+            for p in package.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        )
         return status, files
 
     before = state()
@@ -88,8 +116,24 @@ def test_a_read_only_home_neither_hangs_nor_fails_the_peer(gpt2_dir, tmp_path, m
 
     monkeypatch.setenv("HOME", "/proc")
     monkeypatch.delenv("ONDEVICE_BENCH_CACHE", raising=False)
-    result = CliRunner().invoke(app, ["bench", "--model", str(gpt2_dir), "--backends", "mlx_lm", "--seq-lens", "4",
-                                      "--repeats", "1", "--keystrokes", "0", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--model",
+            str(gpt2_dir),
+            "--backends",
+            "mlx_lm",
+            "--seq-lens",
+            "4",
+            "--repeats",
+            "1",
+            "--keystrokes",
+            "0",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "/proc/.cache/ondevice/bench: cannot write there" in result.stdout
     records = json.loads((tmp_path / "out" / "bench.json").read_text())["records"]
@@ -101,8 +145,9 @@ def test_keystrokes_says_how_many_keys_are_replayed(tmp_path):
     before the run starts."""
     import json
 
-    result = CliRunner().invoke(app, _quick_bench("--model", "keyboard-gpt2", "--keystrokes", "30",
-                                                  "--out", str(tmp_path)))
+    result = CliRunner().invoke(
+        app, _quick_bench("--model", "keyboard-gpt2", "--keystrokes", "30", "--out", str(tmp_path))
+    )
     assert result.exit_code == 0, result.output
     assert "30 keystrokes replayed per predictive-text backend" in result.stdout.splitlines()[0]
     records = json.loads((tmp_path / "bench.json").read_text())["records"]
@@ -113,7 +158,13 @@ def test_keystrokes_says_how_many_keys_are_replayed(tmp_path):
 def test_mlx_directories_run_on_mlx_only(gpt2_dir, tmp_path):
     export = tmp_path / "gpt2-mlx"
     assert CliRunner().invoke(app, ["convert", str(gpt2_dir), "--to", "mlx", "--out", str(export)]).exit_code == 0
-    assert_one_line_error(CliRunner().invoke(app, ["bench", "--model", str(export), "--backends", "torch-ane"]),
-                          "runs on the mlx backend only", "--backends mlx")
-    assert_one_line_error(CliRunner().invoke(app, ["bench", "--model", str(export), "--model", str(gpt2_dir)]),
-                          "runs on the mlx backend only", "other models separately")
+    assert_one_line_error(
+        CliRunner().invoke(app, ["bench", "--model", str(export), "--backends", "torch-ane"]),
+        "runs on the mlx backend only",
+        "--backends mlx",
+    )
+    assert_one_line_error(
+        CliRunner().invoke(app, ["bench", "--model", str(export), "--model", str(gpt2_dir)]),
+        "runs on the mlx backend only",
+        "other models separately",
+    )

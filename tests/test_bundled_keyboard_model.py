@@ -16,8 +16,18 @@ BUNDLE = keyboard_gpt2_path()
 
 
 def test_bundle_is_complete_and_within_25_mb():
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "train.txt.gz", "heldout.txt",
-                 "heldout-everyday.txt", "keyboard.json", "training.json", "evaluation.json", "MODEL_CARD.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "train.txt.gz",
+        "heldout.txt",
+        "heldout-everyday.txt",
+        "keyboard.json",
+        "training.json",
+        "evaluation.json",
+        "MODEL_CARD.md",
+    ):
         assert (BUNDLE / name).is_file(), name
     assert (BUNDLE / "model.safetensors").stat().st_size <= 25 * 2**20
 

@@ -24,8 +24,16 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> Non
 def test_gpt2_lm_head_model_reads_canonical_config(gpt2_dir):
     ckpt = load_checkpoint(gpt2_dir)
     assert ckpt.model_type == "gpt2"
-    assert ckpt.config == GPT2Config(vocab_size=211, max_positions=160, hidden_size=64, num_layers=2, num_heads=4,
-                                     intermediate_size=256, bos_token_id=0, eos_token_id=0)
+    assert ckpt.config == GPT2Config(
+        vocab_size=211,
+        max_positions=160,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=256,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     raw = load_file(gpt2_dir / "model.safetensors")
     # Conv1D stores (in, out): the canonical (out, in) q is the first third of c_attn, transposed.
     q = raw["transformer.h.1.attn.c_attn.weight"][:, :64].t()
@@ -85,8 +93,10 @@ def test_old_layer_norm_names_gamma_beta_are_accepted(tmp_path, bert_dir):
     directory = tmp_path / "gamma"
     shutil.copytree(bert_dir, directory)
     state = load_file(directory / "model.safetensors")
-    renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-               for k, v in state.items()}
+    renamed = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in state.items()
+    }
     save_file(renamed, directory / "model.safetensors")
     _same_weights(load_checkpoint(directory).weights, load_checkpoint(bert_dir).weights)
 

@@ -32,8 +32,9 @@ INTS = st.sampled_from(["0", "-1", "1", "3", "8", "161", "4096", "99999999999999
 FLOATS = st.sampled_from(["nan", "inf", "-inf", "0", "-1", "0.5", "1", "2.0", "1e308", "x", ""])
 # Free text without NUL (no shell can pass one), including markup-looking brackets and unicode, and text whose bytes
 # were not UTF-8 (Python hands those over as lone surrogates).
-TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=16) | \
-    st.sampled_from(["\udcff\udcfe hello ", "caf\udcc3", "\x01\x02\udcff\udcfe abc"])
+TEXT = st.text(
+    alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=16
+) | st.sampled_from(["\udcff\udcfe hello ", "caf\udcc3", "\x01\x02\udcff\udcfe abc"])
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,11 @@ def arena(tmp_path_factory, gpt2_dir, bert_dir):
 
     llama = make_llama(root / "llama", "llama", seed=1)
     write_tokenizer(llama, 211)
-    for name, field, value in (("inf-theta", "rope_theta", float("inf")), ("nan-eps", "rms_norm_eps", float("nan")),
-                               ("huge-positions", "max_position_embeddings", 10**12)):
+    for name, field, value in (
+        ("inf-theta", "rope_theta", float("inf")),
+        ("nan-eps", "rms_norm_eps", float("nan")),
+        ("huge-positions", "max_position_embeddings", 10**12),
+    ):
         odd = Path(shutil.copytree(llama, root / name))
         config = json.loads((odd / "config.json").read_text())
         if field == "rope_theta":  # transformers 4's spelling, where the theta sits at the top
@@ -73,13 +77,29 @@ def arena(tmp_path_factory, gpt2_dir, bert_dir):
         shutil.copy2(keyboard_gpt2_path() / name, foreign / name)
     export = root / "gpt2-mlx"
     assert CliRunner().invoke(app, ["convert", str(gpt2_dir), "--to", "mlx", "--out", str(export)]).exit_code == 0
-    return {"root": root, "gpt2": str(gpt2_dir), "bert": str(bert_dir), "export": str(export),
-            "notes": str(root / "notes.txt"), "empty": str(root / "empty.txt"), "docs": str(docs),
-            "docs.mlpackage": str(package_like), "broken": str(broken), "falcon": str(falcon),
-            "missing": str(root / "missing"), "missing.mlpackage": str(root / "missing.mlpackage"),
-            "llama": str(llama), "inf-theta": str(root / "inf-theta"), "nan-eps": str(root / "nan-eps"),
-            "huge-positions": str(root / "huge-positions"), "foreign-tokenizer": str(foreign),
-            "unwritable": "/proc/ondevice-out", "unwritable.mlpackage": "/proc/ondevice-out.mlpackage"}
+    return {
+        "root": root,
+        "gpt2": str(gpt2_dir),
+        "bert": str(bert_dir),
+        "export": str(export),
+        "notes": str(root / "notes.txt"),
+        "empty": str(root / "empty.txt"),
+        "docs": str(docs),
+        "docs.mlpackage": str(package_like),
+        "broken": str(broken),
+        "falcon": str(falcon),
+        "missing": str(root / "missing"),
+        "missing.mlpackage": str(root / "missing.mlpackage"),
+        "llama": str(llama),
+        "inf-theta": str(root / "inf-theta"),
+        "nan-eps": str(root / "nan-eps"),
+        "huge-positions": str(root / "huge-positions"),
+        "foreign-tokenizer": str(foreign),
+        "unwritable": "/proc/ondevice-out",
+        "unwritable.mlpackage": "/proc/ondevice-out.mlpackage",
+    }
+
+
 ODD_CHECKPOINTS = ("inf-theta", "nan-eps", "huge-positions", "foreign-tokenizer")
 
 
@@ -117,23 +137,46 @@ def _resolve(arena: dict, args: list[str]) -> list[str]:
     return [arena.get(a, a) if isinstance(a, str) else a for a in args]
 
 
-settings_ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 30,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings_ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=EXAMPLES <= 30,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @settings_
 @given(data=st.data())
 def test_verify(arena, data):
     draw = data.draw
-    target = draw(_place("gpt2", "bert", "export", "missing", "notes", "docs", "broken", "missing.mlpackage",
-                         "falcon", *ODD_CHECKPOINTS) | TEXT)
-    args = [target, *_options(draw, {
-        "--backend": st.sampled_from(["torch-ane", "mlx", "coreml", "tpu", ""]) | TEXT,
-        "--seq-len": st.sampled_from(["0", "-1", "4", "161", "99999999999999999999", "x"]),
-        "--dtype": st.sampled_from(["fp32", "fp16", "bf16", "int8", ""]),
-        "--seed": INTS,
-        "--reference": _place("gpt2", "bert", "export", "missing", "notes") | TEXT,
-    })]
+    target = draw(
+        _place(
+            "gpt2",
+            "bert",
+            "export",
+            "missing",
+            "notes",
+            "docs",
+            "broken",
+            "missing.mlpackage",
+            "falcon",
+            *ODD_CHECKPOINTS,
+        )
+        | TEXT
+    )
+    args = [
+        target,
+        *_options(
+            draw,
+            {
+                "--backend": st.sampled_from(["torch-ane", "mlx", "coreml", "tpu", ""]) | TEXT,
+                "--seq-len": st.sampled_from(["0", "-1", "4", "161", "99999999999999999999", "x"]),
+                "--dtype": st.sampled_from(["fp32", "fp16", "bf16", "int8", ""]),
+                "--seed": INTS,
+                "--reference": _place("gpt2", "bert", "export", "missing", "notes") | TEXT,
+            },
+        ),
+    ]
     _run(arena, "verify", _resolve(arena, args))
 
 
@@ -144,22 +187,44 @@ def test_convert(arena, data):
     before = _snapshot(arena["root"])
     source = draw(_place("gpt2", "bert", "export", "missing", "notes", "falcon", "docs", *ODD_CHECKPOINTS) | TEXT)
     # never a location that a conversion may write: each of these exists and is not ours, or cannot be made
-    out = draw(_place("docs", "docs.mlpackage", "notes", "broken", ".", "~", "/nonexistent-ondevice/x",
-                      "notes/x.mlpackage", "gpt2", "unwritable", "unwritable.mlpackage", ""))
-    args = [source, *_options(draw, {
-        "--to": st.sampled_from(["coreml", "mlx", "onnx", ""]),
-        "--overwrite": None,
-        "--dtype": st.sampled_from(["fp16", "fp32", "bf16", "int8", ""]),
-        "--seq-len": INTS,
-        "--context": INTS,
-        "--target": st.sampled_from(["iOS18", "iOS17", "iOS15", "macOS15", "", "[red]x"]),
-        "--kv-cache": st.sampled_from(["state", "io", "paged", ""]),
-        "--compress": st.sampled_from(["none", "int8", "int4", "palettize4", "palettize6", "int2"]),
-        "--calibration-text": _place("notes", "empty", "missing"),
-        "--quantize": INTS,
-        "--group-size": INTS,
-        "--verbose": None,
-    }), "--out", out]
+    out = draw(
+        _place(
+            "docs",
+            "docs.mlpackage",
+            "notes",
+            "broken",
+            ".",
+            "~",
+            "/nonexistent-ondevice/x",
+            "notes/x.mlpackage",
+            "gpt2",
+            "unwritable",
+            "unwritable.mlpackage",
+            "",
+        )
+    )
+    args = [
+        source,
+        *_options(
+            draw,
+            {
+                "--to": st.sampled_from(["coreml", "mlx", "onnx", ""]),
+                "--overwrite": None,
+                "--dtype": st.sampled_from(["fp16", "fp32", "bf16", "int8", ""]),
+                "--seq-len": INTS,
+                "--context": INTS,
+                "--target": st.sampled_from(["iOS18", "iOS17", "iOS15", "macOS15", "", "[red]x"]),
+                "--kv-cache": st.sampled_from(["state", "io", "paged", ""]),
+                "--compress": st.sampled_from(["none", "int8", "int4", "palettize4", "palettize6", "int2"]),
+                "--calibration-text": _place("notes", "empty", "missing"),
+                "--quantize": INTS,
+                "--group-size": INTS,
+                "--verbose": None,
+            },
+        ),
+        "--out",
+        out,
+    ]
     with contextlib.ExitStack() as stack:
         if out == "~":
             stack.enter_context(pytest.MonkeyPatch.context()).setenv("HOME", arena["docs"])
@@ -172,16 +237,21 @@ def test_convert(arena, data):
 @given(data=st.data())
 def test_predict(arena, data):
     draw = data.draw
-    args = _options(draw, {
-        "--model": _place("keyboard-gpt2", "gpt2", "bert", "export", "missing", "docs.mlpackage", "llama",
-                          *ODD_CHECKPOINTS) | TEXT,
-        "--backend": st.sampled_from(["torch-ane", "mlx", "coreml", "gpu"]),
-        "-k": INTS,
-        "--json": None,
-        "--eval": _place("empty", "missing", "docs"),
-        "--eval-lines": INTS,
-        "--baseline-text": _place("notes", "missing"),
-    })
+    args = _options(
+        draw,
+        {
+            "--model": _place(
+                "keyboard-gpt2", "gpt2", "bert", "export", "missing", "docs.mlpackage", "llama", *ODD_CHECKPOINTS
+            )
+            | TEXT,
+            "--backend": st.sampled_from(["torch-ane", "mlx", "coreml", "gpu"]),
+            "-k": INTS,
+            "--json": None,
+            "--eval": _place("empty", "missing", "docs"),
+            "--eval-lines": INTS,
+            "--baseline-text": _place("notes", "missing"),
+        },
+    )
     if draw(st.booleans()):
         args.append(draw(TEXT))
     _run(arena, "predict", _resolve(arena, args))
@@ -194,19 +264,22 @@ def test_generate(arena, data):
     args = [draw(_place("gpt2", "export", "bert", "missing", "notes", "llama", *ODD_CHECKPOINTS) | TEXT)]
     if draw(st.booleans()):
         args.append(draw(TEXT))
-    args += _options(draw, {
-        "--ids": st.sampled_from(["1, 2", "1", "", "x", "-1", "99999", "1,,2"]),
-        "--backend": st.sampled_from(["mlx", "torch-ane", "coreml", ""]),
-        "--dtype": st.sampled_from(["fp32", "fp16", "bf16", "int4", ""]),
-        "--max-tokens": st.sampled_from(["0", "-1", "1", "4", "x"]),
-        "--temperature": FLOATS,
-        "--top-k": INTS,
-        "--top-p": FLOATS,
-        "--seed": INTS,
-        "--ignore-eos": None,
-        "--chat": None,
-        "--system": TEXT,
-    })
+    args += _options(
+        draw,
+        {
+            "--ids": st.sampled_from(["1, 2", "1", "", "x", "-1", "99999", "1,,2"]),
+            "--backend": st.sampled_from(["mlx", "torch-ane", "coreml", ""]),
+            "--dtype": st.sampled_from(["fp32", "fp16", "bf16", "int4", ""]),
+            "--max-tokens": st.sampled_from(["0", "-1", "1", "4", "x"]),
+            "--temperature": FLOATS,
+            "--top-k": INTS,
+            "--top-p": FLOATS,
+            "--seed": INTS,
+            "--ignore-eos": None,
+            "--chat": None,
+            "--system": TEXT,
+        },
+    )
     _run(arena, "generate", _resolve(arena, args))
 
 
@@ -225,17 +298,20 @@ def test_bench(arena, data):
     # a model that never resolves to something runnable, so that no benchmark ever starts
     unrunnable = TEXT.filter(lambda t: t.strip() and "gpt2" not in t.lower() and "minilm" not in t.lower())
     args = ["--model", draw(_place("missing", "notes", "docs", "falcon", *ODD_CHECKPOINTS[:3]) | unrunnable)]
-    args += _options(draw, {
-        "--model": _place("gpt2", "export", "bert"),
-        "--backends": st.sampled_from(["reference", "torch-ane,mlx", "mlx", "coreml", "tpu", ",", ""]),
-        "--seq-lens": st.sampled_from(["16", "16,64", "0", "-1", "x", ",", ""]),
-        "--quick": None,
-        "--out": _place("notes", "docs", "missing/deeper", "unwritable", ""),
-        "--keystrokes": INTS,
-        "--threads": INTS,
-        "--repeats": INTS,
-        "--batch": INTS,
-    })
+    args += _options(
+        draw,
+        {
+            "--model": _place("gpt2", "export", "bert"),
+            "--backends": st.sampled_from(["reference", "torch-ane,mlx", "mlx", "coreml", "tpu", ",", ""]),
+            "--seq-lens": st.sampled_from(["16", "16,64", "0", "-1", "x", ",", ""]),
+            "--quick": None,
+            "--out": _place("notes", "docs", "missing/deeper", "unwritable", ""),
+            "--keystrokes": INTS,
+            "--threads": INTS,
+            "--repeats": INTS,
+            "--batch": INTS,
+        },
+    )
     _run(arena, "bench", _resolve(arena, args))
     assert _snapshot(arena["root"]) == before
 
@@ -243,10 +319,13 @@ def test_bench(arena, data):
 @settings_
 @given(data=st.data())
 def test_type(arena, data):
-    args = _options(data.draw, {
-        "--model": _place("gpt2", "export", "missing", "bert") | TEXT,
-        "--backend": st.sampled_from(["torch-ane", "mlx", "coreml", "tpu"]),
-    })
+    args = _options(
+        data.draw,
+        {
+            "--model": _place("gpt2", "export", "missing", "bert") | TEXT,
+            "--backend": st.sampled_from(["torch-ane", "mlx", "coreml", "tpu"]),
+        },
+    )
     if "--model" not in args:  # the bundled model would wait for keystrokes: always name another
         args = ["--model", arena["missing"], *args]
     _run(arena, "type", _resolve(arena, args))

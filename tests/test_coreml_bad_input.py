@@ -28,8 +28,10 @@ def _listing(directory):
         (CoreMLOptions(context=500), "context 500 must be in 2..160"),
         (CoreMLOptions(context=32, seq_lens=(64,)), "prefill length 64 exceeds the context of 32"),
         (CoreMLOptions(seq_lens=(8, 16)), "a causal LM takes one prefill length"),
-        (CoreMLOptions(compress="int8", calibration_text=__file__), "calibration text applies to causal LMs with "
-                                                                    "--compress int4 only"),
+        (
+            CoreMLOptions(compress="int8", calibration_text=__file__),
+            "calibration text applies to causal LMs with --compress int4 only",
+        ),
         (CoreMLOptions(compress="int4", calibration_text="missing.txt"), "missing.txt: calibration text not found"),
     ],
 )
@@ -43,8 +45,9 @@ def test_calibration_text_too_short_for_a_window(gpt2_dir, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("Too short.\n")
     with pytest.raises(ConversionError, match=r"short\.txt: \d+ tokens, too few for one 160-token calibration window"):
-        convert_to_coreml(gpt2_dir, tmp_path / "out.mlpackage", CoreMLOptions(compress="int4", calibration_text=short),
-                          progress=False)
+        convert_to_coreml(
+            gpt2_dir, tmp_path / "out.mlpackage", CoreMLOptions(compress="int4", calibration_text=short), progress=False
+        )
     assert _listing(tmp_path) == ["short.txt"]
 
 
@@ -68,8 +71,9 @@ def test_cli_refuses_existing_output_and_bad_target(gpt2_dir, tmp_path):
     result = runner.invoke(app, ["convert", str(gpt2_dir), "--to", "coreml", "--out", str(existing)])
     assert result.exit_code == 2 and "already exists (pass --overwrite to replace it)" in result.output
     (existing / "keep").write_text("mine")
-    result = runner.invoke(app, ["convert", str(gpt2_dir), "--to", "coreml", "--out", str(tmp_path / "new.mlpackage"),
-                                 "--target", "iOS17"])
+    result = runner.invoke(
+        app, ["convert", str(gpt2_dir), "--to", "coreml", "--out", str(tmp_path / "new.mlpackage"), "--target", "iOS17"]
+    )
     assert result.exit_code == 2
     assert "error: KV cache 'state' needs iOS18/macOS15" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -85,8 +89,9 @@ def test_failed_conversion_leaves_nothing(gpt2_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(coreml, "write_package_extras", broken)
     with pytest.raises(ConversionError, match="simulated failure"):
-        convert_to_coreml(gpt2_dir, tmp_path / "out.mlpackage", CoreMLOptions(context=16, seq_lens=(4,)),
-                          progress=False)
+        convert_to_coreml(
+            gpt2_dir, tmp_path / "out.mlpackage", CoreMLOptions(context=16, seq_lens=(4,)), progress=False
+        )
     assert _listing(tmp_path) == []
 
 
@@ -100,7 +105,8 @@ def test_corrupt_package_inspect_and_verify(gpt2_dir, tmp_path, damage):
     if damage in ("bad_spec", "no_metadata"):
         (package / "Manifest.json").write_text(
             '{"fileFormatVersion": "1.0.0", "rootModelIdentifier": "A", "itemInfoEntries": '
-            '{"A": {"path": "com.apple.CoreML/model.mlmodel", "author": "x", "name": "model.mlmodel"}}}')
+            '{"A": {"path": "com.apple.CoreML/model.mlmodel", "author": "x", "name": "model.mlmodel"}}}'
+        )
         spec = package / "Data" / "com.apple.CoreML" / "model.mlmodel"
         spec.parent.mkdir(parents=True)
         if damage == "bad_spec":
@@ -127,8 +133,9 @@ def test_verify_package_needs_reference(tmp_path):
 def cli_package(tmp_path_factory, gpt2_dir):
     """One GPT-2 package converted through the command line; the result of that run, and the package."""
     out = tmp_path_factory.mktemp("cli") / "gpt2.mlpackage"
-    result = CliRunner().invoke(app, ["convert", str(gpt2_dir), "--to", "coreml", "--out", str(out), "--context",
-                                      "24", "--seq-len", "4"])
+    result = CliRunner().invoke(
+        app, ["convert", str(gpt2_dir), "--to", "coreml", "--out", str(out), "--context", "24", "--seq-len", "4"]
+    )
     assert result.exit_code == 0, result.output
     return result, out
 
@@ -206,8 +213,11 @@ def test_altered_weights_are_refused_by_inspect_and_verify(cli_package, gpt2_dir
     else:
         weights.unlink()
     fragment = "missing" if damage == "missing" else "differs from the"
-    for args in (["inspect", str(package)], ["verify", str(package), "--reference", str(gpt2_dir)],
-                 ["predict", "--backend", "coreml", "--model", str(package), "x"]):
+    for args in (
+        ["inspect", str(package)],
+        ["verify", str(package), "--reference", str(gpt2_dir)],
+        ["predict", "--backend", "coreml", "--model", str(package), "x"],
+    ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         lines = result.stderr.strip().splitlines()

@@ -61,8 +61,10 @@ def test_kmeans_once_gives_the_tables_of_coremltools_kmeans(tmp_path, target):
 
     granularity = lut_granularity(target)
     kmeans = KMeansOnce()
-    configs = {"kmeans": cto.OpPalettizerConfig(mode="kmeans", nbits=4, **granularity),
-               "once": cto.OpPalettizerConfig(mode="custom", lut_function=kmeans.lut_function(4), **granularity)}
+    configs = {
+        "kmeans": cto.OpPalettizerConfig(mode="kmeans", nbits=4, **granularity),
+        "once": cto.OpPalettizerConfig(mode="custom", lut_function=kmeans.lut_function(4), **granularity),
+    }
     written = {}
     for name, op in configs.items():
         model = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=target, skip_model_load=True)

@@ -71,8 +71,9 @@ def test_large_head_is_split_into_outputs(tmp_path):
     from tests.checkpoints import make_gpt2
 
     ckpt = make_gpt2(tmp_path / "wide", n_layer=1, n_embd=32, n_head=2, vocab_size=20000, n_positions=32)
-    package = convert_to_coreml(ckpt, tmp_path / "wide.mlpackage", CoreMLOptions(context=16, seq_lens=(4,)),
-                                progress=False)
+    package = convert_to_coreml(
+        ckpt, tmp_path / "wide.mlpackage", CoreMLOptions(context=16, seq_lens=(4,)), progress=False
+    )
     outputs = inspect_package(package).functions["decode"].outputs
     assert [(f.name, f.shape[1]) for f in outputs] == [("logits_0", 16384), ("logits_1", 3616)]
     report = verify_package(str(package), str(ckpt), seq_len=8, greedy_steps=8)

@@ -49,8 +49,7 @@ def test_four_bit_package_against_the_trained_models_greedy_decisions(keyboard, 
     compress, _, calibrated = scheme.partition("-")
     # Calibrated on the text the model was trained on, never on the held-out text measured here.
     calibration = ckpt.directory / "train.txt.gz" if calibrated else None
-    options = CoreMLOptions(context=PROMPT + STEPS, seq_lens=(PROMPT,), compress=compress,
-                            calibration_text=calibration)
+    options = CoreMLOptions(context=PROMPT + STEPS, seq_lens=(PROMPT,), compress=compress, calibration_text=calibration)
     package = convert_to_coreml(ckpt.directory, tmp_path / f"{scheme}.mlpackage", options, progress=False)
     ours = load_package(package)
     cosines, agreements = [], []
@@ -61,8 +60,10 @@ def test_four_bit_package_against_the_trained_models_greedy_decisions(keyboard, 
         agreements.append(greedy_agreement(ours, reference, prompt, STEPS))
     kept = sum(a.agreed for a in agreements)
     margins = [m for a in agreements for m in a.miss_margins]
-    print(f"{scheme}: greedy {kept}/{len(prompts) * STEPS}, changed at margins {sorted(margins)}, "
-          f"min cosine {min(cosines):.5f}")
+    print(
+        f"{scheme}: greedy {kept}/{len(prompts) * STEPS}, changed at margins {sorted(margins)}, "
+        f"min cosine {min(cosines):.5f}"
+    )
     floor, margin_ceiling, cosine_floor = MEASURED[scheme]
     assert kept >= floor, (scheme, kept)
     assert max(margins, default=0.0) <= margin_ceiling, (scheme, margins)

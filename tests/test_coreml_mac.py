@@ -13,8 +13,10 @@ from convert.coreml import CoreMLOptions, convert_to_coreml
 
 pytestmark = [
     pytest.mark.mac,
-    pytest.mark.skipif(sys.platform != "darwin", reason="needs macOS: Core ML prediction, MLState and "
-                       "MLComputePlan are not available to coremltools on Linux"),
+    pytest.mark.skipif(
+        sys.platform != "darwin",
+        reason="needs macOS: Core ML prediction, MLState and MLComputePlan are not available to coremltools on Linux",
+    ),
 ]
 
 

@@ -61,8 +61,9 @@ def package(tmp_path_factory):
     root = tmp_path_factory.mktemp("coreml")
     checkpoint = make_gpt2(root / "gpt2")
     write_tokenizer(checkpoint, 211, chat_template=None)
-    out = convert_to_coreml(checkpoint, root / "gpt2.mlpackage", CoreMLOptions(dtype="fp32", context=32, seq_lens=(8,)),
-                            progress=False)
+    out = convert_to_coreml(
+        checkpoint, root / "gpt2.mlpackage", CoreMLOptions(dtype="fp32", context=32, seq_lens=(8,)), progress=False
+    )
     return checkpoint, out
 
 
@@ -225,11 +226,14 @@ def test_bad_generation_options_are_refused_in_one_line(chat_dir, args, message)
     _one_line_error(_run("generate", chat_dir, "--ids", "1 2", *args), message)
 
 
-@pytest.mark.parametrize(("template", "message"), [
-    (5, "chat_template is a int, not a template"),
-    (["not", "a", "template"], "tokenizer cannot be loaded"),
-    ("{% if messages %}{{ messages[0]['content'] }", "the chat template is not valid Jinja (line 1: "),
-])
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (5, "chat_template is a int, not a template"),
+        (["not", "a", "template"], "tokenizer cannot be loaded"),
+        ("{% if messages %}{{ messages[0]['content'] }", "the chat template is not valid Jinja (line 1: "),
+    ],
+)
 def test_a_broken_chat_template_is_named(chat_dir, tmp_path, template, message):
     """A chat template that is not a string, or not valid Jinja, is said to be so (not "refuses these messages")."""
     directory = shutil.copytree(chat_dir, tmp_path / "broken")
@@ -249,17 +253,23 @@ def test_another_models_tokenizer_is_refused(chat_dir, tmp_path):
     directory = shutil.copytree(chat_dir, tmp_path / "foreign")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(keyboard_gpt2_path() / name, directory / name)
-    _one_line_error(_run("generate", directory, USER, "--backend", "torch-ane"),
-                    "the tokenizer has 8,192 tokens, more than the model's vocabulary of 211")
+    _one_line_error(
+        _run("generate", directory, USER, "--backend", "torch-ane"),
+        "the tokenizer has 8,192 tokens, more than the model's vocabulary of 211",
+    )
     _one_line_error(_run("predict", "hello ", "--model", directory), "8,192 tokens", "another model's tokenizer")
 
 
 def test_text_that_is_not_utf8_is_refused_in_one_line(chat_dir):
     """The shell hands bytes that are not UTF-8 to Python as lone surrogates; they are named, not a traceback."""
-    _one_line_error(_run("generate", chat_dir, "\udcff\udcfe abc", "--backend", "torch-ane"),
-                    "PROMPT is not valid UTF-8 text (byte 0xff at character 0)")
-    _one_line_error(_run("generate", chat_dir, "hi", "--chat", "--system", "ok \udcc3", "--backend", "torch-ane"),
-                    "--system is not valid UTF-8 text (byte 0xc3 at character 3)")
+    _one_line_error(
+        _run("generate", chat_dir, "\udcff\udcfe abc", "--backend", "torch-ane"),
+        "PROMPT is not valid UTF-8 text (byte 0xff at character 0)",
+    )
+    _one_line_error(
+        _run("generate", chat_dir, "hi", "--chat", "--system", "ok \udcc3", "--backend", "torch-ane"),
+        "--system is not valid UTF-8 text (byte 0xc3 at character 3)",
+    )
     _one_line_error(_run("predict", "\udcff\udcfe hello ", "--model", chat_dir), "TEXT is not valid UTF-8")
 
 
@@ -272,8 +282,15 @@ def test_running_a_package_prints_only_our_own_lines(package):
     from pathlib import Path
 
     _, path = package
-    command = [str(Path(sys.executable).with_name("ondevice")), "generate", str(path), "--ids", "1 2",
-               "--max-tokens", "2"]
+    command = [
+        str(Path(sys.executable).with_name("ondevice")),
+        "generate",
+        str(path),
+        "--ids",
+        "1 2",
+        "--max-tokens",
+        "2",
+    ]
     quiet = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0, quiet.stderr
     lines = quiet.stderr.strip().splitlines()

@@ -30,8 +30,9 @@ def test_predict_prints_words_and_json(keyboard_dir):
     assert len(rows) == 2 and all(r["word"].lower().startswith("bro") and 0 < r["probability"] <= 1 for r in rows)
 
 
-@pytest.mark.parametrize("stdin", [b"", b"   \n\t", "caf\u00e9 \U0001f600 ".encode(), b"\xff\xfe half \xc3",
-                                   b"x" * 100_000])
+@pytest.mark.parametrize(
+    "stdin", [b"", b"   \n\t", "caf\u00e9 \U0001f600 ".encode(), b"\xff\xfe half \xc3", b"x" * 100_000]
+)
 def test_predict_reads_any_bytes_from_stdin(keyboard_dir, stdin):
     result = run("predict", "--model", str(keyboard_dir), stdin=stdin)
     assert result.exit_code == 0, result.output
@@ -64,8 +65,9 @@ def test_predict_bad_input(keyboard_dir, bert_dir, gpt2_dir, tmp_path):
     assert_one_line_error(run("predict", "hi", "--model", str(bert_dir)), "needs a causal LM")
     # A GPT-2 saved without a tokenizer (transformers 5 would hand back an empty one, and no suggestions).
     assert_one_line_error(run("predict", "hi", "--model", str(gpt2_dir)), "no tokenizer files")
-    assert_one_line_error(run("predict", "--model", str(keyboard_dir), "--eval", str(tmp_path / "none.txt")),
-                          "none.txt", "cannot be read")
+    assert_one_line_error(
+        run("predict", "--model", str(keyboard_dir), "--eval", str(tmp_path / "none.txt")), "none.txt", "cannot be read"
+    )
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     assert_one_line_error(run("predict", "--model", str(keyboard_dir), "--eval", str(empty)), "no text")

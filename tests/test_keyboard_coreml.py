@@ -44,5 +44,6 @@ def test_predict_cli_on_a_package_and_bad_input(keyboard_package, tmp_path):
     # A checkpoint directory given to the coreml backend: one line naming it and what the backend wants (the CLI
     # checks a directory's package files before the Predictor would say "runs a converted package").
     line = assert_one_line_error(
-        CliRunner().invoke(app, ["predict", "hi", "--model", str(directory), "--backend", "coreml"]), str(directory))
+        CliRunner().invoke(app, ["predict", "hi", "--model", str(directory), "--backend", "coreml"]), str(directory)
+    )
     assert "converted package" in line or "Core ML package" in line, line

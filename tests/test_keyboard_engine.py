@@ -41,7 +41,7 @@ def brute_force(predictor: Predictor, reference, text: str, max_tokens: int, k: 
     for length in range(1, max_tokens + 1):
         sequences = []
         for seq in itertools.product(starts, *([conts] * (length - 1))):
-            word = "".join(classes.strings[t] for t in seq)[0 if bare else 1:]
+            word = "".join(classes.strings[t] for t in seq)[0 if bare else 1 :]
             if word.lower().startswith(partial.lower()):
                 sequences.append((seq, word))
         for chunk in range(0, len(sequences), 4096):
@@ -103,16 +103,23 @@ def test_cache_reuse_gives_the_suggestions_of_recomputing_and_saves_work(keyboar
         a, b = reused.suggest(text), fresh.suggest(text)
         assert _words(a) == _words(b), text
         np.testing.assert_allclose([s.probability for s in a], [s.probability for s in b], rtol=1e-4)
-    recomputed = sum(len(fresh.context.token_ids(split_partial(t)[0])) for t in _typed("The model runs on the "
-                                                                                         "phone, the tablet and"))
+    recomputed = sum(
+        len(fresh.context.token_ids(split_partial(t)[0])) for t in _typed("The model runs on the phone, the tablet and")
+    )
     assert reused.context.tokens_computed * 5 < recomputed
     assert reused.context.tokens_adopted > 0  # words the search had scored became context without a forward
 
 
 def test_backspace_and_edits_rewind_the_cache(keyboard_dir):
     live = Predictor(keyboard_dir)
-    edits = ["The quick brown fox jumps", "The quick brown fox ju", "The quick brown f", "The quick red f",
-             "A quick red f", "A quick red fox jumps over"]
+    edits = [
+        "The quick brown fox jumps",
+        "The quick brown fox ju",
+        "The quick brown f",
+        "The quick red f",
+        "A quick red f",
+        "A quick red fox jumps over",
+    ]
     for text in edits:
         got = live.suggest(text)
         fresh = Predictor(keyboard_dir)

@@ -32,8 +32,9 @@ def checkpoint(tmp_path_factory, dialect: str, style: str):
     key = (dialect, style)
     if key not in _DIRS:
         directory = tmp_path_factory.mktemp(f"{dialect}-{style}")
-        _DIRS[key] = make_family_keyboard_checkpoint(directory, dialect, style,
-                                                     pad_vocab=8 if dialect.startswith("qwen") else 0)
+        _DIRS[key] = make_family_keyboard_checkpoint(
+            directory, dialect, style, pad_vocab=8 if dialect.startswith("qwen") else 0
+        )
     return _DIRS[key]
 
 
@@ -65,7 +66,7 @@ def brute_force(predictor: Predictor, model, text: str, max_tokens: int, k: int)
         return word.lower().startswith(want) or want.startswith(word.lower())
 
     spellings: list[tuple[tuple[int, ...], str]] = []
-    frontier = [((int(t),), classes.strings[t][0 if bare else 1:]) for t in first]
+    frontier = [((int(t),), classes.strings[t][0 if bare else 1 :]) for t in first]
     for depth in range(max_tokens):
         frontier = [(seq, word) for seq, word in frontier if agrees(word)]
         spellings += [(seq, word) for seq, word in frontier if word.lower().startswith(want)]
@@ -117,8 +118,12 @@ def test_word_starts_are_read_off_the_tokenizer(tmp_path_factory, dialect, style
     if style == "byte-level":
         assert (starts.style, starts.marker, starts.space_at_start) == ("byte-level", "Ġ", False)
     else:
-        assert (starts.style, starts.marker, starts.space_at_start, starts.byte_fallback) == ("metaspace", "▁", True,
-                                                                                              True)
+        assert (starts.style, starts.marker, starts.space_at_start, starts.byte_fallback) == (
+            "metaspace",
+            "▁",
+            True,
+            True,
+        )
         assert starts.token_text("<0x41>") == "A" and starts.token_text("<0xC3>") == "\ufffd"
     classes, vocab = predictor.classes, predictor.tokenizer.get_vocab()
     for piece in ("Ġthe", "▁the"):
@@ -237,8 +242,9 @@ def test_the_english_lexicon_on_each_tokenizer_style(tmp_path_factory, style):
     kept, on a Llama with each tokenizer style (a random one: only the lexicon makes its words real)."""
     from ondevice.keyboard.blend import Blend
 
-    predictor = Predictor(checkpoint(tmp_path_factory, "llama", style), lexicon="english",
-                          blend_weights=Blend(lexicon=0.5))
+    predictor = Predictor(
+        checkpoint(tmp_path_factory, "llama", style), lexicon="english", blend_weights=Blend(lexicon=0.5)
+    )
     for text in ("", "The object is ", "I will see you tomor", "A pointer to the Bu", "(se"):
         shown = [s.word for s in predictor.suggest(text)]
         partial = split_partial(text)[1]

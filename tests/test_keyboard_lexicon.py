@@ -38,13 +38,34 @@ def test_fragments_are_not_words_and_common_words_are(english):
 
 def test_forms_names_acronyms_and_the_training_texts_own_words(english):
     assert [english.form(w) for w in ("i", "i'm", "london", "monday", "api", "python", "none", "windows", "the")] == [
-        "I", "I'm", "London", "Monday", "API", "Python", "none", "windows", "the"]
+        "I",
+        "I'm",
+        "London",
+        "Monday",
+        "API",
+        "Python",
+        "none",
+        "windows",
+        "the",
+    ]
 
 
-@pytest.mark.parametrize(("before", "expected"), [
-    ("", True), ("Hello. ", True), ("Really?! ", True), ('He said: "Stop." ', True), ("One.\n", True),
-    ('"', True), ("(", True), ("The ", False), ("e.g. the ", False), ("Hello, ", False), ("3.14 ", False),
-])
+@pytest.mark.parametrize(
+    ("before", "expected"),
+    [
+        ("", True),
+        ("Hello. ", True),
+        ("Really?! ", True),
+        ('He said: "Stop." ', True),
+        ("One.\n", True),
+        ('"', True),
+        ("(", True),
+        ("The ", False),
+        ("e.g. the ", False),
+        ("Hello, ", False),
+        ("3.14 ", False),
+    ],
+)
 def test_sentence_start(before, expected):
     assert sentence_start(before) is expected
 
@@ -72,11 +93,13 @@ def test_the_users_own_words_join_the_lexicon(english):
 
 # --- the lexicon as the search's index: exact against brute force ------------------------------------------
 
-_SMALL_TEXT = ("the quick brown fox jumps over lazy dog keyboard suggests next word while you type model runs "
-               "on phone tablet and laptop there is nothing like quiet morning with good book they thought "
-               "theory was thorough though not whole truth python programming language that lets work "
-               "quickly typing small screen slow so suggestions save time we don't know what they'll think "
-               "of it but it's worth trying a i th to in")
+_SMALL_TEXT = (
+    "the quick brown fox jumps over lazy dog keyboard suggests next word while you type model runs "
+    "on phone tablet and laptop there is nothing like quiet morning with good book they thought "
+    "theory was thorough though not whole truth python programming language that lets work "
+    "quickly typing small screen slow so suggestions save time we don't know what they'll think "
+    "of it but it's worth trying a i th to in"
+)
 _SMALL_WORDS = _SMALL_TEXT.split()
 
 
@@ -104,7 +127,7 @@ def _brute_force_in_lexicon(predictor, reference, text, max_tokens, k):
     for length in range(1, max_tokens + 1):
         batch = []
         for seq in itertools.product(starts, *([conts] * (length - 1))):
-            word = "".join(classes.strings[t] for t in seq)[0 if bare else 1:]
+            word = "".join(classes.strings[t] for t in seq)[0 if bare else 1 :]
             if word.lower().startswith(partial.lower()) and word.lower() in words:
                 batch.append((seq, word))
         if not batch:
@@ -119,8 +142,10 @@ def _brute_force_in_lexicon(predictor, reference, text, max_tokens, k):
     return scores.most_common(k)
 
 
-@pytest.mark.parametrize("text", ["", "The ", "The quick brown ", "A keyboard sug", "They thought the th",
-                                  "We don't kno", "The zorb and the zo"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "The ", "The quick brown ", "A keyboard sug", "They thought the th", "We don't kno", "The zorb and the zo"],
+)
 def test_search_over_the_lexicon_equals_brute_force(keyboard_dir, small_lexicon, text):
     from transformers import GPT2LMHeadModel
 
@@ -151,8 +176,11 @@ def test_blend_formula_by_hand():
     mix = Blend(lexicon=0.5, ngram=0.2)
     model, unigram, ngram = {"a": 0.5, "b": 0.1}, {"a": 0.01, "c": 0.3}, {"c": 0.5}
     scores = mix.score(model, unigram, ngram, ["a", "b", "c"])
-    raw = {"a": math.sqrt(0.5 * 0.8 * 0.01), "b": math.sqrt(0.1 * 1e-12),
-           "c": math.sqrt(1e-12 * (0.8 * 0.3 + 0.2 * 0.5))}
+    raw = {
+        "a": math.sqrt(0.5 * 0.8 * 0.01),
+        "b": math.sqrt(0.1 * 1e-12),
+        "c": math.sqrt(1e-12 * (0.8 * 0.3 + 0.2 * 0.5)),
+    }
     assert scores == pytest.approx({w: v / sum(raw.values()) for w, v in raw.items()})
     # where the n-gram has not seen the context, the prior is the lexicon's alone
     alone = mix.score(model, unigram, {}, ["a", "b"])
@@ -163,13 +191,22 @@ def test_blend_formula_by_hand():
 # --- the bundled keyboard, as a new user gets it -----------------------------------------------------------
 
 EXAMPLES = [  # the issue's four, then our own
-    ("I will see you tomor", "tomorrow"), ("This license is provided without warr", "warranty"),
-    ("Happy birth", "birthday"), ("I am going to the sto", "store"),
-    ("Thank you for your hel", "help"), ("See you next wee", "week"), ("She is my best fri", "friend"),
-    ("Good morn", "morning"), ("Happy new ye", "year"), ("The weather is nice tod", "today"),
-    ("Let me know if you have any ques", "questions"), ("Please send me the docu", "document"),
-    ("We had dinner at a restau", "restaurant"), ("What time is the meet", "meeting"),
-    ("Can you call me when you get ho", "home"), ("I need to buy some groc", "groceries"),
+    ("I will see you tomor", "tomorrow"),
+    ("This license is provided without warr", "warranty"),
+    ("Happy birth", "birthday"),
+    ("I am going to the sto", "store"),
+    ("Thank you for your hel", "help"),
+    ("See you next wee", "week"),
+    ("She is my best fri", "friend"),
+    ("Good morn", "morning"),
+    ("Happy new ye", "year"),
+    ("The weather is nice tod", "today"),
+    ("Let me know if you have any ques", "questions"),
+    ("Please send me the docu", "document"),
+    ("We had dinner at a restau", "restaurant"),
+    ("What time is the meet", "meeting"),
+    ("Can you call me when you get ho", "home"),
+    ("I need to buy some groc", "groceries"),
     ("Python is a progr", "programming"),
 ]
 

@@ -21,8 +21,9 @@ def test_ngram_counts_and_backoff_by_hand():
     # after "the": cat 2/3, dog 1/3 (trigram context ("<s>", "the"))
     assert _pairs(model.suggest("the ")) == [("cat", 2 / 3), ("dog", 1 / 3), ("the", pytest.approx(3 / 9 * 0.4 * 0.4))]
     # after "the cat": sat 1/2, ran 1/2 (trigram), then the unigram level with weight 0.4^2
-    assert [s.word for s in model.suggest("the cat ")][:2] == ["ran", "sat"] or \
-        [s.word for s in model.suggest("the cat ")][:2] == ["sat", "ran"]
+    assert [s.word for s in model.suggest("the cat ")][:2] == ["ran", "sat"] or [
+        s.word for s in model.suggest("the cat ")
+    ][:2] == ["sat", "ran"]
     # "a cat" was never seen: back off to the bigram ("cat",) with weight 0.4: sat and ran at 0.4 * 1/2 each
     assert {(s.word, round(s.probability, 6)) for s in model.suggest("a cat ", k=2)} == {("sat", 0.2), ("ran", 0.2)}
     # completion of "d" after "the": only "dog" (trigram)
@@ -54,15 +55,18 @@ def test_a_pick_before_punctuation_does_not_save_a_space():
     assert report["ksr3"] == pytest.approx(1 - 6 / 7)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("The quick bro", ("The quick", "bro", False)),
-    ("The quick ", ("The quick", "", False)),
-    ("", ("", "", True)),
-    ("   ", ("", "", True)),
-    ("(se", ("(", "se", True)),
-    ("I don't kn", ("I don't", "kn", False)),
-    ("3rd", ("3rd", "", False)),
-    ("emoji 😀", ("emoji 😀", "", False)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The quick bro", ("The quick", "bro", False)),
+        ("The quick ", ("The quick", "", False)),
+        ("", ("", "", True)),
+        ("   ", ("", "", True)),
+        ("(se", ("(", "se", True)),
+        ("I don't kn", ("I don't", "kn", False)),
+        ("3rd", ("3rd", "", False)),
+        ("emoji 😀", ("emoji 😀", "", False)),
+    ],
+)
 def test_split_partial(text, expected):
     assert split_partial(text) == expected

@@ -59,8 +59,12 @@ def _import_graph() -> dict[str, set[str]]:
                     parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join([*parts, base] if base else parts)
                 targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
-            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) ==
-                  "import_module" and node.args and isinstance(node.args[0], ast.Constant)):
+            elif (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
                 targets = [node.args[0].value]
             for target in targets:
                 resolved = resolve(target)
@@ -135,15 +139,19 @@ def test_the_cycle_check_sees_importlib_strings(tmp_path):
 
 
 def test_cli_help_imports_no_torch_coremltools_or_mlx():
-    code = ("import sys; from ondevice.cli import app; "
-            "print(sorted(m for m in ('torch', 'coremltools', 'mlx', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys; from ondevice.cli import app; "
+        "print(sorted(m for m in ('torch', 'coremltools', 'mlx', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_registry_and_readers_import_no_model_or_mlx():
     heavy = "('ane_model', 'mlx_model', 'mlx', 'coremltools')"
-    code = ("import sys; import convert.registry, convert.checkpoint; "
-            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))")
+    code = (
+        "import sys; import convert.registry, convert.checkpoint; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"

@@ -31,26 +31,43 @@ from tests.checkpoints import make_llama
 FP32, FP16 = TOLERANCES["fp32"], TOLERANCES["fp16"]
 LONG = 150  # of max_position_embeddings=160: RoPE at positions near the end of the context
 
-_LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                    original_max_position_embeddings=16)
+_LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    rope_theta=10000.0,
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=16,
+)
 # name: (dialect, make_llama keyword arguments). Defaults: width 48, 6 heads of 8 sharing 2 kv heads, untied.
 CASES = {
     "llama, GQA 3:1": ("llama", {}),
-    "llama, GQA 7:1, width 56, tied": ("llama", dict(num_attention_heads=7, num_key_value_heads=1, hidden_size=56,
-                                                     tie_word_embeddings=True)),
-    "llama3 rope, original context 16 x8, v4 config": ("llama", dict(rope_parameters=_LLAMA3_ROPE,
-                                                                       config_style="v4")),
-    "llama, linear rope x4, o/mlp biases, bf16": ("llama", dict(
-        rope_parameters=dict(rope_type="linear", rope_theta=500.0, factor=4.0), attention_bias=True, mlp_bias=True,
-        dtype=torch.bfloat16)),
+    "llama, GQA 7:1, width 56, tied": (
+        "llama",
+        dict(num_attention_heads=7, num_key_value_heads=1, hidden_size=56, tie_word_embeddings=True),
+    ),
+    "llama3 rope, original context 16 x8, v4 config": ("llama", dict(rope_parameters=_LLAMA3_ROPE, config_style="v4")),
+    "llama, linear rope x4, o/mlp biases, bf16": (
+        "llama",
+        dict(
+            rope_parameters=dict(rope_type="linear", rope_theta=500.0, factor=4.0),
+            attention_bias=True,
+            mlp_bias=True,
+            dtype=torch.bfloat16,
+        ),
+    ),
     "mistral, one kv head, v4 config": ("mistral", dict(num_key_value_heads=1, config_style="v4")),
     "mistral, 4 heads = 4 kv heads": ("mistral", dict(num_attention_heads=4, num_key_value_heads=4)),
     "qwen2, biases, tied": ("qwen2", dict(tie_word_embeddings=True)),
     "qwen2, bf16, v4 config": ("qwen2", dict(dtype=torch.bfloat16, config_style="v4")),
-    "qwen3, head_dim 16 of width 48, 4 heads / 2 kv": ("qwen3", dict(head_dim=16, num_attention_heads=4,
-                                                                     num_key_value_heads=2)),
-    "qwen3, 16 heads / 8 kv, tied": ("qwen3", dict(num_attention_heads=16, num_key_value_heads=8, head_dim=8,
-                                                   hidden_size=64, tie_word_embeddings=True)),
+    "qwen3, head_dim 16 of width 48, 4 heads / 2 kv": (
+        "qwen3",
+        dict(head_dim=16, num_attention_heads=4, num_key_value_heads=2),
+    ),
+    "qwen3, 16 heads / 8 kv, tied": (
+        "qwen3",
+        dict(num_attention_heads=16, num_key_value_heads=8, head_dim=8, hidden_size=64, tie_word_embeddings=True),
+    ),
 }
 
 
@@ -69,8 +86,10 @@ def case(request, tmp_path_factory):
     dialect, overrides = CASES[request.param]
     directory = make_llama(tmp_path_factory.mktemp("llama"), dialect, seed=3, **overrides)
     cfg, weights = _canonical(directory)
-    assert (cfg.num_heads, cfg.num_kv_heads) == (overrides.get("num_attention_heads", 6),
-                                                 overrides.get("num_key_value_heads", 2))
+    assert (cfg.num_heads, cfg.num_kv_heads) == (
+        overrides.get("num_attention_heads", 6),
+        overrides.get("num_key_value_heads", 2),
+    )
     reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     with torch.inference_mode():
         logits = reference(_ids(cfg.vocab_size, 2, LONG)).logits  # (B, S, V)
@@ -205,8 +224,11 @@ def test_layers_are_1x1_convs_on_b_c_1_s(case, model):
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
     assert all(m.kernel_size == (1, 1) for m in model.modules() if isinstance(m, nn.Conv2d))
     shapes = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
-             for m in model.modules() if isinstance(m, nn.Conv2d | RMSNormANE)]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | RMSNormANE)
+    ]
     with torch.inference_mode():
         model(_ids(cfg.vocab_size, 2, 9))
     for hook in hooks:
@@ -244,8 +266,9 @@ def test_grouped_query_split_einsum_equals_sdpa_without_repeating_keys():
     def heads(t, n):  # (B, n*d, 1, S) -> (B, n, S, d)
         return t.squeeze(2).view(2, n, 8, 11).transpose(2, 3)
 
-    want = F.scaled_dot_product_attention(heads(q, 6), heads(k, 2), heads(v, 2), is_causal=True, scale=1.0,
-                                          enable_gqa=True)
+    want = F.scaled_dot_product_attention(
+        heads(q, 6), heads(k, 2), heads(v, 2), is_causal=True, scale=1.0, enable_gqa=True
+    )
     torch.testing.assert_close(heads(ours, 6), want, rtol=1e-5, atol=1e-6)
 
 
@@ -274,8 +297,16 @@ def test_qwen_vocabulary_head_is_ten_chunks_below_the_ane_limit():
 def test_missing_untied_head_is_refused():
     from canonical.errors import CheckpointError
 
-    cfg = LlamaConfig(vocab_size=11, max_positions=8, hidden_size=8, num_layers=1, num_heads=2, num_kv_heads=1,
-                      head_dim=4, intermediate_size=12)
+    cfg = LlamaConfig(
+        vocab_size=11,
+        max_positions=8,
+        hidden_size=8,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=4,
+        intermediate_size=12,
+    )
     weights = {k: v for k, v in LlamaModel(cfg).state_dict().items() if not k.startswith("lm_head.")}
     with pytest.raises(CheckpointError, match="lm_head"):
         LlamaModel.from_canonical(cfg, weights)

@@ -119,8 +119,11 @@ def test_rope_tables_hold_the_context_only(packages):
     """The RoPE tables span max_positions (160) in the model; the package keeps its CONTEXT rows."""
     package, _ = packages("llama3-rope-state-fp16")
     program = MilProgram(package)
-    shapes = {op.outputs[0].shape for op in program.functions["prefill"].operations
-              if op.op_type == "const" and "rotary" in op.name}
+    shapes = {
+        op.outputs[0].shape
+        for op in program.functions["prefill"].operations
+        if op.op_type == "const" and "rotary" in op.name
+    }
     assert shapes == {(8, CONTEXT)}, shapes
 
 
@@ -178,8 +181,9 @@ def test_mismatched_shapes_are_refused(checkpoints, tmp_path):
     out.mkdir()
     with pytest.raises(CheckpointError, match="intermediate_size"):
         convert_to_coreml(broken, out / "x.mlpackage", STATE, progress=False)
-    line = _one_line(CliRunner().invoke(app, ["convert", str(broken), "--to", "coreml",
-                                              "--out", str(out / "x.mlpackage")]))
+    line = _one_line(
+        CliRunner().invoke(app, ["convert", str(broken), "--to", "coreml", "--out", str(out / "x.mlpackage")])
+    )
     assert "intermediate_size" in line
     assert _listing(out) == []
 
@@ -243,10 +247,25 @@ def test_weight_estimate_at_realistic_scale():
         with torch.device("meta"):
             return cfg, LlamaModel(cfg).state_dict()
 
-    smollm = weights(vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
-                     intermediate_size=1536)
-    qwen = weights(vocab_size=151936, hidden_size=1024, num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
-                   intermediate_size=3072, qk_norm=True)
+    smollm = weights(
+        vocab_size=49152,
+        hidden_size=576,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        intermediate_size=1536,
+    )
+    qwen = weights(
+        vocab_size=151936,
+        hidden_size=1024,
+        num_layers=28,
+        num_heads=16,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=3072,
+        qk_norm=True,
+    )
     params = {name: sum(t.numel() for t in w.values()) for name, (_, w) in (("smollm", smollm), ("qwen", qwen))}
     assert params["smollm"] == 134_515_008 and params["qwen"] == 596_049_920
     assert estimated_weight_bytes(*smollm, "fp16", "none") == 2 * params["smollm"]  # 269 MB: fits
@@ -254,4 +273,3 @@ def test_weight_estimate_at_realistic_scale():
     with pytest.raises(ConversionError, match=r"about 1\.19 GB \(fp16\).*--compress int8 would make them about 0\.60"):
         check_size(*qwen, STATE)
     assert IOS_WEIGHT_LIMIT == 1_000_000_000
-

@@ -17,8 +17,12 @@ from tests.llama_packages import (
 )
 
 COMPRESSED = [name for name, (_, options) in VARIANTS.items() if options.compress != "none"]
-EMITS = {"int8": "constexpr_blockwise_shift_scale", "int4": "constexpr_blockwise_shift_scale",
-         "palettize4": "constexpr_lut_to_dense", "palettize6": "constexpr_lut_to_dense"}
+EMITS = {
+    "int8": "constexpr_blockwise_shift_scale",
+    "int4": "constexpr_blockwise_shift_scale",
+    "palettize4": "constexpr_lut_to_dense",
+    "palettize6": "constexpr_lut_to_dense",
+}
 
 
 @pytest.fixture(scope="module")

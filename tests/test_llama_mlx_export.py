@@ -27,8 +27,14 @@ FP32 = TOLERANCES["fp32"]
 GROUP = 32
 runner = CliRunner()
 
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
 # dialect -> (model_type, make_llama overrides). Widths (C, H*D, G*D, F) are multiples of 32.
 DIALECTS = {
     "llama": ("llama", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -117,8 +123,10 @@ def test_mlx_lm_loads_the_cli_export_and_gives_our_logits(dialect, bits):
         assert c.within(FP32) and c.cosine >= 0.99999, c
     # against our own model on the same export (quantized: the same quantized weights), and against our
     # model quantized in memory from the checkpoint: what the mlx backend runs either way
-    for ours in (load(load_mlx_checkpoint(out), dtype=None),
-                 load(load_checkpoint(dialect.checkpoint), quantize=bits, group_size=GROUP)):
+    for ours in (
+        load(load_mlx_checkpoint(out), dtype=None),
+        load(load_checkpoint(dialect.checkpoint), quantize=bits, group_size=GROUP),
+    ):
         c = compare("logits", got, ours.prefill(ids))
         assert c.within(FP32), c  # both quantized or both not: rounding of op order only
 

@@ -24,8 +24,14 @@ from tests.checkpoints import make_llama
 
 # Wavelengths 2*pi*10000^(2i/8) = 6.3, 63, 628, 6283 against 64/4=16 and 64/1=64: one frequency kept, one
 # blended, two divided by the factor -- every branch of the llama3 recipe.
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 
 # id: make_llama arguments. Between them: every dialect in both config styles, GQA 3:1, 7:1 and 2:1, one KV
 # head, head_dim apart from width/heads, tied and untied, biases, default/linear/llama3 RoPE (the v4
@@ -45,8 +51,12 @@ CASES: dict[str, dict] = {
                                            rope_parameters={"rope_type": "linear", "rope_theta": 1e6, "factor": 4.0}),
 }  # fmt: skip
 
-_ROTARY = {"llama": "LlamaRotaryEmbedding", "mistral": "MistralRotaryEmbedding", "qwen2": "Qwen2RotaryEmbedding",
-           "qwen3": "Qwen3RotaryEmbedding"}
+_ROTARY = {
+    "llama": "LlamaRotaryEmbedding",
+    "mistral": "MistralRotaryEmbedding",
+    "qwen2": "Qwen2RotaryEmbedding",
+    "qwen3": "Qwen3RotaryEmbedding",
+}
 
 
 @dataclass
@@ -133,7 +143,12 @@ def test_config_matches_transformers(built, case):
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     assert cfg.dialect == hf.model_type == CASES[case]["dialect"]
     assert (cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.intermediate_size, cfg.max_positions) == (
-        hf.vocab_size, hf.hidden_size, hf.num_hidden_layers, hf.intermediate_size, hf.max_position_embeddings)
+        hf.vocab_size,
+        hf.hidden_size,
+        hf.num_hidden_layers,
+        hf.intermediate_size,
+        hf.max_position_embeddings,
+    )
     assert (cfg.num_heads, cfg.num_kv_heads) == (hf.num_attention_heads, hf.num_key_value_heads)
     assert cfg.head_dim == attn.head_dim
     assert attn.q_proj.out_features == cfg.q_width and attn.k_proj.out_features == cfg.kv_width
@@ -144,7 +159,10 @@ def test_config_matches_transformers(built, case):
         assert cfg.rope_factor == rope["factor"]
     if cfg.rope_type == "llama3":
         assert (cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_max_positions) == (
-            rope["low_freq_factor"], rope["high_freq_factor"], rope["original_max_position_embeddings"])
+            rope["low_freq_factor"],
+            rope["high_freq_factor"],
+            rope["original_max_position_embeddings"],
+        )
     eps = model.model.norm.variance_epsilon
     assert cfg.rms_norm_eps == eps == model.model.layers[0].input_layernorm.variance_epsilon
     assert cfg.attention_bias == (attn.q_proj.bias is not None) == (attn.k_proj.bias is not None)
@@ -250,7 +268,11 @@ def test_hub_shaped_configs_match_transformers(tmp_path, name):
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (hf.num_attention_heads, hf.num_key_value_heads, head_dim)
     assert (cfg.hidden_size, cfg.num_layers, cfg.vocab_size, cfg.max_positions) == (
-        hf.hidden_size, hf.num_hidden_layers, hf.vocab_size, hf.max_position_embeddings)
+        hf.hidden_size,
+        hf.num_hidden_layers,
+        hf.vocab_size,
+        hf.max_position_embeddings,
+    )
     assert (cfg.rms_norm_eps, cfg.tie_word_embeddings) == (hf.rms_norm_eps, hf.tie_word_embeddings)
     assert (cfg.rope_type, cfg.rope_theta) == (hf.rope_parameters["rope_type"], hf.rope_parameters["rope_theta"])
     assert cfg.bos_token_id == hf.bos_token_id and cfg.eos_token_ids == eos
@@ -278,9 +300,16 @@ def test_missing_fields_take_the_dialects_transformers_defaults(tmp_path):
         cfg, hf = llama_config(config, dialect, tmp_path), AutoConfig.from_pretrained(tmp_path)
         head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
         assert (cfg.num_kv_heads, cfg.head_dim, cfg.max_positions, cfg.vocab_size) == (
-            hf.num_key_value_heads, head_dim, hf.max_position_embeddings, hf.vocab_size), dialect
+            hf.num_key_value_heads,
+            head_dim,
+            hf.max_position_embeddings,
+            hf.vocab_size,
+        ), dialect
         assert (cfg.bos_token_id, cfg.eos_token_id, cfg.rope_theta) == (
-            hf.bos_token_id, hf.eos_token_id, hf.rope_parameters["rope_theta"]), dialect
+            hf.bos_token_id,
+            hf.eos_token_id,
+            hf.rope_parameters["rope_theta"],
+        ), dialect
 
 
 def test_eos_ids_are_config_first_then_generation_config(tmp_path):
@@ -410,8 +439,9 @@ def _bad_weights(built, tmp_path, case: str, edit) -> str:
 
 
 def test_missing_qk_norm_is_refused(built, tmp_path):
-    message = _bad_weights(built, tmp_path, "qwen3-v5-head_dim16-bias-tied",
-                           lambda s: s.pop("model.layers.1.self_attn.k_norm.weight"))
+    message = _bad_weights(
+        built, tmp_path, "qwen3-v5-head_dim16-bias-tied", lambda s: s.pop("model.layers.1.self_attn.k_norm.weight")
+    )
     assert "missing tensor 'layers.1.self_attn.k_norm.weight'" in message and "model_type=qwen3" in message
 
 

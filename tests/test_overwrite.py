@@ -130,8 +130,14 @@ def _refusal_cases(kind: str, root: Path, source: Path) -> list[tuple[str, Path,
     inner_folder = nested / "Data" if kind == "coreml" else nested / "mine"
     inner_folder.mkdir(exist_ok=True)
     (inner_folder / "NOTES.txt").write_text("n")
-    cases.append(("earlier output with a user's file inside a folder", source, nested,
-                  f"'{inner_folder.name}/NOTES.txt', which ondevice did not"))
+    cases.append(
+        (
+            "earlier output with a user's file inside a folder",
+            source,
+            nested,
+            f"'{inner_folder.name}/NOTES.txt', which ondevice did not",
+        )
+    )
     # an earlier output one of whose files the user has changed since
     edited = root / out_name(kind, "edited")
     assert convert(kind, source, edited).exit_code == 0
@@ -186,8 +192,12 @@ def test_overwrite_refuses_the_working_directory_and_home(kind, workspace, fast_
     home.mkdir()
     (home / ".bashrc").write_text("export A=1")
     monkeypatch.setenv("HOME", str(home))
-    assert_one_line_error(convert(kind, source, "~", "--overwrite") if kind == "mlx" else
-                          convert(kind, source, f"~/../{home.name}", "--overwrite"), "not written by ondevice")
+    assert_one_line_error(
+        convert(kind, source, "~", "--overwrite")
+        if kind == "mlx"
+        else convert(kind, source, f"~/../{home.name}", "--overwrite"),
+        "not written by ondevice",
+    )
     assert (home / ".bashrc").read_text() == "export A=1"
 
 
@@ -235,8 +245,9 @@ def test_stale_staging_of_a_killed_run_is_removed_and_a_live_one_kept(tmp_path):
 def test_staging_lookalikes_without_our_owner_file_are_never_removed(tmp_path, gpt2_dir):
     """A user's folder named like a staging folder of this very output, hours old, with or without files, with an
     owner file of someone else's or of an older layout (a bare pid), survives a conversion beside it."""
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
+    dead = int(
+        subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    )
     backup = tmp_path / ".gpt2.mlx.bak.partial"
     (backup / "Data").mkdir(parents=True)
     (backup / "Data" / "NOTES.txt").write_text("mine")
@@ -280,9 +291,25 @@ def test_a_killed_coreml_conversion_leaves_no_litter(how, gpt2_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    process = subprocess.Popen([_ondevice(), "convert", str(gpt2_dir), "--to", "coreml", "--out",
-                                str(out / "m.mlpackage"), "--context", "16", "--seq-len", "4"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [
+            _ondevice(),
+            "convert",
+            str(gpt2_dir),
+            "--to",
+            "coreml",
+            "--out",
+            str(out / "m.mlpackage"),
+            "--context",
+            "16",
+            "--seq-len",
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     staging = _wait_for_staging(out, process)
     time.sleep(1.0)  # into the conversion: the converter's own temporary folder exists by now
     process.send_signal(getattr(signal, how))

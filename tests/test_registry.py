@@ -45,8 +45,12 @@ class ToyReader:
 
 
 TOY = Family(
-    name="toy", model_types=("toy_gpt2",), config_class=ToyConfig, reader=ToyReader,
-    random_checkpoint=_toy_checkpoint, ane_model="ane_model.gpt2:GPT2Model",
+    name="toy",
+    model_types=("toy_gpt2",),
+    config_class=ToyConfig,
+    reader=ToyReader,
+    random_checkpoint=_toy_checkpoint,
+    ane_model="ane_model.gpt2:GPT2Model",
 )
 
 
@@ -79,21 +83,25 @@ def test_the_registry_reads_the_toy_family(toy):
 
 def test_every_command_serves_or_refuses_the_toy_family(toy, tmp_path):
     # Generation on the torch-ane backend: the ANE-layout model is all it needs.
-    code, out = _served_or_refused("generate", str(toy), "--ids", "3 1 4 1 5", "--backend", "torch-ane",
-                                   "--max-tokens", "6", "--ignore-eos")
+    code, out = _served_or_refused(
+        "generate", str(toy), "--ids", "3 1 4 1 5", "--backend", "torch-ane", "--max-tokens", "6", "--ignore-eos"
+    )
     assert code == 0 and len(out.split()) == 6
     # The same tokens as GPT-2's own model class on the same weights: nothing took a GPT-2-only path.
     gpt2 = load_checkpoint(toy)
     from ondevice.backends.torch_ane import TorchCausalLM
     from ondevice.runtime import greedy_tokens
 
-    expected = greedy_tokens(TorchCausalLM(GPT2Config(**dataclasses.asdict(gpt2.config)), gpt2.weights),
-                             [3, 1, 4, 1, 5], 6)
+    expected = greedy_tokens(
+        TorchCausalLM(GPT2Config(**dataclasses.asdict(gpt2.config)), gpt2.weights), [3, 1, 4, 1, 5], 6
+    )
     assert [int(t) for t in out.split()] == expected
     # MLX: the toy has no MLX model, so every MLX path refuses in one line naming what is missing.
-    for args in (("generate", str(toy), "--ids", "3 1", "--backend", "mlx"),
-                 ("convert", str(toy), "--to", "mlx", "--out", str(tmp_path / "mlx")),
-                 ("verify", str(toy), "--backend", "mlx")):
+    for args in (
+        ("generate", str(toy), "--ids", "3 1", "--backend", "mlx"),
+        ("convert", str(toy), "--to", "mlx", "--out", str(tmp_path / "mlx")),
+        ("verify", str(toy), "--backend", "mlx"),
+    ):
         code, line = _served_or_refused(*args)
         assert code == 2 and "toy family has no mlx model" in line, line
     assert not (tmp_path / "mlx").exists()
@@ -105,8 +113,9 @@ def test_every_command_serves_or_refuses_the_toy_family(toy, tmp_path):
     assert code == 2 and "no tokenizer files" in line
     # Core ML: converted through the generic causal-LM export, inspected, and run by the package runtime.
     package = tmp_path / "toy.mlpackage"
-    code, _ = _served_or_refused("convert", str(toy), "--to", "coreml", "--out", str(package), "--context", "32",
-                                 "--seq-len", "8")
+    code, _ = _served_or_refused(
+        "convert", str(toy), "--to", "coreml", "--out", str(package), "--context", "32", "--seq-len", "8"
+    )
     assert code == 0 and package.is_dir()
     code, out = _served_or_refused("inspect", str(package))
     assert code == 0 and "toy_gpt2" in out
@@ -123,10 +132,13 @@ def test_every_command_serves_or_refuses_the_toy_family(toy, tmp_path):
 def test_an_unregistered_model_type_is_refused_by_every_command(toy, tmp_path):
     unregister("toy")
     try:
-        for args in (("verify", str(toy)), ("generate", str(toy), "--ids", "1 2"),
-                     ("predict", "x ", "--model", str(toy)),
-                     ("convert", str(toy), "--to", "coreml", "--out", str(tmp_path / "t.mlpackage")),
-                     ("convert", str(toy), "--to", "mlx", "--out", str(tmp_path / "t"))):
+        for args in (
+            ("verify", str(toy)),
+            ("generate", str(toy), "--ids", "1 2"),
+            ("predict", "x ", "--model", str(toy)),
+            ("convert", str(toy), "--to", "coreml", "--out", str(tmp_path / "t.mlpackage")),
+            ("convert", str(toy), "--to", "mlx", "--out", str(tmp_path / "t")),
+        ):
             code, line = _served_or_refused(*args)
             assert code == 2 and "model_type 'toy_gpt2' is not supported (supported: gpt2, bert" in line, line
     finally:

@@ -42,8 +42,14 @@ def test_verify_fails_with_exit_1_when_a_bound_is_broken(gpt2_dir, monkeypatch):
 
 def test_verify_an_mlx_export_against_its_source(gpt2_dir, bert_dir, tmp_path):
     export = tmp_path / "gpt2-q8"
-    assert CliRunner().invoke(app, ["convert", str(gpt2_dir), "--to", "mlx", "--out", str(export),
-                                    "--quantize", "8", "--dtype", "fp32"]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(
+            app, ["convert", str(gpt2_dir), "--to", "mlx", "--out", str(export), "--quantize", "8", "--dtype", "fp32"]
+        )
+        .exit_code
+        == 0
+    )
     result = CliRunner().invoke(app, ["verify", str(export), "--reference", str(gpt2_dir), "--seq-len", "16"])
     assert result.exit_code == 0, result.output
     assert "mlx export q8" in result.stdout
@@ -160,8 +166,9 @@ def test_mlx_directories_are_first_class_inputs(keyboard_export, tmp_path):
     assert refused.exit_code == 2 and "runs on --backend mlx, not torch-ane" in refused.stderr
     generated = runner.invoke(app, ["generate", str(keyboard_export), "The", "--max-tokens", "4"])
     assert generated.exit_code == 0, generated.output
-    converted = runner.invoke(app, ["convert", str(keyboard_export), "--to", "coreml", "--out",
-                                    str(tmp_path / "k.mlpackage")])
+    converted = runner.invoke(
+        app, ["convert", str(keyboard_export), "--to", "coreml", "--out", str(tmp_path / "k.mlpackage")]
+    )
     assert converted.exit_code == 2 and "convert from the checkpoint it came from" in converted.stderr
     assert "missing tensor" not in converted.stderr
     assert list(tmp_path.iterdir()) == []
@@ -171,9 +178,11 @@ def test_predict_on_the_bundled_model_imports_neither_coremltools_nor_mlx():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom ondevice.cli import app\n"
-            "r = CliRunner().invoke(app, ['predict', 'I went to the '])\nassert r.exit_code == 0, r.output\n"
-            "print(sorted(m for m in ('coremltools', 'mlx', 'mlx.core', 'sklearn') if m in sys.modules))")
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom ondevice.cli import app\n"
+        "r = CliRunner().invoke(app, ['predict', 'I went to the '])\nassert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in ('coremltools', 'mlx', 'mlx.core', 'sklearn') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
@@ -226,8 +235,9 @@ def test_a_reader_that_leaves_early_does_not_change_the_verdict(gpt2_dir):
     (it was 1, a FAIL's, with nothing said)."""
     import subprocess
 
-    process = subprocess.Popen([_ondevice(), "verify", str(gpt2_dir), "--seq-len", "7"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [_ondevice(), "verify", str(gpt2_dir), "--seq-len", "7"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     first = process.stdout.readline()
     process.stdout.close()  # what `head -1` does once it has its line
     stderr = process.stderr.read().decode()
@@ -240,8 +250,12 @@ def test_a_terminal_that_cannot_show_unicode_still_gets_the_table(gpt2_dir):
     import os
     import subprocess
 
-    done = subprocess.run([_ondevice(), "verify", str(gpt2_dir), "--seq-len", "7"], capture_output=True,
-                          env=dict(os.environ, PYTHONIOENCODING="ascii"), timeout=300)
+    done = subprocess.run(
+        [_ondevice(), "verify", str(gpt2_dir), "--seq-len", "7"],
+        capture_output=True,
+        env=dict(os.environ, PYTHONIOENCODING="ascii"),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert b"PASS" in done.stdout and b"Traceback" not in done.stderr
     done.stdout.decode("ascii")  # nothing but ASCII reached the stream

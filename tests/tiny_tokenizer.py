@@ -42,8 +42,12 @@ def write_tokenizer(directory: Path, vocab_size: int, chat_template: str | None 
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     alphabet = sorted(set("".join(s.replace(" ", "Ġ") for s in SENTENCES)))  # ByteLevel spells a space Ġ
-    tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
-                                                           initial_alphabet=alphabet, show_progress=False))
+    tok.train_from_iterator(
+        SENTENCES,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=alphabet, show_progress=False
+        ),
+    )
     missing = vocab_size - tok.get_vocab_size()
     if missing > 0:  # the sentences ran out of merges: fill the rest of the ids with tokens of their own
         tok.add_tokens([f"<extra_{i}>" for i in range(missing)])

@@ -51,12 +51,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     directory = args.directory
-    dev = {"docs": read_lines(directory / "heldout.txt")[DEV_FROM : DEV_FROM + args.docs_lines],
-           "everyday": read_lines(EVERYDAY_DEV, args.everyday_lines)}
+    dev = {
+        "docs": read_lines(directory / "heldout.txt")[DEV_FROM : DEV_FROM + args.docs_lines],
+        "everyday": read_lines(EVERYDAY_DEV, args.everyday_lines),
+    }
     ngram = load_baseline(Predictor(directory, lexicon=None))
     weight = json.loads((directory / "keyboard.json").read_text())["blend"]["lexicon"]
-    results: dict = {"dev_docs_lines": len(dev["docs"]), "dev_everyday_lines": len(dev["everyday"]),
-                     "dev_docs_from": DEV_FROM, "dev_everyday": str(EVERYDAY_DEV)}
+    results: dict = {
+        "dev_docs_lines": len(dev["docs"]),
+        "dev_everyday_lines": len(dev["everyday"]),
+        "dev_docs_from": DEV_FROM,
+        "dev_everyday": str(EVERYDAY_DEV),
+    }
 
     def measure(label: str, name: str, mix: Blend | None) -> dict:
         started = time.time()
@@ -68,13 +74,18 @@ def main() -> None:
         measure("model alone", "model", None),
         measure("+ lexicon index and case rules", "lexicon", Blend()),
         measure(f"+ lexicon frequencies (weight {weight})", "blend", Blend(lexicon=weight)),
-        measure(f"+ n-gram where it knows the context (share {args.ngram})", "blend",
-                Blend(lexicon=weight, ngram=args.ngram)),
+        measure(
+            f"+ n-gram where it knows the context (share {args.ngram})",
+            "blend",
+            Blend(lexicon=weight, ngram=args.ngram),
+        ),
     ]
-    results["grid"] = [measure(f"lexicon weight {u}", "blend", Blend(lexicon=float(u)))
-                       for u in args.grid.split(",") if u]
-    results["ngram_baseline"] = {name: evaluate("n-gram", lambda text: ngram.suggest(text, 3), lines).summary()
-                                 for name, lines in dev.items()}
+    results["grid"] = [
+        measure(f"lexicon weight {u}", "blend", Blend(lexicon=float(u))) for u in args.grid.split(",") if u
+    ]
+    results["ngram_baseline"] = {
+        name: evaluate("n-gram", lambda text: ngram.suggest(text, 3), lines).summary() for name, lines in dev.items()
+    }
     out = args.out or directory / "ablation.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -112,6 +112,11 @@ def build_corpus(out_dir: Path, html_root: Path | None = None) -> dict[str, obje
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "train.txt").write_text("\n".join(train) + "\n")
     (out_dir / "heldout.txt").write_text("\n".join(held_out) + "\n")
-    return {"source": source, "licence": "PSF License 2.0 (Python documentation)",
-            "train_paragraphs": len(train), "train_words": sum(len(p.split()) for p in train),
-            "heldout_paragraphs": len(held_out), "heldout_words": sum(len(p.split()) for p in held_out)}
+    return {
+        "source": source,
+        "licence": "PSF License 2.0 (Python documentation)",
+        "train_paragraphs": len(train),
+        "train_words": sum(len(p.split()) for p in train),
+        "heldout_paragraphs": len(held_out),
+        "heldout_words": sum(len(p.split()) for p in held_out),
+    }

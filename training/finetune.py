@@ -108,25 +108,40 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         minutes = (time.time() - started) / 60
         if (step + 1) % 100 == 0 or step + 1 == args.steps or minutes > args.minutes:
-            log.append({"step": step + 1, "train_loss": round(loss.item(), 4), **losses(),
-                        "minutes": round(minutes, 1)})
+            log.append(
+                {"step": step + 1, "train_loss": round(loss.item(), 4), **losses(), "minutes": round(minutes, 1)}
+            )
             print(json.dumps(log[-1]), flush=True)
         if minutes > args.minutes:
             break
     args.out.mkdir(parents=True, exist_ok=True)
     model.eval().half().save_pretrained(args.out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "train.txt.gz", "heldout.txt", "heldout-everyday.txt",
-                 "generation_config.json"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "train.txt.gz",
+        "heldout.txt",
+        "heldout-everyday.txt",
+        "generation_config.json",
+    ):
         if (args.base / name).is_file():
             shutil.copyfile(args.base / name, args.out / name)
     base_training = json.loads((args.base / "training.json").read_text())
-    base_training["finetune"] = {"source": source, "licence": "WordNet 3.0 licence (Princeton University)",
-                                 "general_sentences": len(general),
-                                 "general_words": sum(len(s.split()) for s in general),
-                                 "general_tokens": len(streams[1]), "steps": step + 1, "lr": args.lr,
-                                 "batch": batch, "mix": "half documentation, half WordNet glosses",
-                                 "threads": args.threads, "torch": torch.__version__, "log": log,
-                                 "minutes": round((time.time() - started) / 60, 1)}
+    base_training["finetune"] = {
+        "source": source,
+        "licence": "WordNet 3.0 licence (Princeton University)",
+        "general_sentences": len(general),
+        "general_words": sum(len(s.split()) for s in general),
+        "general_tokens": len(streams[1]),
+        "steps": step + 1,
+        "lr": args.lr,
+        "batch": batch,
+        "mix": "half documentation, half WordNet glosses",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "log": log,
+        "minutes": round((time.time() - started) / 60, 1),
+    }
     (args.out / "training.json").write_text(json.dumps(base_training, indent=2) + "\n")
     print(json.dumps(base_training["finetune"], indent=2))
 

@@ -25,10 +25,16 @@ CI_EVERYDAY_LINES = 75
 
 
 def _merged(a: EvalReport, b: EvalReport) -> EvalReport:
-    merged = EvalReport(a.name, a.words + b.words, [x + y for x, y in zip(a.next_hits, b.next_hits, strict=True)],
-                        {n: a.completion_hits[n] + b.completion_hits[n] for n in a.completion_hits},
-                        {n: a.completion_words[n] + b.completion_words[n] for n in a.completion_words},
-                        a.keys_without + b.keys_without, a.keys_with + b.keys_with, a.latencies_ms + b.latencies_ms)
+    merged = EvalReport(
+        a.name,
+        a.words + b.words,
+        [x + y for x, y in zip(a.next_hits, b.next_hits, strict=True)],
+        {n: a.completion_hits[n] + b.completion_hits[n] for n in a.completion_hits},
+        {n: a.completion_words[n] + b.completion_words[n] for n in a.completion_words},
+        a.keys_without + b.keys_without,
+        a.keys_with + b.keys_with,
+        a.latencies_ms + b.latencies_ms,
+    )
     return merged
 
 
@@ -37,8 +43,10 @@ def _evaluate(path: Path, predictor: Predictor | None, baseline, lines_limit: in
     lines (CI's subset) and of all of them: "model" (None without a predictor) and "ngram"."""
     lines = read_lines(path, lines_limit)
     parts = {}
-    for name, suggest in (("model", predictor.suggest if predictor else None),
-                          ("ngram", lambda text: baseline.suggest(text, 3))):
+    for name, suggest in (
+        ("model", predictor.suggest if predictor else None),
+        ("ngram", lambda text: baseline.suggest(text, 3)),
+    ):
         if suggest is None:
             continue
         if predictor is not None:
@@ -47,10 +55,18 @@ def _evaluate(path: Path, predictor: Predictor | None, baseline, lines_limit: in
         rest = evaluate(name, suggest, lines[head:])
         parts[name] = (first, _merged(first, rest))
     backend = predictor.lm.backend if predictor else None
-    head_summary = {"eval_file": str(path), "lines": min(head, len(lines)), "backend": backend,
-                    **{name: pair[0].to_json() for name, pair in parts.items()}}
-    full_summary = {"eval_file": str(path), "lines": len(lines), "backend": backend,
-                    **{name: pair[1].to_json() for name, pair in parts.items()}}
+    head_summary = {
+        "eval_file": str(path),
+        "lines": min(head, len(lines)),
+        "backend": backend,
+        **{name: pair[0].to_json() for name, pair in parts.items()},
+    }
+    full_summary = {
+        "eval_file": str(path),
+        "lines": len(lines),
+        "backend": backend,
+        **{name: pair[1].to_json() for name, pair in parts.items()},
+    }
     return head_summary, full_summary
 
 
@@ -63,8 +79,12 @@ def evaluate_bundle(directory: Path, docs_lines: int | None = None) -> dict:
     baseline = load_baseline(predictor)  # built once, used for every evaluation
     alone = Predictor(directory, lexicon=None)
     subset, full = _evaluate(heldout, predictor, baseline, docs_lines, CI_SUBSET_LINES)
-    result = {"full": full, "ci_subset": subset, "ci_subset_lines": CI_SUBSET_LINES,
-              "model_alone": {"full": _evaluate(heldout, alone, baseline, docs_lines, CI_SUBSET_LINES)[1]["model"]}}
+    result = {
+        "full": full,
+        "ci_subset": subset,
+        "ci_subset_lines": CI_SUBSET_LINES,
+        "model_alone": {"full": _evaluate(heldout, alone, baseline, docs_lines, CI_SUBSET_LINES)[1]["model"]},
+    }
     if everyday.is_file():
         subset, full = _evaluate(everyday, predictor, baseline, None, CI_EVERYDAY_LINES)
         result |= {"everyday": full, "ci_subset_everyday": subset, "ci_subset_everyday_lines": CI_EVERYDAY_LINES}
@@ -74,12 +94,14 @@ def evaluate_bundle(directory: Path, docs_lines: int | None = None) -> dict:
 
 
 _METRICS = [
-    ("next-word Acc@1", "next_word_acc1", True), ("next-word Acc@3", "next_word_acc3", True),
+    ("next-word Acc@1", "next_word_acc1", True),
+    ("next-word Acc@3", "next_word_acc3", True),
     ("completion Acc@3 after 1 letter", "completion_acc3_after_1", True),
     ("completion Acc@3 after 2 letters", "completion_acc3_after_2", True),
     ("completion Acc@3 after 3 letters", "completion_acc3_after_3", True),
     ("keystroke savings KSR@3", "ksr3", True),
-    ("latency p50 (ms)", "latency_p50_ms", False), ("latency p95 (ms)", "latency_p95_ms", False),
+    ("latency p50 (ms)", "latency_p50_ms", False),
+    ("latency p95 (ms)", "latency_p95_ms", False),
 ]
 
 
@@ -90,8 +112,12 @@ def _table(evaluation: dict, alone: dict | None) -> str:
         keyboard, ngram = evaluation["model"][key], evaluation["ngram"][key]
         before = alone[key] if alone else None
         if percent:
-            cells = [f"{100 * keyboard:.1f}%", f"{100 * before:.1f}%" if before is not None else "",
-                     f"{100 * ngram:.1f}%", f"{100 * (keyboard - ngram):+.1f} pts"]
+            cells = [
+                f"{100 * keyboard:.1f}%",
+                f"{100 * before:.1f}%" if before is not None else "",
+                f"{100 * ngram:.1f}%",
+                f"{100 * (keyboard - ngram):+.1f} pts",
+            ]
         else:
             cells = [f"{keyboard:.1f}", f"{before:.1f}" if before is not None else "", f"{ngram:.2f}", ""]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -108,19 +134,25 @@ def _ablation(directory: Path) -> str:
     if not path.is_file():
         return ""
     data = json.loads(path.read_text())
-    rows = ["| variant (each adds to the one above) | docs KSR@3 | docs next-word Acc@3 | docs completion Acc@3, 2 "
-            "letters | everyday KSR@3 | everyday next-word Acc@3 | everyday completion Acc@3, 2 letters | "
-            "p95 (ms) |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| variant (each adds to the one above) | docs KSR@3 | docs next-word Acc@3 | docs completion Acc@3, 2 "
+        "letters | everyday KSR@3 | everyday next-word Acc@3 | everyday completion Acc@3, 2 letters | "
+        "p95 (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for v in data["variants"]:
         d, e = v["docs"], v["everyday"]
-        rows.append(f"| {v['variant']} | {100 * d['ksr3']:.1f}% | {100 * d['next_word_acc3']:.1f}% | "
-                    f"{100 * d['completion_acc3_after_2']:.1f}% | {100 * e['ksr3']:.1f}% | "
-                    f"{100 * e['next_word_acc3']:.1f}% | {100 * e['completion_acc3_after_2']:.1f}% | "
-                    f"{_p95(d, e)} |")
-    return (f"What each part adds, on development text (`python -m training.ablation`: {data['dev_docs_lines']} "
-            f"documentation held-out paragraphs from paragraph {data['dev_docs_from']} on, {data['dev_everyday_lines']}"
-            " WordNet usage examples outside the everyday held-out sample; `ablation.json`):\n\n"
-            + "\n".join(rows) + "\n")
+        rows.append(
+            f"| {v['variant']} | {100 * d['ksr3']:.1f}% | {100 * d['next_word_acc3']:.1f}% | "
+            f"{100 * d['completion_acc3_after_2']:.1f}% | {100 * e['ksr3']:.1f}% | "
+            f"{100 * e['next_word_acc3']:.1f}% | {100 * e['completion_acc3_after_2']:.1f}% | "
+            f"{_p95(d, e)} |"
+        )
+    return (
+        f"What each part adds, on development text (`python -m training.ablation`: {data['dev_docs_lines']} "
+        f"documentation held-out paragraphs from paragraph {data['dev_docs_from']} on, {data['dev_everyday_lines']}"
+        " WordNet usage examples outside the everyday held-out sample; `ablation.json`):\n\n" + "\n".join(rows) + "\n"
+    )
 
 
 def model_card(directory: Path, training: dict, evaluation: dict) -> str:
@@ -131,25 +163,30 @@ def model_card(directory: Path, training: dict, evaluation: dict) -> str:
     alone = evaluation.get("model_alone", {})
     which_docs = f"the first {full['lines']} of the 643" if full["lines"] < 643 else f"all {full['lines']}"
     everyday_total = len(read_lines(directory / EVERYDAY)) if (directory / EVERYDAY).is_file() else 0
-    which_everyday = (f"the first {evaluation['everyday']['lines']} of the {everyday_total}"
-                      if "everyday" in evaluation and evaluation["everyday"]["lines"] < everyday_total else "all")
+    which_everyday = (
+        f"the first {evaluation['everyday']['lines']} of the {everyday_total}"
+        if "everyday" in evaluation and evaluation["everyday"]["lines"] < everyday_total
+        else "all"
+    )
     size_mb = (directory / "model.safetensors").stat().st_size / 1e6
-    log = "\n".join(f"| {e['step']} | {e['train_loss']:.3f} | {e['heldout_loss']:.3f} | {e['minutes']} |"
-                    for e in training["log"])
+    log = "\n".join(
+        f"| {e['step']} | {e['train_loss']:.3f} | {e['heldout_loss']:.3f} | {e['minutes']} |" for e in training["log"]
+    )
     general = ""
     continued = ""
     if finetune:
         general = f"""
-- General English: {finetune['source']}: the glosses of WordNet 3.0 ({finetune['general_sentences']:,}
-  definitions written as sentences, {finetune['general_words']:,} words), Debian's `wordnet-base`. Licence:
-  {finetune['licence']}, which permits use, copying, modification and distribution with its notice (below).
+- General English: {finetune["source"]}: the glosses of WordNet 3.0 ({finetune["general_sentences"]:,}
+  definitions written as sentences, {finetune["general_words"]:,} words), Debian's `wordnet-base`. Licence:
+  {finetune["licence"]}, which permits use, copying, modification and distribution with its notice (below).
   WordNet's usage examples are not trained on: they are the everyday held-out set."""
-        flog = "\n".join(f"| {e['step']} | {e['docs']:.3f} | {e['everyday']:.3f} | {e['minutes']} |"
-                         for e in finetune["log"])
+        flog = "\n".join(
+            f"| {e['step']} | {e['docs']:.3f} | {e['everyday']:.3f} | {e['minutes']} |" for e in finetune["log"]
+        )
         continued = f"""
-Then continued training on general English (`python -m training.finetune`): {finetune['steps']} steps of
-{finetune['batch']} x {recipe['n_positions']}-token windows, {finetune['mix']}, peak learning rate
-{finetune['lr']}, {finetune['minutes']} minutes on {finetune['threads']} thread(s).
+Then continued training on general English (`python -m training.finetune`): {finetune["steps"]} steps of
+{finetune["batch"]} x {recipe["n_positions"]}-token windows, {finetune["mix"]}, peak learning rate
+{finetune["lr"]}, {finetune["minutes"]} minutes on {finetune["threads"]} thread(s).
 
 | step | documentation held-out loss | everyday held-out loss | minutes |
 |---|---|---|---|
@@ -159,20 +196,22 @@ Then continued training on general English (`python -m training.finetune`): {fin
     everyday_section = ""
     if everyday:
         everyday_section = f"""
-### Everyday English: {everyday['lines']} WordNet usage examples ({everyday['model']['words']:,} words)
+### Everyday English: {everyday["lines"]} WordNet usage examples ({everyday["model"]["words"]:,} words)
 
 `heldout-everyday.txt` (`python -m training.everyday`): usage examples of WordNet 3.0, sentences its
 lexicographers wrote to show words in use, written as sentences; a fixed sample by hash. A source the model
-was not trained on{' (it was trained on the glosses of the same database, not on its examples)' if finetune else ''}.
+was not trained on{" (it was trained on the glosses of the same database, not on its examples)" if finetune else ""}.
 
-{_table(everyday, alone.get('everyday'))}
+{_table(everyday, alone.get("everyday"))}
 """
     ci_everyday = ""
     if "ci_subset_everyday" in evaluation:
         sub = evaluation["ci_subset_everyday"]["model"]
-        ci_everyday = (f" and the first {evaluation['ci_subset_everyday_lines']} everyday sentences "
-                       f"({sub['words']:,} words: next-word Acc@3 {100 * sub['next_word_acc3']:.1f}%, KSR@3 "
-                       f"{100 * sub['ksr3']:.1f}%, key `ci_subset_everyday`)")
+        ci_everyday = (
+            f" and the first {evaluation['ci_subset_everyday_lines']} everyday sentences "
+            f"({sub['words']:,} words: next-word Acc@3 {100 * sub['next_word_acc3']:.1f}%, KSR@3 "
+            f"{100 * sub['ksr3']:.1f}%, key `ci_subset_everyday`)"
+        )
     return f"""# keyboard-gpt2: the bundled predictive-text model
 
 A small GPT-2 for keyboard-style next-word suggestions and word completion, the default model of
@@ -180,15 +219,15 @@ A small GPT-2 for keyboard-style next-word suggestions and word completion, the 
 text works right after install with no download.
 
 ## Model
-- Architecture: GPT-2, {recipe['n_layer']} layers, width {recipe['n_embd']}, {recipe['n_head']} heads,
-  {recipe['n_positions']} positions, vocabulary {recipe['vocab_size']} (byte-level BPE trained with
-  `tokenizers`); {training['parameters'] / 1e6:.1f}M parameters, stored in fp16 safetensors.
+- Architecture: GPT-2, {recipe["n_layer"]} layers, width {recipe["n_embd"]}, {recipe["n_head"]} heads,
+  {recipe["n_positions"]} positions, vocabulary {recipe["vocab_size"]} (byte-level BPE trained with
+  `tokenizers`); {training["parameters"] / 1e6:.1f}M parameters, stored in fp16 safetensors.
 - For scale: iOS 17's keyboard transformer is a GPT-2 of about 34M parameters (6 layers, width 512,
   15k tokens). This one is smaller to fit a 25 MB package and a one-hour, 2-core CPU training budget.
 
 ## Data
-- {corpus['source']}: Debian's `python3.11-doc`, the Python 3.11 documentation
-  (tutorial, HOWTOs, FAQ, library reference). Licence: {corpus['licence']}, which permits derived works;
+- {corpus["source"]}: Debian's `python3.11-doc`, the Python 3.11 documentation
+  (tutorial, HOWTOs, FAQ, library reference). Licence: {corpus["licence"]}, which permits derived works;
   the model and the text shipped beside it (`train.txt.gz` for the n-gram baseline, `heldout.txt`)
   are derived from it.
 - Why this text: of the English prose reachable from the package registries, it is the largest body
@@ -196,19 +235,19 @@ text works right after install with no download.
   model suggests like a writer of documentation.
 - Prose only: paragraphs and list items, without code blocks, tables, navigation or paragraphs that
   are mostly identifiers. Split by document (one page in 20 held out, by hash of its path), so no
-  held-out sentence has a twin in training: {corpus['train_words']:,} training words
-  ({training['train_tokens']:,} tokens), {corpus['heldout_words']:,} held-out words.{general}
+  held-out sentence has a twin in training: {corpus["train_words"]:,} training words
+  ({training["train_tokens"]:,} tokens), {corpus["heldout_words"]:,} held-out words.{general}
 
 ## Training
 One command: `python -m training.train --out bundled_models/keyboard-gpt2` (downloads the Debian
 package with `apt-get download`, builds the corpus, trains tokenizer and model, evaluates, writes this
-card). AdamW (betas 0.9/0.95, weight decay {recipe['weight_decay']}), peak learning rate {recipe['lr']},
-{recipe['warmup']} warm-up steps then cosine to 10%, {recipe['steps']} steps of {recipe['batch']} x
-{recipe['n_positions']}-token windows, dropout {recipe['dropout']}, seed {recipe['seed']}; every paragraph is
+card). AdamW (betas 0.9/0.95, weight decay {recipe["weight_decay"]}), peak learning rate {recipe["lr"]},
+{recipe["warmup"]} warm-up steps then cosine to 10%, {recipe["steps"]} steps of {recipe["batch"]} x
+{recipe["n_positions"]}-token windows, dropout {recipe["dropout"]}, seed {recipe["seed"]}; every paragraph is
 preceded by `<|endoftext|>`, as the engine does at the start of a text; forward passes under
-{recipe.get('autocast') or 'no'} autocast (weights, optimiser state and loss in fp32).
-Took {training['minutes']} minutes on {training['device']} ({training['torch']}),
-{training.get('threads', 1)} thread(s), on a 2-core machine.
+{recipe.get("autocast") or "no"} autocast (weights, optimiser state and loss in fp32).
+Took {training["minutes"]} minutes on {training["device"]} ({training["torch"]}),
+{training.get("threads", 1)} thread(s), on a 2-core machine.
 
 | step | train loss | held-out loss | minutes |
 |---|---|---|---|
@@ -225,11 +264,11 @@ Took {training['minutes']} minutes on {training['device']} ({training['torch']})
   the word's form has one: the user's own form in this text, the training text's for its own domain words
   ("Python", "API"), SCOWL's capitalised-only words ("London", "Monday"; Debian `wamerican`, permissive
   licence, `ondevice/keyboard/names.py`), "I".
-- Blend: score ∝ P(model)^{1 - blend.get('lexicon', 0):g} · P(lexicon)^{blend.get('lexicon', 0):g} (a product of
+- Blend: score ∝ P(model)^{1 - blend.get("lexicon", 0):g} · P(lexicon)^{blend.get("lexicon", 0):g} (a product of
   experts: the model's preferences among candidates survive next to English frequencies many orders of
   magnitude larger); a lexicon word the search did not reach (" warranty" is 5 tokens) is scored on the
   tokenizer's spelling of it. The n-gram baseline can join the prior where it knows the context (share
-  {blend.get('ngram', 0):g} as shipped: building it from the training text costs 20 s at start-up here).
+  {blend.get("ngram", 0):g} as shipped: building it from the training text costs 20 s at start-up here).
 
 {_ablation(directory)}
 ## Evaluation
@@ -240,14 +279,14 @@ and capitals, the keyboard before the lexicon; the baseline is a word trigram mo
 built from the documentation training text. Words match exactly, case included. Latencies are per call of
 this machine's replay (2-core x86 CPU, shared with other jobs while measured).
 
-### Documentation: {full['lines']} paragraphs ({full['model']['words']:,} words)
+### Documentation: {full["lines"]} paragraphs ({full["model"]["words"]:,} words)
 
-{_table(full, alone.get('full'))}
+{_table(full, alone.get("full"))}
 {everyday_section}
-CI re-runs the first {evaluation['ci_subset_lines']} documentation paragraphs
-({evaluation['ci_subset']['model']['words']:,} words: next-word Acc@3
-{100 * evaluation['ci_subset']['model']['next_word_acc3']:.1f}%, KSR@3
-{100 * evaluation['ci_subset']['model']['ksr3']:.1f}%, key `ci_subset`){ci_everyday} and fails if Acc@3 or KSR@3
+CI re-runs the first {evaluation["ci_subset_lines"]} documentation paragraphs
+({evaluation["ci_subset"]["model"]["words"]:,} words: next-word Acc@3
+{100 * evaluation["ci_subset"]["model"]["next_word_acc3"]:.1f}%, KSR@3
+{100 * evaluation["ci_subset"]["model"]["ksr3"]:.1f}%, key `ci_subset`){ci_everyday} and fails if Acc@3 or KSR@3
 falls more than 2 points below (`evaluation.json`).
 
 ## Limits
@@ -267,7 +306,7 @@ PROVIDED "AS IS" AND PRINCETON UNIVERSITY MAKES NO REPRESENTATIONS OR WARRANTIES
 OF EXAMPLE, BUT NOT LIMITATION, PRINCETON UNIVERSITY MAKES NO REPRESENTATIONS OR WARRANTIES OF MERCHANT-
 ABILITY OR FITNESS FOR ANY PARTICULAR PURPOSE OR THAT THE USE OF THE LICENSED SOFTWARE, DATABASE OR
 DOCUMENTATION WILL NOT INFRINGE ANY THIRD PARTY PATENTS, COPYRIGHTS, TRADEMARKS OR OTHER RIGHTS. (The
-held-out `heldout-everyday.txt`{' and the training glosses' if finetune else ''} are derived from WordNet 3.0.)
+held-out `heldout-everyday.txt`{" and the training glosses" if finetune else ""} are derived from WordNet 3.0.)
 """
 
 

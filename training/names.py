@@ -49,11 +49,13 @@ def main() -> None:
     notice = copyright_text[start:end]
     lines = [" ".join(names[i : i + 12]) for i in range(0, len(names), 12)]
     body = "\n".join(lines)
-    header = (f"Capitalised English words (names, days, months, nationalities, acronyms): where the lexicon\n"
-              f"says a word is written with a capital. Written by `python -m training.names` from {deb.name}\n"
-              f"(sha256:{sha}),\n"
-              f"the words SCOWL lists only capitalised that wordfreq rates common (Zipf >= {MIN_ZIPF}).\n\n"
-              f"SCOWL's notice:\n\n{notice}express or implied warranty.")
+    header = (
+        f"Capitalised English words (names, days, months, nationalities, acronyms): where the lexicon\n"
+        f"says a word is written with a capital. Written by `python -m training.names` from {deb.name}\n"
+        f"(sha256:{sha}),\n"
+        f"the words SCOWL lists only capitalised that wordfreq rates common (Zipf >= {MIN_ZIPF}).\n\n"
+        f"SCOWL's notice:\n\n{notice}express or implied warranty."
+    )
     comments = "\n".join(f"# {line}".rstrip() for line in header.splitlines())
     OUT.write_text(comments + "\n" + body + "\n")
 

@@ -29,8 +29,21 @@ from tqdm import tqdm
 from training.corpus import build_corpus
 
 EOT = "<|endoftext|>"
-RECIPE = dict(vocab_size=8192, n_positions=128, n_embd=256, n_layer=4, n_head=4, dropout=0.1,
-              steps=3000, batch=32, lr=1e-3, warmup=100, weight_decay=0.1, seed=1234, autocast="bf16")
+RECIPE = dict(
+    vocab_size=8192,
+    n_positions=128,
+    n_embd=256,
+    n_layer=4,
+    n_head=4,
+    dropout=0.1,
+    steps=3000,
+    batch=32,
+    lr=1e-3,
+    warmup=100,
+    weight_decay=0.1,
+    seed=1234,
+    autocast="bf16",
+)
 
 
 def train_tokenizer(lines: list[str], vocab_size: int):
@@ -39,8 +52,12 @@ def train_tokenizer(lines: list[str], vocab_size: int):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(lines, trainer)
     return tokenizer
 
@@ -87,15 +104,26 @@ def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int
     tokenizer = train_tokenizer(train_lines, recipe["vocab_size"])
     train_ids, heldout_ids = token_stream(tokenizer, train_lines), token_stream(tokenizer, heldout_lines)
     eot = tokenizer.token_to_id(EOT)
-    config = GPT2Config(vocab_size=recipe["vocab_size"], n_positions=recipe["n_positions"], n_embd=recipe["n_embd"],
-                        n_layer=recipe["n_layer"], n_head=recipe["n_head"], resid_pdrop=recipe["dropout"],
-                        embd_pdrop=recipe["dropout"], attn_pdrop=recipe["dropout"], bos_token_id=eot,
-                        eos_token_id=eot)
+    config = GPT2Config(
+        vocab_size=recipe["vocab_size"],
+        n_positions=recipe["n_positions"],
+        n_embd=recipe["n_embd"],
+        n_layer=recipe["n_layer"],
+        n_head=recipe["n_head"],
+        resid_pdrop=recipe["dropout"],
+        embd_pdrop=recipe["dropout"],
+        attn_pdrop=recipe["dropout"],
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
     model = GPT2LMHeadModel(config).to(device).train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe["lr"], betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe["lr"],
+        betas=(0.9, 0.95),
+    )
     window, gen = recipe["n_positions"], torch.Generator().manual_seed(recipe["seed"])
     started, log = time.time(), []
     bar = tqdm(range(recipe["steps"]), desc="training", unit="step")
@@ -112,20 +140,34 @@ def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int
         optimizer.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % 300 == 0 or step + 1 == recipe["steps"]:
-            log.append({"step": step + 1, "train_loss": round(loss.item(), 4),
-                        "heldout_loss": round(mean_loss(model, heldout_ids, window, 8, 16, device), 4),
-                        "minutes": round((time.time() - started) / 60, 1)})
+            log.append(
+                {
+                    "step": step + 1,
+                    "train_loss": round(loss.item(), 4),
+                    "heldout_loss": round(mean_loss(model, heldout_ids, window, 8, 16, device), 4),
+                    "minutes": round((time.time() - started) / 60, 1),
+                }
+            )
             tqdm.write(json.dumps(log[-1]))
 
     out.mkdir(parents=True, exist_ok=True)
     model.eval().half().cpu().save_pretrained(out)  # fp16 on disk: 5.3M parameters in ~11 MB
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOT, eos_token=EOT, unk_token=EOT,
-                                   pad_token=EOT)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=EOT, eos_token=EOT, unk_token=EOT, pad_token=EOT
+    )
     fast.save_pretrained(out)
-    metadata = {"recipe": recipe, "corpus": provenance, "train_tokens": len(train_ids),
-                "heldout_tokens": len(heldout_ids), "parameters": sum(p.numel() for p in model.parameters()),
-                "device": device, "threads": threads, "torch": torch.__version__, "log": log,
-                "minutes": round((time.time() - started) / 60, 1)}
+    metadata = {
+        "recipe": recipe,
+        "corpus": provenance,
+        "train_tokens": len(train_ids),
+        "heldout_tokens": len(heldout_ids),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": device,
+        "threads": threads,
+        "torch": torch.__version__,
+        "log": log,
+        "minutes": round((time.time() - started) / 60, 1),
+    }
     (out / "training.json").write_text(json.dumps(metadata, indent=2) + "\n")
     # Beside the model: the n-gram baseline's training text and the held-out text of its evaluation.
     (out / "train.txt.gz").write_bytes(gzip.compress((work / "train.txt").read_bytes(), mtime=0))
@@ -136,10 +178,18 @@ def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bundled_models/keyboard-gpt2"))
-    parser.add_argument("--work", type=Path, default=Path("build/keyboard-corpus"),
-                        help="where the corpus (train.txt, heldout.txt) is written")
-    parser.add_argument("--html-root", type=Path, default=None,
-                        help="an already unpacked python3.11-doc html directory (default: apt-get download it)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("build/keyboard-corpus"),
+        help="where the corpus (train.txt, heldout.txt) is written",
+    )
+    parser.add_argument(
+        "--html-root",
+        type=Path,
+        default=None,
+        help="an already unpacked python3.11-doc html directory (default: apt-get download it)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=None, help=f"default {RECIPE['steps']}")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")

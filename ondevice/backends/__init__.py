@@ -20,8 +20,10 @@ BACKENDS = {
 
 def load_backend(name: str, checkpoint: Checkpoint, dtype: str = "fp32", capacity: int | None = None):
     if name == "coreml":
-        raise OndeviceError("the coreml backend runs a converted package: convert with 'ondevice convert CHECKPOINT "
-                            "--to coreml --out PATH.mlpackage', then pass PATH.mlpackage")
+        raise OndeviceError(
+            "the coreml backend runs a converted package: convert with 'ondevice convert CHECKPOINT "
+            "--to coreml --out PATH.mlpackage', then pass PATH.mlpackage"
+        )
     if name not in BACKENDS:
         raise OndeviceError(f"unknown backend {name!r} (available: {', '.join([*BACKENDS, 'coreml'])})")
     if name != "mlx":

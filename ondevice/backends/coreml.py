@@ -64,9 +64,14 @@ class _CoreML:
         import coremltools as ct
 
         self.device = f"Core ML ({compute_units})"
-        self.models = {name: ct.models.MLModel(str(package), compute_units=ct.ComputeUnit[compute_units],
-                                               function_name=None if name == "main" else name)
-                       for name in functions}
+        self.models = {
+            name: ct.models.MLModel(
+                str(package),
+                compute_units=ct.ComputeUnit[compute_units],
+                function_name=None if name == "main" else name,
+            )
+            for name in functions
+        }
 
     def make_state(self):
         model = next(iter(self.models.values()))
@@ -93,8 +98,9 @@ def _chunks(outputs: dict[str, np.ndarray], prefix: str) -> np.ndarray:
 class CoreMLCausalLM:
     backend = "coreml"
 
-    def __init__(self, package: Path, meta: dict[str, str], use_coreml: bool | None = None,
-                 compute_units: str = "CPU_AND_NE"):
+    def __init__(
+        self, package: Path, meta: dict[str, str], use_coreml: bool | None = None, compute_units: str = "CPU_AND_NE"
+    ):
         self.config = _config(meta, package)
         self.meta = meta
         self.capacity = int(meta["context"])
@@ -146,7 +152,7 @@ class CoreMLCausalLM:
             # only (RoPE): near the end, go token by token.
             if len(part) > 1 and self._length + self.chunk <= min(self.capacity, self.config.max_positions):
                 logits.append(self._call(prefill_fn, part + [0] * (self.chunk - len(part)), len(part)))
-                tokens = tokens[len(part):]
+                tokens = tokens[len(part) :]
             else:
                 logits.append(self.decode(tokens.pop(0))[None])
         return np.concatenate(logits, axis=0)
@@ -160,16 +166,18 @@ class CoreMLCausalLM:
 class CoreMLEncoder:
     backend = "coreml"
 
-    def __init__(self, package: Path, meta: dict[str, str], use_coreml: bool | None = None,
-                 compute_units: str = "CPU_AND_NE"):
+    def __init__(
+        self, package: Path, meta: dict[str, str], use_coreml: bool | None = None, compute_units: str = "CPU_AND_NE"
+    ):
         self.config = _config(meta, package)
         self.meta = meta
         self.lengths = sorted(int(n) for n in meta["seq_lens"].split(","))
         self.inputs = json.loads(meta["interface"])["main"]["inputs"]
         self.runner = _runner(package, ["main"], use_coreml, compute_units)
 
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-               token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def encode(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         batch, seq = input_ids.shape
         fitting = [n for n in self.lengths if n >= seq]
         if not fitting:
@@ -179,8 +187,11 @@ class CoreMLEncoder:
         rows: dict[str, list[np.ndarray]] = {}
         for b in range(batch):  # the package takes batch 1
             feed = {INPUT_IDS: input_ids[b], ATTENTION_MASK: attention_mask[b], TOKEN_TYPE_IDS: types[b]}
-            padded = {name: np.pad(np.asarray(v, dtype=np.int32), (0, length - seq))[None]
-                      for name, v in feed.items() if name in self.inputs}
+            padded = {
+                name: np.pad(np.asarray(v, dtype=np.int32), (0, length - seq))[None]
+                for name, v in feed.items()
+                if name in self.inputs
+            }
             out = self.runner.predict("main", padded)
             rows.setdefault("hidden", []).append(out[HIDDEN][0, :, 0, :seq].T)
             for key, name in (("pooled", POOLED), ("sentence_embedding", SENTENCE_EMBEDDING)):

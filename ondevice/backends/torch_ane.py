@@ -23,8 +23,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 class TorchCausalLM:
     backend = "torch-ane"
 
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], dtype: str = "fp32",
-                 capacity: int | None = None):
+    def __init__(
+        self, config: ModelConfig, weights: dict[str, torch.Tensor], dtype: str = "fp32", capacity: int | None = None
+    ):
         self.config = config
         self.dtype = DTYPES[dtype]
         self.model = fuse_for_cpu(build_ane_model(config, weights).to(self.dtype))
@@ -81,11 +82,13 @@ class TorchEncoder:
         self.model = fuse_for_cpu(build_ane_model(config, weights).to(self.dtype))
 
     @torch.inference_mode()
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-               token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def encode(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         types = None if token_type_ids is None else torch.as_tensor(token_type_ids, dtype=torch.long)
-        out = self.model(torch.as_tensor(input_ids, dtype=torch.long),
-                         torch.as_tensor(attention_mask, dtype=torch.long), types)
+        out = self.model(
+            torch.as_tensor(input_ids, dtype=torch.long), torch.as_tensor(attention_mask, dtype=torch.long), types
+        )
         result = {"hidden": out.hidden[:, :, 0, :].transpose(1, 2)}  # (B, C, 1, S) -> (B, S, C)
         if out.pooled is not None:
             result["pooled"] = out.pooled

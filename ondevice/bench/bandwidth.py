@@ -33,5 +33,9 @@ def measure_bandwidth(mib: int = 512, repeats: int = 5, threads: int | None = No
             start = time.perf_counter()
             list(pool.map(copy, chunks))
             best = min(best, time.perf_counter() - start)
-    return {"bytes_per_s": 2 * source.nbytes / best, "array_bytes": source.nbytes, "threads": threads,
-            "repeats": repeats}
+    return {
+        "bytes_per_s": 2 * source.nbytes / best,
+        "array_bytes": source.nbytes,
+        "threads": threads,
+        "repeats": repeats,
+    }

@@ -51,9 +51,14 @@ def decode_tokens_per_s(lm, prompt: list[int], tokens: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
-def interleaved(runs: dict[str, Callable[[], float]], repeats: int, warmup: int = 1,
-                budget_s: float | None = None, min_repeats: int = 3, min_time_s: float | None = None,
-                ) -> dict[str, Stats]:
+def interleaved(
+    runs: dict[str, Callable[[], float]],
+    repeats: int,
+    warmup: int = 1,
+    budget_s: float | None = None,
+    min_repeats: int = 3,
+    min_time_s: float | None = None,
+) -> dict[str, Stats]:
     """Run each measurement `warmup` times, then `repeats` rounds of all of them, alternating their order
     every round, so that drift of a noisy machine (another job, thermal state) falls on all alike.
 

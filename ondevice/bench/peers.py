@@ -41,12 +41,18 @@ def mlx_lm_records(job: dict) -> list[dict]:
     if pair is None:
         from convert.registry import mlx_lm_of
 
-        why = ("mlx-lm has no model of the family" if mlx_lm_of(checkpoint.config) is None else
-               "mlx-lm's model of the family cannot express this checkpoint's config")
+        why = (
+            "mlx-lm has no model of the family"
+            if mlx_lm_of(checkpoint.config) is None
+            else "mlx-lm's model of the family cannot express this checkpoint's config"
+        )
         return [skipped(theirs, f"{why} ({checkpoint.config.family})")]
     lm, model, _ = pair
-    ids = np.random.default_rng(0).integers(0, checkpoint.config.vocab_size,
-                                            size=max([*job["seq_lens"], PROMPT_TOKENS])).tolist()
+    ids = (
+        np.random.default_rng(0)
+        .integers(0, checkpoint.config.vocab_size, size=max([*job["seq_lens"], PROMPT_TOKENS]))
+        .tolist()
+    )
 
     def prefill_ours(n: int) -> float:
         lm.trim(0)
@@ -60,17 +66,30 @@ def mlx_lm_records(job: dict) -> list[dict]:
                 runs = {"ours": lambda n=n: prefill_ours(n), "theirs": lambda n=n: mlx_lm_prefill_s(model, ids[:n])}
             else:
                 prompt, tokens = ids[:PROMPT_TOKENS], job["decode_tokens"]
-                runs = {"ours": lambda p=prompt, t=tokens: decode_tokens_per_s(lm, p, t),
-                        "theirs": lambda p=prompt, t=tokens: mlx_lm_tokens_per_s(model, p, t)}
-            stats = interleaved(runs, job["repeats"], warmup=job["warmup"], budget_s=job.get("budget_s"),
-                                min_time_s=job.get("min_time_s"))
+                runs = {
+                    "ours": lambda p=prompt, t=tokens: decode_tokens_per_s(lm, p, t),
+                    "theirs": lambda p=prompt, t=tokens: mlx_lm_tokens_per_s(model, p, t),
+                }
+            stats = interleaved(
+                runs,
+                job["repeats"],
+                warmup=job["warmup"],
+                budget_s=job.get("budget_s"),
+                min_time_s=job.get("min_time_s"),
+            )
             scale = 1e3 if kind == "prefill" else 1.0
             a, b = stats["ours"].scaled(scale), stats["theirs"].scaled(scale)
-            extra = {"tokens": job["decode_tokens"],
-                     "weight_bytes": weight_bytes(parameter_count(job["checkpoint"]), job["precision"])
-                     } if kind == "decode" else {}
-            records.append(record(ours, kind, stats=a, seq_len=n, batch=1, vs_peer=peer_stats(MLX_LM, kind, a, b),
-                                  **extra))
+            extra = (
+                {
+                    "tokens": job["decode_tokens"],
+                    "weight_bytes": weight_bytes(parameter_count(job["checkpoint"]), job["precision"]),
+                }
+                if kind == "decode"
+                else {}
+            )
+            records.append(
+                record(ours, kind, stats=a, seq_len=n, batch=1, vs_peer=peer_stats(MLX_LM, kind, a, b), **extra)
+            )
             records.append(record(theirs, kind, stats=b, seq_len=n, batch=1, **extra))
         except Exception as exc:
             records.append(failed(theirs, exc, kind=kind, seq_len=n, batch=1))
@@ -113,19 +132,35 @@ def ane_transformers_records(job: dict) -> list[dict]:
             ids = torch.randint(1, baseline.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(0))
             mask = torch.ones_like(ids)
             traced = torch.jit.trace(apple, (ids, mask))
-            package = ct.convert(traced, convert_to="mlprogram", compute_units=ct.ComputeUnit[ANE_UNITS],
-                                 inputs=[ct.TensorType("input_ids", shape=(1, n), dtype=np.int32),
-                                         ct.TensorType("attention_mask", shape=(1, n), dtype=np.int32)])
+            package = ct.convert(
+                traced,
+                convert_to="mlprogram",
+                compute_units=ct.ComputeUnit[ANE_UNITS],
+                inputs=[
+                    ct.TensorType("input_ids", shape=(1, n), dtype=np.int32),
+                    ct.TensorType("attention_mask", shape=(1, n), dtype=np.int32),
+                ],
+            )
             feed = {"input_ids": ids.numpy().astype(np.int32), "attention_mask": mask.numpy().astype(np.int32)}
             path = convert_package(str(directory), work / f"{DISTILBERT}-{n}.mlpackage", "none", [n], False, 512)
             encoder = load_package(path, use_coreml=True, compute_units=ANE_UNITS)
-            runs = {"ours": lambda e=encoder, f=feed: seconds(lambda: e.encode(f["input_ids"], f["attention_mask"])),
-                    "theirs": lambda p=package, f=feed: seconds(lambda: p.predict(f))}
-            stats = interleaved(runs, job["repeats"], warmup=job["warmup"], budget_s=job.get("budget_s"),
-                                min_time_s=job.get("min_time_s"))
+            runs = {
+                "ours": lambda e=encoder, f=feed: seconds(lambda: e.encode(f["input_ids"], f["attention_mask"])),
+                "theirs": lambda p=package, f=feed: seconds(lambda: p.predict(f)),
+            }
+            stats = interleaved(
+                runs,
+                job["repeats"],
+                warmup=job["warmup"],
+                budget_s=job.get("budget_s"),
+                min_time_s=job.get("min_time_s"),
+            )
             a, b = stats["ours"].scaled(1e3), stats["theirs"].scaled(1e3)
-            records.append(record(ours, "encode", stats=a, seq_len=n, batch=1,
-                                  vs_peer=peer_stats(ANE_TRANSFORMERS, "encode", a, b)))
+            records.append(
+                record(
+                    ours, "encode", stats=a, seq_len=n, batch=1, vs_peer=peer_stats(ANE_TRANSFORMERS, "encode", a, b)
+                )
+            )
             records.append(record(theirs, "encode", stats=b, seq_len=n, batch=1))
         except Exception as exc:
             records.append(failed(theirs, exc, kind="encode", seq_len=n, batch=1))

@@ -13,9 +13,19 @@ from ondevice.bench.measure import Stats
 SCHEMA = Path(__file__).with_name("schema.json")  # package data of ondevice.bench
 
 KINDS = {  # kind -> unit
-    "load_cold": "s", "load_warm": "s", "prefill": "ms", "encode": "ms", "decode": "tokens/s",
-    "keystroke_p50": "ms", "keystroke_p95": "ms", "cache_reuse_ratio": "x", "peak_memory": "bytes",
-    "runtime_baseline_memory": "bytes", "memory_bandwidth": "bytes/s", "coreml_convert": "s", "backend": None,
+    "load_cold": "s",
+    "load_warm": "s",
+    "prefill": "ms",
+    "encode": "ms",
+    "decode": "tokens/s",
+    "keystroke_p50": "ms",
+    "keystroke_p95": "ms",
+    "cache_reuse_ratio": "x",
+    "peak_memory": "bytes",
+    "runtime_baseline_memory": "bytes",
+    "memory_bandwidth": "bytes/s",
+    "coreml_convert": "s",
+    "backend": None,
 }
 
 
@@ -31,19 +41,44 @@ class Subject:
     source: str = "checkpoint"  # what was loaded: the Hugging Face checkpoint, or an export of it
 
     def fields(self) -> dict:
-        return {"model": self.model, "backend": self.backend, "device": self.device, "precision": self.precision,
-                "compression": self.compression, "source": self.source}
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "device": self.device,
+            "precision": self.precision,
+            "compression": self.compression,
+            "source": self.source,
+        }
 
 
-def record(subject: Subject, kind: str, value: float | None = None, *, stats: Stats | None = None,
-           seq_len: int | None = None, batch: int | None = None, status: str = "ok", reason: str | None = None,
-           **extra) -> dict:
+def record(
+    subject: Subject,
+    kind: str,
+    value: float | None = None,
+    *,
+    stats: Stats | None = None,
+    seq_len: int | None = None,
+    batch: int | None = None,
+    status: str = "ok",
+    reason: str | None = None,
+    **extra,
+) -> dict:
     """A measurement; with `stats`, its value is their median and its spread their p10-p90."""
     if stats is not None:
         value = stats.median
-    return {"kind": kind, "status": status, **subject.fields(), "seq_len": seq_len, "batch": batch,
-            "value": value, "unit": KINDS[kind], "repeats": stats.repeats if stats else (0 if value is None else 1),
-            "spread": {"p10": stats.p10, "p90": stats.p90} if stats else None, "reason": reason, **extra}
+    return {
+        "kind": kind,
+        "status": status,
+        **subject.fields(),
+        "seq_len": seq_len,
+        "batch": batch,
+        "value": value,
+        "unit": KINDS[kind],
+        "repeats": stats.repeats if stats else (0 if value is None else 1),
+        "spread": {"p10": stats.p10, "p90": stats.p90} if stats else None,
+        "reason": reason,
+        **extra,
+    }
 
 
 def speed_ratio(kind: str, ours: float, theirs: float) -> float:
@@ -59,8 +94,10 @@ def _compared(stats: Stats) -> dict:
 def reference_fields(kind: str, ours: Stats, reference: Stats) -> dict:
     """`vs_reference` and the reference's own timing it was computed from, both measured in this process
     with their repeats interleaved: a record's ratio can always be recomputed from the record."""
-    return {"vs_reference": speed_ratio(kind, ours.median, reference.median),
-            "reference": {**_compared(reference), "same_process": True}}
+    return {
+        "vs_reference": speed_ratio(kind, ours.median, reference.median),
+        "reference": {**_compared(reference), "same_process": True},
+    }
 
 
 def peer_stats(peer: str, kind: str, ours: Stats, theirs: Stats) -> dict:

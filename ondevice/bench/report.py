@@ -13,14 +13,16 @@ from rich.table import Table
 from ondevice.bench.records import speed_ratio
 
 LATENCY_KINDS = ("prefill", "encode")
-CAPTION = ("times: median of repeats after warm-up (spread p10-p90 in bench.json); every ratio is computed from the "
-           "two figures beside it in its cell: (ref t, r x) is the transformers CPU reference timed in this row's "
-           "own process, its repeats interleaved with the row's, and r the speed of the row against it (ref / ours "
-           "for ms, ours / ref for tok/s; >1 is faster); (mlx_lm t, r x) the same against that peer; the reference "
-           "row is timed in its own process; reuse: ms per keystroke at a 64-token context recomputing / reusing "
-           "the KV cache, (context ...) the same for the context part alone; % BW: weight bytes read per second "
-           "while decoding / measured memory bandwidth; peak MiB: max RSS of the backend's own process before "
-           "anything else is loaded in it, (runtime baseline before loading the model)")
+CAPTION = (
+    "times: median of repeats after warm-up (spread p10-p90 in bench.json); every ratio is computed from the "
+    "two figures beside it in its cell: (ref t, r x) is the transformers CPU reference timed in this row's "
+    "own process, its repeats interleaved with the row's, and r the speed of the row against it (ref / ours "
+    "for ms, ours / ref for tok/s; >1 is faster); (mlx_lm t, r x) the same against that peer; the reference "
+    "row is timed in its own process; reuse: ms per keystroke at a 64-token context recomputing / reusing "
+    "the KV cache, (context ...) the same for the context part alone; % BW: weight bytes read per second "
+    "while decoding / measured memory bandwidth; peak MiB: max RSS of the backend's own process before "
+    "anything else is loaded in it, (runtime baseline before loading the model)"
+)
 
 
 def write_json(path: Path, machine: dict, settings: dict, records: list[dict]) -> None:
@@ -78,29 +80,49 @@ def model_tables(records: list[dict]) -> list[tuple[str, list[str], list[list[st
     tables = []
     for model in dict.fromkeys(r["model"] for r in records if r["backend"] != "machine"):
         mine = [r for r in records if r["model"] == model]
-        lens = sorted({(r["kind"], r["seq_len"]) for r in mine if r["kind"] in LATENCY_KINDS and r["seq_len"]},
-                      key=lambda k: (k[0], k[1]))
-        headers = ["backend", "device", "prec.", "convert s", "load s cold / warm", *[f"{k} {n} ms" for k, n in lens],
-                   "decode tok/s", "% BW", "keys p50 / p95 ms", "reuse: recompute / reuse ms", "peak MiB (runtime)",
-                   "notes"]
+        lens = sorted(
+            {(r["kind"], r["seq_len"]) for r in mine if r["kind"] in LATENCY_KINDS and r["seq_len"]},
+            key=lambda k: (k[0], k[1]),
+        )
+        headers = [
+            "backend",
+            "device",
+            "prec.",
+            "convert s",
+            "load s cold / warm",
+            *[f"{k} {n} ms" for k, n in lens],
+            "decode tok/s",
+            "% BW",
+            "keys p50 / p95 ms",
+            "reuse: recompute / reuse ms",
+            "peak MiB (runtime)",
+            "notes",
+        ]
         rows = []
         for key in dict.fromkeys(_key(r) for r in mine):
             got = {(r["kind"], r["seq_len"]): r for r in mine if _key(r) == key and r["status"] == "ok"}
             by_kind = {r["kind"]: r for r in got.values()}
             first = next(r for r in mine if _key(r) == key)
-            notes = [f"{r['kind']} {r['status']}: {r['reason']}" for r in mine
-                     if _key(r) == key and r["status"] != "ok"]
+            notes = [
+                f"{r['kind']} {r['status']}: {r['reason']}" for r in mine if _key(r) == key and r["status"] != "ok"
+            ]
             load = " / ".join(_num(by_kind[k]["value"]) if k in by_kind else "-" for k in ("load_cold", "load_warm"))
             convert = by_kind.get("coreml_convert")
-            cells = [_label(first), first["device"], first["precision"], _num(convert["value"]) if convert else "",
-                     load if load != "- / -" else ""]
+            cells = [
+                _label(first),
+                first["device"],
+                first["precision"],
+                _num(convert["value"]) if convert else "",
+                load if load != "- / -" else "",
+            ]
             for kind, n in lens:
                 r = got.get((kind, n))
                 cells.append(_compared(r) if r else "")
             decode = by_kind.get("decode")
             cells.append(_compared(decode) if decode else "")
-            cells.append(f"{100 * decode['bandwidth_fraction']:.1f}%" if decode and "bandwidth_fraction" in decode
-                         else "")
+            cells.append(
+                f"{100 * decode['bandwidth_fraction']:.1f}%" if decode and "bandwidth_fraction" in decode else ""
+            )
             keys = [by_kind.get(k) for k in ("keystroke_p50", "keystroke_p95")]
             cells.append(" / ".join(_num(k["value"]) for k in keys) if all(keys) else "")
             reuse = by_kind.get("cache_reuse_ratio")
@@ -116,8 +138,10 @@ def model_tables(records: list[dict]) -> list[tuple[str, list[str], list[list[st
 
 def _settings_line(machine: dict, settings: dict, records: list[dict]) -> str:
     bandwidth = next((r for r in records if r["kind"] == "memory_bandwidth" and r["status"] == "ok"), None)
-    line = (f"{machine['cpu']}, {machine['cores']} cores, {machine['os']}, MLX device {machine['mlx_default_device']}; "
-            f"batch {settings['batch']}, {settings['repeats']} repeats, threads {settings['threads'] or 'default'}")
+    line = (
+        f"{machine['cpu']}, {machine['cores']} cores, {machine['os']}, MLX device {machine['mlx_default_device']}; "
+        f"batch {settings['batch']}, {settings['repeats']} repeats, threads {settings['threads'] or 'default'}"
+    )
     if bandwidth:
         line += f"; memory bandwidth {bandwidth['value'] / 1e9:.1f} GB/s (copy, read + write)"
     return line
@@ -185,19 +209,35 @@ def plot(path: Path, records: Iterable[dict]) -> None:
     for i, (name, rs) in enumerate(series.items()):
         rs.sort(key=lambda r: r["seq_len"])
         models = list(dict.fromkeys(r["model"] for r in ok))  # one line style per model, one colour per backend
-        left.errorbar([r["seq_len"] for r in rs], [r["value"] for r in rs], color=color(rs[0]), yerr=_yerr(rs),
-                      linestyle=("-", "--", ":", "-.")[models.index(rs[0]["model"]) % 4], marker="os^Dv<>"[i % 7],
-                      capsize=2, label=name)
-    left.set(title="prefill (GPT-2) / encode (BERT) latency, each backend in its own process",
-             xlabel="sequence length (tokens)", ylabel="ms (median, bars p10-p90)", yscale="log")
+        left.errorbar(
+            [r["seq_len"] for r in rs],
+            [r["value"] for r in rs],
+            color=color(rs[0]),
+            yerr=_yerr(rs),
+            linestyle=("-", "--", ":", "-.")[models.index(rs[0]["model"]) % 4],
+            marker="os^Dv<>"[i % 7],
+            capsize=2,
+            label=name,
+        )
+    left.set(
+        title="prefill (GPT-2) / encode (BERT) latency, each backend in its own process",
+        xlabel="sequence length (tokens)",
+        ylabel="ms (median, bars p10-p90)",
+        yscale="log",
+    )
     left.set_xscale("log", base=2)
     if lengths:
         left.set_xticks(lengths, [str(n) for n in lengths])
     if series:
         left.legend(fontsize=7)
     decodes = [r for r in ok if r["kind"] == "decode"]
-    right.barh(range(len(decodes)), [r["value"] for r in decodes], xerr=_yerr(decodes),
-               color=[color(r) for r in decodes], capsize=2)
+    right.barh(
+        range(len(decodes)),
+        [r["value"] for r in decodes],
+        xerr=_yerr(decodes),
+        color=[color(r) for r in decodes],
+        capsize=2,
+    )
     right.set_yticks(range(len(decodes)), [f"{r['model']}\n{_label(r)} · {r['device']}" for r in decodes], fontsize=7)
     right.invert_yaxis()
     right.set(title="decode with the KV cache, batch 1", xlabel="tokens/s (median, bars p10-p90)")

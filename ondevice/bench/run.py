@@ -113,10 +113,26 @@ def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
     unknown = [b for b in options.backends if b not in (*BACKENDS, *PEERS)]
     if unknown:
         raise InputError(f"unknown backend(s) {', '.join(unknown)} (choose from {', '.join((*BACKENDS, *PEERS))})")
-    common = {key: getattr(options, key) for key in ("batch", "repeats", "decode_tokens", "keystrokes", "reuse_lines",
-                                                       "threads", "precision", "budget_s", "min_time_s")}
-    common |= {"warmup": 1, "compare_reference": "reference" in options.backends, "cache_dir": str(options.cache_dir),
-               "isolated": options.isolate}
+    common = {
+        key: getattr(options, key)
+        for key in (
+            "batch",
+            "repeats",
+            "decode_tokens",
+            "keystrokes",
+            "reuse_lines",
+            "threads",
+            "precision",
+            "budget_s",
+            "min_time_s",
+        )
+    }
+    common |= {
+        "warmup": 1,
+        "compare_reference": "reference" in options.backends,
+        "cache_dir": str(options.cache_dir),
+        "isolated": options.isolate,
+    }
     jobs, known, encoders = [], [], []
     for spec in options.models:
         name, directory = resolve_model(spec, options.cache_dir)
@@ -125,8 +141,11 @@ def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
         _check_lengths(name, config, options)
         if not config.is_causal:
             encoders.append(f"{name} is a {model_type} encoder")
-        base = common | {"model": name, "checkpoint": str(directory),
-                         "seq_lens": clip_seq_lens(options.seq_lens, config.max_positions)}
+        base = common | {
+            "model": name,
+            "checkpoint": str(directory),
+            "seq_lens": clip_seq_lens(options.seq_lens, config.max_positions),
+        }
         for backend in options.backends:
             if backend in ("reference", "torch-ane", "mlx"):
                 precision = "fp32" if backend == "reference" else options.precision
@@ -134,22 +153,46 @@ def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
             elif backend == "coreml":
                 why = coreml_unavailable()
                 if why:
-                    known.append(skipped(Subject(name, "coreml", "+".join(COMPUTE_UNITS), "fp16",
-                                                "+".join(COREML_COMPRESSIONS), "coreml-package"), why))
+                    known.append(
+                        skipped(
+                            Subject(
+                                name,
+                                "coreml",
+                                "+".join(COMPUTE_UNITS),
+                                "fp16",
+                                "+".join(COREML_COMPRESSIONS),
+                                "coreml-package",
+                            ),
+                            why,
+                        )
+                    )
                     continue
                 for compression in COREML_COMPRESSIONS:
                     package = options.cache_dir / "coreml" / f"{name}-{compression}.mlpackage"
-                    jobs.append(base | {"job": "convert", "compression": compression, "package": str(package),
-                                        "precision": "fp16"})
-                    jobs += [base | {"job": "backend", "backend": "coreml", "precision": "fp16",
-                                     "compression": compression, "package": str(package), "compute_units": units}
-                             for units in COMPUTE_UNITS]
+                    jobs.append(
+                        base
+                        | {"job": "convert", "compression": compression, "package": str(package), "precision": "fp16"}
+                    )
+                    jobs += [
+                        base
+                        | {
+                            "job": "backend",
+                            "backend": "coreml",
+                            "precision": "fp16",
+                            "compression": compression,
+                            "package": str(package),
+                            "compute_units": units,
+                        }
+                        for units in COMPUTE_UNITS
+                    ]
             elif backend == MLX_LM and config.is_causal:
                 export = options.cache_dir / "mlx" / f"{name}-mlx-{options.precision}"
                 jobs.append(base | {"job": MLX_LM, "backend": MLX_LM, "export_dir": str(export)})
     if options.backends_given and MLX_LM in options.backends and len(encoders) == len(options.models):
-        raise InputError(f"--backends {MLX_LM} applies to causal LMs (mlx-lm runs no encoders); {encoders[0]}: bench "
-                         "it with reference, torch-ane, mlx or coreml")
+        raise InputError(
+            f"--backends {MLX_LM} applies to causal LMs (mlx-lm runs no encoders); {encoders[0]}: bench "
+            "it with reference, torch-ane, mlx or coreml"
+        )
     if ANE_TRANSFORMERS in options.backends:
         from ondevice.bench.peers import DISTILBERT
 
@@ -158,8 +201,15 @@ def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
         if why:
             known.append(skipped(subject, why))
         else:
-            jobs.append(common | {"job": ANE_TRANSFORMERS, "backend": ANE_TRANSFORMERS, "model": DISTILBERT,
-                                  "seq_lens": clip_seq_lens(options.seq_lens, 512)})
+            jobs.append(
+                common
+                | {
+                    "job": ANE_TRANSFORMERS,
+                    "backend": ANE_TRANSFORMERS,
+                    "model": DISTILBERT,
+                    "seq_lens": clip_seq_lens(options.seq_lens, 512),
+                }
+            )
     return jobs, known
 
 
@@ -184,8 +234,10 @@ def _check_lengths(name: str, config, options: BenchOptions) -> None:
 
     longest = max(options.seq_lens)
     if longest > config.max_positions:
-        raise InputError(f"--seq-lens {longest}: longer than {name}'s {config.max_positions} positions "
-                         f"({config.positions_field}); choose lengths up to {config.max_positions}")
+        raise InputError(
+            f"--seq-lens {longest}: longer than {name}'s {config.max_positions} positions "
+            f"({config.positions_field}); choose lengths up to {config.max_positions}"
+        )
 
 
 def usable_cache(cache_dir: Path) -> tuple[Path, str | None]:
@@ -198,8 +250,10 @@ def usable_cache(cache_dir: Path) -> tuple[Path, str | None]:
         return cache_dir, None
     except OSError as exc:
         fallback = Path(tempfile.mkdtemp(prefix="ondevice-bench-cache-"))
-        return fallback, (f"{cache_dir}: cannot write there ({exc.strerror or exc}); generated models and packages go "
-                          f"to {fallback} for this run (set ONDEVICE_BENCH_CACHE to keep them)")
+        return fallback, (
+            f"{cache_dir}: cannot write there ({exc.strerror or exc}); generated models and packages go "
+            f"to {fallback} for this run (set ONDEVICE_BENCH_CACHE to keep them)"
+        )
 
 
 def describe_jobs(options: BenchOptions, jobs: list[dict]) -> str:
@@ -207,10 +261,11 @@ def describe_jobs(options: BenchOptions, jobs: list[dict]) -> str:
     models = ", ".join(dict.fromkeys(job["model"] for job in jobs)) or "nothing"
     lengths = ",".join(map(str, options.seq_lens))
     causal = any(job.get("keystrokes") and job.get("backend") in ("torch-ane", "mlx") for job in jobs)
-    keys = (f", {options.keystrokes:,} keystrokes replayed per predictive-text backend (--keystrokes N)" if causal
-            else "")
+    keys = (
+        f", {options.keystrokes:,} keystrokes replayed per predictive-text backend (--keystrokes N)" if causal else ""
+    )
     hint = "" if options.quick else " (--quick for a short run)"
-    return (f"bench: {len(jobs)} jobs on {models}; lengths {lengths}, {options.repeats} repeats{keys}{hint}")
+    return f"bench: {len(jobs)} jobs on {models}; lengths {lengths}, {options.repeats} repeats{keys}{hint}"
 
 
 def _child_env(threads: int | None) -> dict[str, str]:
@@ -224,17 +279,27 @@ def _child_env(threads: int | None) -> dict[str, str]:
 
 def run_isolated(job: dict, timeout_s: float, threads: int | None) -> list[dict]:
     """Run one job in a fresh interpreter; a crash or a time-out is an error record, not the end of the run."""
-    subject = Subject(job.get("model", "-"), job.get("backend", job["job"]), job.get("compute_units") or "-",
-                    job.get("precision", "-"), job.get("compression", "none"))
+    subject = Subject(
+        job.get("model", "-"),
+        job.get("backend", job["job"]),
+        job.get("compute_units") or "-",
+        job.get("precision", "-"),
+        job.get("compression", "none"),
+    )
     with tempfile.TemporaryDirectory(prefix="ondevice-bench-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "records.json"
         job_path.write_text(json.dumps(job))
         try:
             # close_fds=False lets macOS start the child with posix_spawn rather than fork + exec, so its
             # ru_maxrss starts from zero instead of from this process's (Linux reads VmHWM, reset at exec).
-            done = subprocess.run([sys.executable, "-m", "ondevice.bench.worker", str(job_path), str(out_path)],
-                                  capture_output=True, text=True, timeout=timeout_s, env=_child_env(threads),
-                                  close_fds=sys.platform != "darwin")
+            done = subprocess.run(
+                [sys.executable, "-m", "ondevice.bench.worker", str(job_path), str(out_path)],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                env=_child_env(threads),
+                close_fds=sys.platform != "darwin",
+            )
         except subprocess.TimeoutExpired:
             return [failed(subject, TimeoutError(f"timed out after {timeout_s:.0f} s"))]
         if out_path.is_file():
@@ -247,8 +312,11 @@ def _finish(records: list[dict], machine: dict) -> list[dict]:
     """Add to every record what it needs to be read alone, and the figures computed across records."""
     line = short_machine(machine)
     bandwidth = next((r["value"] for r in records if r["kind"] == "memory_bandwidth" and r["status"] == "ok"), None)
-    reference = {(r["model"], r["kind"]): r["value"] for r in records
-                 if r["backend"] == "reference" and r["status"] == "ok" and r["kind"] in ("load_cold", "load_warm")}
+    reference = {
+        (r["model"], r["kind"]): r["value"]
+        for r in records
+        if r["backend"] == "reference" and r["status"] == "ok" and r["kind"] in ("load_cold", "load_warm")
+    }
     for r in records:
         r["machine"] = line
         if r["status"] != "ok":
@@ -280,9 +348,11 @@ def failed_models(records: list[dict]) -> dict[str, str]:
     for r in records:
         if r.get("model", "-") != "-" and r.get("kind") not in ("runtime_baseline_memory", "memory_bandwidth"):
             by_model.setdefault(r["model"], []).append(r)
-    return {model: next(r.get("reason") or "error" for r in rs if r["status"] == "error")
-            for model, rs in by_model.items()
-            if not any(r["status"] == "ok" for r in rs) and any(r["status"] == "error" for r in rs)}
+    return {
+        model: next(r.get("reason") or "error" for r in rs if r["status"] == "error")
+        for model, rs in by_model.items()
+        if not any(r["status"] == "ok" for r in rs) and any(r["status"] == "error" for r in rs)
+    }
 
 
 def run_bench(options: BenchOptions, console: Console | None = None) -> Path:
@@ -304,15 +374,35 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> Path:
     host = Subject("-", "machine", "cpu", "-")
     try:
         bw = measure_bandwidth(options.bandwidth_mib, repeats=3 if options.quick else 5, threads=options.threads)
-        records.insert(0, record(host, "memory_bandwidth", bw["bytes_per_s"], array_bytes=bw["array_bytes"],
-                                 threads=bw["threads"], repeats=bw["repeats"], note="best of the repeats"))
+        records.insert(
+            0,
+            record(
+                host,
+                "memory_bandwidth",
+                bw["bytes_per_s"],
+                array_bytes=bw["array_bytes"],
+                threads=bw["threads"],
+                repeats=bw["repeats"],
+                note="best of the repeats",
+            ),
+        )
     except Exception as exc:
         records.insert(0, failed(host, exc, kind="memory_bandwidth"))
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("bench", total=len(jobs))
         for job in jobs:
-            what = " ".join(filter(None, (job["model"], job.get("backend") or job["job"], job.get("compression"),
-                                          job.get("compute_units"), "convert" if job["job"] == "convert" else None)))
+            what = " ".join(
+                filter(
+                    None,
+                    (
+                        job["model"],
+                        job.get("backend") or job["job"],
+                        job.get("compression"),
+                        job.get("compute_units"),
+                        "convert" if job["job"] == "convert" else None,
+                    ),
+                )
+            )
             progress.update(task, description=what)
             if options.isolate:
                 records += run_isolated(job, options.job_timeout_s, options.threads)

@@ -48,8 +48,9 @@ def import_backend(backend: str) -> None:
         import ondevice.backends.coreml  # noqa: F401
 
 
-def loader(backend: str, checkpoint: str, dtype: str, package: str | None = None,
-           compute_units: str | None = None) -> Callable[[], object]:
+def loader(
+    backend: str, checkpoint: str, dtype: str, package: str | None = None, compute_units: str | None = None
+) -> Callable[[], object]:
     """A function from files on disk to a ready model: reading the checkpoint is part of every load."""
     from convert.checkpoint import load_checkpoint
 
@@ -162,8 +163,9 @@ def clip_seq_lens(seq_lens: list[int], max_positions: int) -> list[int]:
     return sorted({min(n, max_positions) for n in seq_lens})
 
 
-def convert_package(checkpoint: str, out: Path, compression: str, seq_lens: list[int], is_causal: bool,
-                    max_positions: int) -> Path:
+def convert_package(
+    checkpoint: str, out: Path, compression: str, seq_lens: list[int], is_causal: bool, max_positions: int
+) -> Path:
     """`ondevice convert --to coreml` as a library call: fp16, the given compression; GPT-2 with a
     context long enough for the longest prefill and a 64-token prefill chunk, encoders with every
     benchmarked length enumerated."""

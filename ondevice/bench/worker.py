@@ -33,9 +33,14 @@ def set_threads(threads: int | None) -> None:
 def backend_subject(job: dict) -> Subject:
     from ondevice.bench.runners import device_of
 
-    return Subject(job["model"], job["backend"], device_of(job["backend"], job.get("compute_units")),
-                  job["precision"], job.get("compression", "none"),
-                  "coreml-package" if job["backend"] == "coreml" else "checkpoint")
+    return Subject(
+        job["model"],
+        job["backend"],
+        device_of(job["backend"], job.get("compute_units")),
+        job["precision"],
+        job.get("compression", "none"),
+        "coreml-package" if job["backend"] == "coreml" else "checkpoint",
+    )
 
 
 def run_backend(job: dict) -> list[dict]:
@@ -63,8 +68,11 @@ def run_backend(job: dict) -> list[dict]:
     except Exception as exc:
         return [failed(subject, exc)]
     isolated = job.get("isolated", True)
-    records = [record(subject, "runtime_baseline_memory", peak_rss_bytes()) if isolated else
-               skipped(subject, OWN_PROCESS, kind="runtime_baseline_memory")]
+    records = [
+        record(subject, "runtime_baseline_memory", peak_rss_bytes())
+        if isolated
+        else skipped(subject, OWN_PROCESS, kind="runtime_baseline_memory")
+    ]
     _, config = read_model_config(resolve_checkpoint(job["checkpoint"]))
     load = loader(job["backend"], job["checkpoint"], job["precision"], job.get("package"), job.get("compute_units"))
     try:
@@ -87,8 +95,15 @@ def run_backend(job: dict) -> list[dict]:
         except Exception as exc:
             records.append(failed(subject, exc, kind=case.kind, seq_len=case.seq_len, batch=case.batch))
     if isolated:  # before the reference is loaded for the comparisons: nothing here but this backend
-        records.append(record(subject, "peak_memory", peak_rss_bytes(), note="max RSS of this process: includes "
-                              "the runtime baseline (Python and libraries imported) measured before loading"))
+        records.append(
+            record(
+                subject,
+                "peak_memory",
+                peak_rss_bytes(),
+                note="max RSS of this process: includes "
+                "the runtime baseline (Python and libraries imported) measured before loading",
+            )
+        )
     else:
         records.append(skipped(subject, OWN_PROCESS, kind="peak_memory"))
     warm = []
@@ -115,8 +130,13 @@ def run_backend(job: dict) -> list[dict]:
             runs = {"ours": lambda c=case: c.run(model)}
             if reference is not None:
                 runs["reference"] = lambda c=case: c.run(reference)
-            stats = interleaved(runs, job["repeats"], warmup=job["warmup"], budget_s=job.get("budget_s"),
-                                min_time_s=job.get("min_time_s"))
+            stats = interleaved(
+                runs,
+                job["repeats"],
+                warmup=job["warmup"],
+                budget_s=job.get("budget_s"),
+                min_time_s=job.get("min_time_s"),
+            )
             scale = 1.0 if case.kind == "decode" else 1e3  # seconds -> ms for latencies
             ours = stats["ours"].scaled(scale)
             extra = {}
@@ -133,8 +153,15 @@ def run_backend(job: dict) -> list[dict]:
 
         model = None
         gc.collect()
-        records += keystroke_records(subject, job["checkpoint"], job["backend"], job["precision"], job["keystrokes"],
-                                     job["reuse_lines"], job["threads"])
+        records += keystroke_records(
+            subject,
+            job["checkpoint"],
+            job["backend"],
+            job["precision"],
+            job["keystrokes"],
+            job["reuse_lines"],
+            job["threads"],
+        )
     return records
 
 
@@ -148,8 +175,14 @@ def run_convert(job: dict) -> list[dict]:
         _, config = read_model_config(resolve_checkpoint(job["checkpoint"]))
         Path(job["package"]).parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        convert_package(job["checkpoint"], Path(job["package"]), job["compression"], job["seq_lens"],
-                        config.is_causal, config.max_positions)
+        convert_package(
+            job["checkpoint"],
+            Path(job["package"]),
+            job["compression"],
+            job["seq_lens"],
+            config.is_causal,
+            config.max_positions,
+        )
         return [record(subject, "coreml_convert", time.perf_counter() - start)]
     except Exception as exc:
         return [failed(subject, exc, kind="coreml_convert")]
@@ -158,8 +191,12 @@ def run_convert(job: dict) -> list[dict]:
 def run_job(job: dict) -> list[dict]:
     from ondevice.bench import peers
 
-    runners = {"backend": run_backend, "convert": run_convert, "mlx_lm": peers.mlx_lm_records,
-               "ane_transformers": peers.ane_transformers_records}
+    runners = {
+        "backend": run_backend,
+        "convert": run_convert,
+        "mlx_lm": peers.mlx_lm_records,
+        "ane_transformers": peers.ane_transformers_records,
+    }
     try:
         return runners[job["job"]](job)
     except Exception as exc:  # a bug or a broken set-up: still one record, never a crash of the run

@@ -18,25 +18,42 @@ from ondevice.commands.common import (
 
 @one_line_errors
 def bench(
-    model: Annotated[list[str] | None, typer.Option(
-        "--model", help="keyboard-gpt2, all-MiniLM-L6-v2, gpt2-124m-random, smollm2-135m-random, "
-        "qwen3-0.6b-random (made locally), a checkpoint directory or an MLX directory (--backends mlx); "
-        "repeatable.")] = None,
-    backends: Annotated[list[str] | None, typer.Option(
-        "--backends", help="reference, torch-ane, mlx, coreml; peers mlx_lm, ane_transformers (repeat, or "
-        "comma-separate).")] = None,
-    seq_lens: Annotated[list[str] | None, typer.Option(
-        "--seq-lens", help="Prefill/encode lengths, e.g. 16,64 (default 16..512; clipped to the model's positions).")
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="keyboard-gpt2, all-MiniLM-L6-v2, gpt2-124m-random, smollm2-135m-random, "
+            "qwen3-0.6b-random (made locally), a checkpoint directory or an MLX directory (--backends mlx); "
+            "repeatable.",
+        ),
+    ] = None,
+    backends: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--backends",
+            help="reference, torch-ane, mlx, coreml; peers mlx_lm, ane_transformers (repeat, or comma-separate).",
+        ),
+    ] = None,
+    seq_lens: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--seq-lens", help="Prefill/encode lengths, e.g. 16,64 (default 16..512; clipped to the model's positions)."
+        ),
     ] = None,
     quick: Annotated[bool, typer.Option(help="Small models, lengths 16 and 64, 3 repeats: a few minutes.")] = False,
-    out: Annotated[str | None, typer.Option(
-        help="Output directory (default: bench-results in the working directory).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Threads of torch, MLX's CPU backend and BLAS (1 or more).")
-                       ] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Output directory (default: bench-results in the working directory).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Threads of torch, MLX's CPU backend and BLAS (1 or more).")
+    ] = None,
     repeats: Annotated[int | None, typer.Option(help="Timed repeats per measurement (median reported).")] = None,
     batch: Annotated[int, typer.Option(help="Encoder batch size.")] = 1,
-    keystrokes: Annotated[int | None, typer.Option(
-        help="Keys of held-out text replayed per predictive-text backend (default 2,000; --quick 150; 0: none).")
+    keystrokes: Annotated[
+        int | None,
+        typer.Option(
+            help="Keys of held-out text replayed per predictive-text backend (default 2,000; --quick 150; 0: none)."
+        ),
     ] = None,
 ) -> None:
     """Benchmark every backend and peer on the same models and inputs: table, bench.json, bench.md, bench.png.
@@ -65,12 +82,25 @@ def bench(
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: is a file; --out takes a directory (bench.json, bench.md and bench.png go in it)")
     wanted = _backends_for_mlx_directories(model, split(backends))
-    run_bench(BenchOptions(models=model, backends=wanted, seq_lens=lengths, quick=quick, out=out,
-                           threads=threads, repeats=repeats, batch=batch, keystrokes=keystrokes), console)
+    run_bench(
+        BenchOptions(
+            models=model,
+            backends=wanted,
+            seq_lens=lengths,
+            quick=quick,
+            out=out,
+            threads=threads,
+            repeats=repeats,
+            batch=batch,
+            keystrokes=keystrokes,
+        ),
+        console,
+    )
     failed = failed_models(json.loads((out / "bench.json").read_text())["records"])
     if failed:
-        error_line("; ".join(f"every measurement of {name} failed (first: {reason})" for name, reason in
-                             failed.items()))
+        error_line(
+            "; ".join(f"every measurement of {name} failed (first: {reason})" for name, reason in failed.items())
+        )
         raise typer.Exit(EXIT_FAILED_CHECK)
 
 
@@ -85,7 +115,9 @@ def _backends_for_mlx_directories(models: list[str] | None, backends: list[str] 
         return backends
     others = [b for b in backends or () if b != "mlx"]
     if others or (backends is None and len(exported) < len(models)):
-        raise InputError(f"{exported[0]}: an MLX directory written by 'ondevice convert --to mlx' runs on the mlx "
-                         f"backend only (pass --backends mlx" + (", and its other models separately)" if
-                                                                 len(exported) < len(models) else ")"))
+        raise InputError(
+            f"{exported[0]}: an MLX directory written by 'ondevice convert --to mlx' runs on the mlx "
+            f"backend only (pass --backends mlx"
+            + (", and its other models separately)" if len(exported) < len(models) else ")")
+        )
     return ["mlx"]

@@ -16,17 +16,22 @@ BACKEND_DTYPES = {"torch-ane": ("fp32", "fp16"), "mlx": ("fp32", "fp16", "bf16")
 
 @one_line_errors
 def generate(
-    checkpoint: Annotated[str, typer.Argument(
-        help="Checkpoint or MLX directory, PATH.mlpackage (Core ML), bundled name, or model id.")],
+    checkpoint: Annotated[
+        str, typer.Argument(help="Checkpoint or MLX directory, PATH.mlpackage (Core ML), bundled name, or model id.")
+    ],
     prompt: Annotated[str | None, typer.Argument(help="Text, tokenized with the checkpoint's tokenizer.")] = None,
     ids: Annotated[str | None, typer.Option("--ids", help="Prompt as token ids: '464, 318'.")] = None,
-    chat: Annotated[bool, typer.Option(
-        "--chat", help="Format the prompt as a user turn with the tokenizer's chat template.")] = False,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Format the prompt as a user turn with the tokenizer's chat template.")
+    ] = False,
     system: Annotated[str | None, typer.Option(help="With --chat: a system message before the user turn.")] = None,
-    backend: Annotated[str | None, typer.Option(
-        help="mlx, torch-ane, or coreml (a .mlpackage). Default: coreml for a package, else mlx.")] = None,
-    dtype: Annotated[str | None, typer.Option(
-        help="fp32, fp16 (torch-ane, mlx), bf16 (mlx). Default: fp32; an MLX directory's own.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="mlx, torch-ane, or coreml (a .mlpackage). Default: coreml for a package, else mlx."),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="fp32, fp16 (torch-ane, mlx), bf16 (mlx). Default: fp32; an MLX directory's own.")
+    ] = None,
     max_tokens: Annotated[int, typer.Option(help="New tokens to generate.")] = 64,
     temperature: Annotated[float, typer.Option(help="0 is greedy; higher samples more freely.")] = 0.0,
     top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely tokens.")] = None,
@@ -53,9 +58,11 @@ def generate(
         raise InputError("--chat formats a text prompt with the chat template: give text, not --ids")
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)  # checks the values
     if temperature == 0:
-        not_applicable({"--top-k": top_k, "--top-p": top_p, "--seed": seed},
-                       "with sampling only (--temperature above 0); --temperature 0, the default, decodes greedily: "
-                       "the most likely token every time")
+        not_applicable(
+            {"--top-k": top_k, "--top-p": top_p, "--seed": seed},
+            "with sampling only (--temperature above 0); --temperature 0, the default, decodes greedily: "
+            "the most likely token every time",
+        )
     check_max_tokens(max_tokens)
     prompt_ids = parse_ids(ids) if ids is not None else None
     backend = _check_backend(checkpoint, backend, dtype)
@@ -66,8 +73,7 @@ def generate(
         lm, tokenizer_dir = _load_causal_lm(checkpoint, backend, dtype)
         tokenizer = load_tokenizer(tokenizer_dir, lm.config.vocab_size) if prompt_ids is None else None
     if prompt_ids is None:
-        prompt_ids = (chat_prompt_ids(tokenizer, prompt, system, where=checkpoint) if chat
-                      else tokenizer.encode(prompt))
+        prompt_ids = chat_prompt_ids(tokenizer, prompt, system, where=checkpoint) if chat else tokenizer.encode(prompt)
     stream = TextStream(tokenizer) if tokenizer is not None else None
     stop = () if ignore_eos else lm.config.eos_token_ids
     start, count = time.perf_counter(), 0
@@ -77,8 +83,11 @@ def generate(
         sys.stdout.flush()
     sys.stdout.write("\n")
     elapsed = time.perf_counter() - start
-    errors.print(f"{count} tokens in {elapsed:.2f} s ({count / elapsed:.1f} tokens/s, prefill included) "
-                 f"on {lm.backend}", highlight=False, style="dim")
+    errors.print(
+        f"{count} tokens in {elapsed:.2f} s ({count / elapsed:.1f} tokens/s, prefill included) on {lm.backend}",
+        highlight=False,
+        style="dim",
+    )
 
 
 def _is_package(spec: str) -> bool:
@@ -98,8 +107,10 @@ def _check_backend(spec: str, backend: str | None, dtype: str | None) -> str:
         raise InputError(f"{spec}: a Core ML package runs on --backend coreml, not {backend}")
     if backend == "coreml":
         if not package:
-            raise InputError(f"--backend coreml runs a converted package: give a PATH.mlpackage "
-                             f"(ondevice convert {spec} --to coreml --out PATH.mlpackage)")
+            raise InputError(
+                f"--backend coreml runs a converted package: give a PATH.mlpackage "
+                f"(ondevice convert {spec} --to coreml --out PATH.mlpackage)"
+            )
         if dtype is not None:
             raise InputError("--dtype does not apply to a Core ML package: it runs in its converted precision")
         return backend

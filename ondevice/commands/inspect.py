@@ -28,29 +28,44 @@ def inspect(
         report = inspect_package(package)
         plan = compute_plan(package)
     meta = report.metadata
-    console.print(f"{package}: {meta['architecture']} · {meta['precision']} · compression {meta['compression']} · "
-                  f"kv cache {meta['kv_cache']} · target {meta['deployment_target']} · seq_lens {meta['seq_lens']}"
-                  + (f" · context {meta['context']}" if meta.get("context") else ""), highlight=False, soft_wrap=True,
-                  markup=False)
+    console.print(
+        f"{package}: {meta['architecture']} · {meta['precision']} · compression {meta['compression']} · "
+        f"kv cache {meta['kv_cache']} · target {meta['deployment_target']} · seq_lens {meta['seq_lens']}"
+        + (f" · context {meta['context']}" if meta.get("context") else ""),
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
     for name, fn in report.functions.items():
         console.print(f"function [bold]{escape(name)}[/bold]", highlight=False)
         for label, features in (("input", fn.inputs), ("state", fn.states), ("output", fn.outputs)):
             for feature in features:
                 console.print(f"  {label:6} {feature}", highlight=False, markup=False)
         ops = ", ".join(f"{op} {n}" for op, n in fn.ops.most_common() if op != "const")
-        console.print(f"  ops ({sum(fn.ops.values()) - fn.ops['const']} + {fn.ops['const']} const): {ops}",
-                      highlight=False, soft_wrap=True, markup=False)
+        console.print(
+            f"  ops ({sum(fn.ops.values()) - fn.ops['const']} + {fn.ops['const']} const): {ops}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
     weights = ", ".join(f"{dtype} {n / 2**20:.2f} MiB" for dtype, n in sorted(report.weight_bytes.items()))
-    console.print(f"weights: {weights or 'none'}" + (f" · sha256 {digest[:16]}… as recorded" if digest else
-                  " · no sha256 recorded (not checked)"), highlight=False)
+    console.print(
+        f"weights: {weights or 'none'}"
+        + (f" · sha256 {digest[:16]}… as recorded" if digest else " · no sha256 recorded (not checked)"),
+        highlight=False,
+    )
     if report.violations:
         from collections import Counter
 
         console.print(f"[red]ANE rule violations: {len(report.violations)}[/red]")
         for (fn_name, rule), count in Counter((v.function, v.rule) for v in report.violations).items():
             first = next(v for v in report.violations if (v.function, v.rule) == (fn_name, rule))
-            console.print(f"  [{fn_name}] {rule}: {count} tensor(s), e.g. {first.op} ({first.op_type}) {first.detail}",
-                          highlight=False, soft_wrap=True, markup=False)
+            console.print(
+                f"  [{fn_name}] {rule}: {count} tensor(s), e.g. {first.op} ({first.op_type}) {first.detail}",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
     else:
         console.print("[green]ANE rule violations: none[/green]")
     if isinstance(plan, str):
@@ -61,5 +76,9 @@ def inspect(
         devices = Counter(device for _, _, device in plan)
         ane = sum(n for d, n in devices.items() if "NeuralEngine" in d)
         share = 100 * ane / max(len(plan), 1)
-        console.print(f"compute plan: {ane}/{len(plan)} ops prefer the Neural Engine ({share:.0f}%); "
-                      + ", ".join(f"{d} {n}" for d, n in devices.most_common()), highlight=False, soft_wrap=True)
+        console.print(
+            f"compute plan: {ane}/{len(plan)} ops prefer the Neural Engine ({share:.0f}%); "
+            + ", ".join(f"{d} {n}" for d, n in devices.most_common()),
+            highlight=False,
+            soft_wrap=True,
+        )

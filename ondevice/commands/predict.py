@@ -14,10 +14,13 @@ from ondevice.commands.common import at_least, console, not_applicable, one_line
 @one_line_errors
 def predict(
     text: Annotated[str | None, typer.Argument(help="The text typed so far; '-' or nothing reads stdin.")] = None,
-    model: Annotated[str, typer.Option(help="Causal LM checkpoint (default: the bundled keyboard model), an MLX "
-                                       "directory (--backend mlx) or a package (--backend coreml).")] = (
-        "keyboard-gpt2"
-    ),
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Causal LM checkpoint (default: the bundled keyboard model), an MLX "
+            "directory (--backend mlx) or a package (--backend coreml)."
+        ),
+    ] = ("keyboard-gpt2"),
     backend: Annotated[str, typer.Option(help="torch-ane, mlx, or coreml (a converted package, on a Mac).")] = (
         "torch-ane"
     ),
@@ -25,8 +28,9 @@ def predict(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a line of words.")] = False,
     eval_file: Annotated[Path | None, typer.Option("--eval", help="Held-out text to evaluate on.")] = None,
     eval_lines: Annotated[int | None, typer.Option(help="Evaluate on the first N lines only.")] = None,
-    baseline_text: Annotated[Path | None, typer.Option(help="Training text of the n-gram baseline (default: the "
-                                                       "bundled model's).")] = None,
+    baseline_text: Annotated[
+        Path | None, typer.Option(help="Training text of the n-gram baseline (default: the bundled model's).")
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show third-party warnings (coremltools, torch, ...).")] = False,
 ) -> None:
     """Next-word suggestions, or completions of the word being typed; or, with --eval, quality figures."""
@@ -109,5 +113,6 @@ def _check_model(model: str, backend: str) -> None:
     from convert.checkpoint import is_mlx_directory
 
     if backend != "mlx" and is_mlx_directory(model):
-        raise InputError(f"{model}: an MLX directory written by 'ondevice convert --to mlx' runs on --backend mlx, "
-                         f"not {backend}")
+        raise InputError(
+            f"{model}: an MLX directory written by 'ondevice convert --to mlx' runs on --backend mlx, not {backend}"
+        )

@@ -14,17 +14,25 @@ from ondevice.commands.common import EXIT_FAILED_CHECK, Precision, at_least, con
 
 @one_line_errors
 def verify(
-    checkpoint: Annotated[str, typer.Argument(
-        help="Checkpoint directory, bundled name, or cached model id; a PATH.mlpackage (with --reference); or an "
-             "MLX directory (against the checkpoint it was exported from, or --reference).")],
-    backend: Annotated[str | None, typer.Option(
-        help="Backend to check against the transformers CPU reference: torch-ane (default), mlx.")] = None,
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            help="Checkpoint directory, bundled name, or cached model id; a PATH.mlpackage (with --reference); or an "
+            "MLX directory (against the checkpoint it was exported from, or --reference)."
+        ),
+    ],
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Backend to check against the transformers CPU reference: torch-ane (default), mlx."),
+    ] = None,
     seq_len: Annotated[int | None, typer.Option(help="Tokens per input (default: 64, capped by positions).")] = None,
-    dtype: Annotated[Precision | None, typer.Option(
-        help="Precision of the backend under test (default: fp32).")] = None,
+    dtype: Annotated[
+        Precision | None, typer.Option(help="Precision of the backend under test (default: fp32).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random token ids (0 or more).")] = 0,
-    reference: Annotated[str | None, typer.Option(
-        help="For a .mlpackage or an MLX directory: the checkpoint it was converted from.")] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="For a .mlpackage or an MLX directory: the checkpoint it was converted from.")
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show third-party warnings (coremltools, torch, ...).")] = False,
 ) -> None:
     """Compare a backend (or a Core ML package) with the transformers CPU reference on the same random token ids."""
@@ -37,19 +45,25 @@ def verify(
     is_package = checkpoint.rstrip("/").endswith(".mlpackage")
     is_mlx = not is_package and is_mlx_directory(checkpoint)
     if is_package:
-        not_applicable({"--backend": backend, "--dtype": dtype},
-                       "to a checkpoint; a package runs on Core ML in the precision it was converted to")
+        not_applicable(
+            {"--backend": backend, "--dtype": dtype},
+            "to a checkpoint; a package runs on Core ML in the precision it was converted to",
+        )
         if reference is None:
             raise InputError(f"{checkpoint}: verifying a package needs --reference CHECKPOINT")
     elif is_mlx:
         if backend not in (None, "mlx"):
-            raise InputError(f"{checkpoint}: an MLX directory written by 'ondevice convert --to mlx' runs on the mlx "
-                             f"backend, not {backend}")
-        not_applicable({"--dtype": dtype}, "to a checkpoint; an MLX directory runs in its exported dtype and "
-                                           "quantization")
+            raise InputError(
+                f"{checkpoint}: an MLX directory written by 'ondevice convert --to mlx' runs on the mlx "
+                f"backend, not {backend}"
+            )
+        not_applicable(
+            {"--dtype": dtype}, "to a checkpoint; an MLX directory runs in its exported dtype and quantization"
+        )
     else:
-        not_applicable({"--reference": reference},
-                       "to a .mlpackage or an MLX directory (the checkpoint it was converted from)")
+        not_applicable(
+            {"--reference": reference}, "to a .mlpackage or an MLX directory (the checkpoint it was converted from)"
+        )
     with captured(verbose):
         if is_package:
             from ondevice.verify import verify_package
@@ -62,8 +76,13 @@ def verify(
         else:
             from ondevice.verify import verify as run_verify
 
-            report = run_verify(checkpoint, backend=backend or "torch-ane", seq_len=seq_len,
-                                dtype=(dtype or Precision.fp32).value, seed=seed)
+            report = run_verify(
+                checkpoint,
+                backend=backend or "torch-ane",
+                seq_len=seq_len,
+                dtype=(dtype or Precision.fp32).value,
+                seed=seed,
+            )
     _print_report(report)
     if not report.passed:
         raise typer.Exit(EXIT_FAILED_CHECK)
@@ -72,8 +91,9 @@ def verify(
 def _print_report(report) -> None:
     tol = report.tolerance
     table = Table(
-        title=escape(f"{report.model_type} · {report.backend} {report.dtype} vs transformers CPU fp32 · "
-                     f"seq_len {report.seq_len}"),
+        title=escape(
+            f"{report.model_type} · {report.backend} {report.dtype} vs transformers CPU fp32 · seq_len {report.seq_len}"
+        ),
         caption=f"bounds ({report.dtype}): max |err| ≤ {tol.rel_max_abs:g} × scale, cosine ≥ {tol.cosine:g}",
     )
     table.add_column("output", no_wrap=True)
@@ -91,9 +111,12 @@ def _print_report(report) -> None:
         if any(c.name == "logits" for c in report.comparisons):
             console.print("greedy tokens: not compared (non-finite logits agree with nothing)", highlight=False)
     for name, why in report.uninformative.items():
-        console.print(f"[red]the reference's {escape(name)} {escape(why)}:[/red] there is nothing to agree with, "
-                      "so no comparison of them can pass (the checkpoint's weights or config compute nothing)",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"[red]the reference's {escape(name)} {escape(why)}:[/red] there is nothing to agree with, "
+            "so no comparison of them can pass (the checkpoint's weights or config compute nothing)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if report.greedy_match is not None:
         steps = len(report.greedy_reference)
         same = sum(a == b for a, b in zip(report.greedy_ours, report.greedy_reference, strict=True))
@@ -102,6 +125,9 @@ def _print_report(report) -> None:
             verdict += " (reported: exact agreement is required of lossless formats only)"
         console.print(f"greedy tokens: {same}/{steps} {verdict}", soft_wrap=True)
         if not report.greedy_match:
-            console.print(f"  ours:      {report.greedy_ours}\n  reference: {report.greedy_reference}",
-                          markup=False, highlight=False)
+            console.print(
+                f"  ours:      {report.greedy_ours}\n  reference: {report.greedy_reference}",
+                markup=False,
+                highlight=False,
+            )
     console.print("[green]PASS[/green]" if report.passed else "[red]FAIL[/red]")

@@ -93,8 +93,12 @@ def search_words(
     return [Suggestion(spelling, total) for total, spelling, _ in ranked]
 
 
-def score_spellings(root_logprobs: np.ndarray, expand: Callable[[Sequence[Sequence[int]]], np.ndarray],
-                    classes: TokenClasses, spellings: dict[str, Sequence[int]]) -> dict[str, float]:
+def score_spellings(
+    root_logprobs: np.ndarray,
+    expand: Callable[[Sequence[Sequence[int]]], np.ndarray],
+    classes: TokenClasses,
+    spellings: dict[str, Sequence[int]],
+) -> dict[str, float]:
     """The probability of each word's one given spelling (word -> its token ids): the tokens' probabilities times
     that the word ends after them, scored like the search's words (one batched `expand` per token depth, the
     expansions the search already made reused). For words the search did not reach: longer than its
@@ -113,10 +117,17 @@ def score_spellings(root_logprobs: np.ndarray, expand: Callable[[Sequence[Sequen
     return {word: math.exp(v) for word, v in logp.items()}
 
 
-def _expand_beam(beam: _Beam, lp: np.ndarray, classes: TokenClasses, partial: str, bare_start: bool,
-                 beam_width: int | None, words=None) -> list[_Beam]:
+def _expand_beam(
+    beam: _Beam,
+    lp: np.ndarray,
+    classes: TokenClasses,
+    partial: str,
+    bare_start: bool,
+    beam_width: int | None,
+    words=None,
+) -> list[_Beam]:
     if beam.text:
-        kind, mask, remaining = "continue", classes.continues_word, partial[len(beam.text):]
+        kind, mask, remaining = "continue", classes.continues_word, partial[len(beam.text) :]
     elif bare_start:
         kind, mask, remaining = "bare", classes.starts_bare, partial
     else:
@@ -128,12 +139,15 @@ def _expand_beam(beam: _Beam, lp: np.ndarray, classes: TokenClasses, partial: st
         candidates = _in_words(beam, lp, candidates, classes, kind, words, beam_width)
     elif beam_width is not None and len(candidates) > beam_width:
         candidates = candidates[np.argpartition(lp[candidates], -beam_width)[-beam_width:]]
-    return [_Beam(beam.logp + float(lp[t]), (*beam.tokens, int(t)), beam.text + classes.strings[t][strip:])
-            for t in candidates]
+    return [
+        _Beam(beam.logp + float(lp[t]), (*beam.tokens, int(t)), beam.text + classes.strings[t][strip:])
+        for t in candidates
+    ]
 
 
-def _in_words(beam: _Beam, lp: np.ndarray, candidates: np.ndarray, classes: TokenClasses, kind: str, words,
-              beam_width: int | None) -> np.ndarray:
+def _in_words(
+    beam: _Beam, lp: np.ndarray, candidates: np.ndarray, classes: TokenClasses, kind: str, words, beam_width: int | None
+) -> np.ndarray:
     """The candidates after which some word of `words` can still be spelled: for a word's first token, one
     precomputed mask; for a continuation, the index is asked about the most probable candidates first, until
     `beam_width` of them agree (all of them when exact)."""
@@ -152,8 +166,9 @@ def _in_words(beam: _Beam, lp: np.ndarray, candidates: np.ndarray, classes: Toke
             candidates = candidates[np.argpartition(lp[candidates], -beam_width)[-beam_width:]]
         return candidates
     if beam_width is None:
-        return np.asarray([t for t in candidates if words.has_prefix(prefix + classes.strings[t].lower())],
-                          dtype=np.int64)
+        return np.asarray(
+            [t for t in candidates if words.has_prefix(prefix + classes.strings[t].lower())], dtype=np.int64
+        )
     kept: list[int] = []  # many words go on: ask about the most probable tokens first
     for t in candidates[np.argsort(-lp[candidates], kind="stable")]:
         if words.has_prefix(prefix + classes.strings[t].lower()):

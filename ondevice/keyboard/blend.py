@@ -44,22 +44,25 @@ class Blend:
     own_text: float = 0.1  # share of the user's own text in the lexicon's unigram
     candidates: int = 8  # words taken from each source before combining
 
-    def score(self, model: dict[str, float], unigram: dict[str, float], ngram: dict[str, float],
-              candidates: list[str]) -> dict[str, float]:
+    def score(
+        self, model: dict[str, float], unigram: dict[str, float], ngram: dict[str, float], candidates: list[str]
+    ) -> dict[str, float]:
         """Normalised scores of `candidates` (lower-case words) from each source's probabilities."""
         share = self.ngram if ngram else 0.0
         logs = {}
         for w in candidates:
             prior = (1 - share) * unigram.get(w, 0.0) + share * ngram.get(w, 0.0)
-            logs[w] = ((1 - self.lexicon) * math.log(max(model.get(w, 0.0), FLOOR))
-                       + self.lexicon * math.log(max(prior, FLOOR)))
+            logs[w] = (1 - self.lexicon) * math.log(max(model.get(w, 0.0), FLOOR)) + self.lexicon * math.log(
+                max(prior, FLOOR)
+            )
         top = max(logs.values(), default=0.0)
         total = sum(math.exp(v - top) for v in logs.values())
         return {w: math.exp(v - top) / total for w, v in logs.items()}
 
 
-def blend(found: list[Suggestion], partial: str, words, ngram_model, context: str, mix: Blend,
-          k: int, score_missing=None) -> list[tuple[str, float]]:
+def blend(
+    found: list[Suggestion], partial: str, words, ngram_model, context: str, mix: Blend, k: int, score_missing=None
+) -> list[tuple[str, float]]:
     """The top `k` (lower-case word, score) after combining: `found` from the word search over `words` (a
     `lexicon.WordSet`), the lexicon's and the n-gram's candidates for the typed `partial`. `score_missing(words)`
     gives the model's probability of candidates the search did not find."""
@@ -80,7 +83,9 @@ def blend(found: list[Suggestion], partial: str, words, ngram_model, context: st
     if missing and score_missing is not None:
         model.update(score_missing(missing))
     typed = sum(words.user_counts.values()) or 1
-    unigram = {w: (1 - mix.own_text) * lexicon.frequency.get(w, 0.0) + mix.own_text * words.user_counts[w] / typed
-               for w in candidates}
+    unigram = {
+        w: (1 - mix.own_text) * lexicon.frequency.get(w, 0.0) + mix.own_text * words.user_counts[w] / typed
+        for w in candidates
+    }
     scores = mix.score(model, unigram, ngram, candidates)
     return sorted(scores.items(), key=lambda item: item[1], reverse=True)[:k]

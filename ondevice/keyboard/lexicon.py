@@ -69,15 +69,20 @@ def _ordinary_shape(word: str) -> bool:
 
 
 def _i_form(key: str) -> str | None:
-    """"I", "I'm", "I'll", "I've", "I'd": the pronoun is always a capital."""
+    """ "I", "I'm", "I'll", "I've", "I'd": the pronoun is always a capital."""
     if key == "i" or (key[:2] in ("i'", "i’") and key[2:].isalpha()):
         return "I" + key[1:]
     return None
 
 
 class Lexicon:
-    def __init__(self, english: dict[str, float], training: Counter | None = None, forms: dict[str, str] | None = None,
-                 training_weight: float = 0.3):
+    def __init__(
+        self,
+        english: dict[str, float],
+        training: Counter | None = None,
+        forms: dict[str, str] | None = None,
+        training_weight: float = 0.3,
+    ):
         """english: lower-case word -> frequency in running English; training: words of the model's training
         text as written -> count; forms: lower-case word -> its written form where not lower case."""
         self.english = english
@@ -92,8 +97,10 @@ class Lexicon:
         weight = training_weight if self.training else 0.0
         keys = set(english) | set(self.training)
         # The unigram the blend uses: general English and the model's training text, mixed.
-        self.frequency = {w: (1 - weight) * english.get(w, 0.0) / english_total
-                          + weight * self.training.get(w, 0) / training_total for w in keys}
+        self.frequency = {
+            w: (1 - weight) * english.get(w, 0.0) / english_total + weight * self.training.get(w, 0) / training_total
+            for w in keys
+        }
         self.keys = sorted(keys)
         self.forms = dict(forms or {})
         self._by_frequency: list[str] = sorted(self.keys, key=lambda w: -self.frequency[w])
@@ -197,7 +204,7 @@ class WordSet:
         index, longest = self.lexicon.continuation_index(classes)
         ids: set[int] = set()
         for word in (*keys[lo:hi], *self.user_words(prefix)):
-            rest = word[len(prefix):]
+            rest = word[len(prefix) :]
             for end in range(1, min(len(rest), longest) + 1):
                 ids.update(index.get(rest[:end], ()))
         return np.fromiter(ids, dtype=np.int64, count=len(ids))
@@ -226,7 +233,7 @@ class WordSet:
         if len(form) < len(typed):
             form = key
         if typed:
-            rest = form[len(typed):]
+            rest = form[len(typed) :]
             letters = [c for c in typed if c.isalpha()]
             if len(letters) >= 2 and all(c.isupper() for c in letters):
                 rest = rest.upper()
@@ -261,8 +268,11 @@ def domain_forms(forms: dict[str, str], training: Counter, english: dict[str, fl
     for word, n in training.items():
         lower[word.lower()] += n
     training_total, english_total = sum(lower.values()) or 1, sum(english.values()) or 1.0
-    return {key: form for key, form in forms.items()
-            if key not in english or lower[key] / training_total >= DOMAIN_RATIO * english[key] / english_total}
+    return {
+        key: form
+        for key, form in forms.items()
+        if key not in english or lower[key] / training_total >= DOMAIN_RATIO * english[key] / english_total
+    }
 
 
 @lru_cache(maxsize=1)
@@ -271,8 +281,11 @@ def english_frequencies(min_zipf: float = MIN_ZIPF) -> dict[str, float]:
     import wordfreq
 
     floor = 10 ** (min_zipf - 9)
-    return {w: f for w, f in wordfreq.get_frequency_dict("en", wordlist="large").items()
-            if f >= floor and _is_lexicon_word(w)}
+    return {
+        w: f
+        for w, f in wordfreq.get_frequency_dict("en", wordlist="large").items()
+        if f >= floor and _is_lexicon_word(w)
+    }
 
 
 def training_words(text: str) -> tuple[Counter, dict[str, str]]:

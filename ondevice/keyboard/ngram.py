@@ -42,7 +42,7 @@ class NGramModel:
 
     def suggest(self, text: str, k: int = 3) -> list[Suggestion]:
         context, partial, _ = split_partial(text)
-        history = ([_START] * (self.order - 1) + tokens(context))[-(self.order - 1):]
+        history = ([_START] * (self.order - 1) + tokens(context))[-(self.order - 1) :]
         prefix = partial.lower()
         scores: dict[str, tuple[float, str]] = {}
         weight = 1.0
@@ -72,7 +72,7 @@ class NGramModel:
         """The `n` words most often seen after the last two words of `context` (else after the last one) that
         start with `prefix`, with their relative frequency there (lower-case words); {} where neither
         context was seen with such a word: the blend's "where it knows the context"."""
-        history = ([_START] * (self.order - 1) + tokens(context))[-(self.order - 1):]
+        history = ([_START] * (self.order - 1) + tokens(context))[-(self.order - 1) :]
         for order in range(self.order - 1, 0, -1):
             ranked = self._ranked(tuple(history[-order:]))
             if not ranked:

@@ -35,10 +35,20 @@ SPELLING_SLACK = 4  # tokens past the search's for scoring a lexicon word's own 
 
 
 class Predictor:
-    def __init__(self, model: str | Path = DEFAULT_MODEL, backend: str = "torch-ane", k: int = 3,
-                 max_context_tokens: int = 64, beam_width: int | None = 8, max_word_tokens: int = 4,
-                 dtype: str = "fp32", threads: int | None = 1, lexicon: str | Lexicon | None = "auto",
-                 blend_weights: Blend | None = None, ngram=None):
+    def __init__(
+        self,
+        model: str | Path = DEFAULT_MODEL,
+        backend: str = "torch-ane",
+        k: int = 3,
+        max_context_tokens: int = 64,
+        beam_width: int | None = 8,
+        max_word_tokens: int = 4,
+        dtype: str = "fp32",
+        threads: int | None = 1,
+        lexicon: str | Lexicon | None = "auto",
+        blend_weights: Blend | None = None,
+        ngram=None,
+    ):
         """model: a checkpoint (directory, bundled name, cached id), or with backend="coreml" a package
         written by `ondevice convert --to coreml` (its tokenizer travels inside it).
 
@@ -57,8 +67,9 @@ class Predictor:
         else:
             checkpoint = load_checkpoint(model)
             if not checkpoint.config.is_causal:
-                raise InputError(f"{checkpoint.directory}: predictive text needs a causal LM, not "
-                                 f"{checkpoint.model_type}")
+                raise InputError(
+                    f"{checkpoint.directory}: predictive text needs a causal LM, not {checkpoint.model_type}"
+                )
             directory = checkpoint.directory
         settings = _settings(directory)
         if lexicon == "auto":
@@ -100,10 +111,17 @@ class Predictor:
         words = self._words(before)
         root = self.context.root_logprobs(context)
         mixing = words is not None and (self.blend.lexicon > 0 or self.blend.ngram > 0)
-        found = search_words(root, self.context.expand, self.classes, partial=partial,
-                             bare_start=self.classes.first_word_is_bare(context, bare),
-                             k=max(k, self.blend.candidates) if mixing else k, beam_width=self.beam_width,
-                             max_tokens=self.max_word_tokens, words=words)
+        found = search_words(
+            root,
+            self.context.expand,
+            self.classes,
+            partial=partial,
+            bare_start=self.classes.first_word_is_bare(context, bare),
+            k=max(k, self.blend.candidates) if mixing else k,
+            beam_width=self.beam_width,
+            max_tokens=self.max_word_tokens,
+            words=words,
+        )
         if words is None:
             if partial[:1].isupper():  # the user's capital wins over the model's lower case
                 found = [Suggestion(s.word[:1].upper() + s.word[1:], s.probability) for s in found]
@@ -117,8 +135,11 @@ class Predictor:
             fitting = {w: t for w, t in spellings.items() if t and len(t) <= room}
             return score_spellings(root, self.context.expand, self.classes, fitting)
 
-        ranked = (blend(found, partial, words, self.ngram, context, self.blend, k, score_missing) if mixing
-                  else [(s.word.lower(), s.probability) for s in found])
+        ranked = (
+            blend(found, partial, words, self.ngram, context, self.blend, k, score_missing)
+            if mixing
+            else [(s.word.lower(), s.probability) for s in found]
+        )
         starts = sentence_start(before)
         return [Suggestion(words.display(key, partial, starts), score) for key, score in ranked[:k]]
 
@@ -168,8 +189,10 @@ def _coreml_package(package: str | Path):
 
     path = Path(package)
     if path.suffix != ".mlpackage" or not path.is_dir():
-        raise InputError(f"{package}: the coreml backend runs a converted package: pass --model PATH.mlpackage "
-                         "(written by 'ondevice convert CHECKPOINT --to coreml')")
+        raise InputError(
+            f"{package}: the coreml backend runs a converted package: pass --model PATH.mlpackage "
+            "(written by 'ondevice convert CHECKPOINT --to coreml')"
+        )
     lm = load_package(path)
     if not lm.config.is_causal:
         raise InputError(f"{package}: predictive text needs a causal LM package, not an encoder")

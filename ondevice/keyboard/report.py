@@ -34,24 +34,36 @@ def load_baseline(predictor: Predictor, baseline_text: Path | None = None) -> NG
     return NGramModel.train(read_lines(baseline_text))
 
 
-def evaluate_file(predictor: Predictor, path: Path, limit: int | None = None,
-                  baseline_text: Path | None = None, baseline: NGramModel | None = None) -> dict:
+def evaluate_file(
+    predictor: Predictor,
+    path: Path,
+    limit: int | None = None,
+    baseline_text: Path | None = None,
+    baseline: NGramModel | None = None,
+) -> dict:
     lines = read_lines(path, limit)
     baseline = baseline or load_baseline(predictor, baseline_text)
     predictor.reset()
     model = evaluate("model", predictor.suggest, lines, k=predictor.k)
     ngram = evaluate("n-gram", lambda text: baseline.suggest(text, predictor.k), lines, k=predictor.k)
-    return {"eval_file": str(path), "lines": len(lines), "backend": predictor.lm.backend,
-            "model": model.to_json(), "ngram": ngram.to_json()}
+    return {
+        "eval_file": str(path),
+        "lines": len(lines),
+        "backend": predictor.lm.backend,
+        "model": model.to_json(),
+        "ngram": ngram.to_json(),
+    }
 
 
 _ROWS = [
-    ("next_word_acc1", "next-word Acc@1", True), ("next_word_acc3", "next-word Acc@3", True),
+    ("next_word_acc1", "next-word Acc@1", True),
+    ("next_word_acc3", "next-word Acc@3", True),
     ("completion_acc3_after_1", "completion Acc@3, 1 letter", True),
     ("completion_acc3_after_2", "completion Acc@3, 2 letters", True),
     ("completion_acc3_after_3", "completion Acc@3, 3 letters", True),
     ("ksr3", "keystroke savings KSR@3", True),
-    ("latency_p50_ms", "latency p50 (ms)", False), ("latency_p95_ms", "latency p95 (ms)", False),
+    ("latency_p50_ms", "latency p50 (ms)", False),
+    ("latency_p95_ms", "latency p95 (ms)", False),
 ]
 
 

@@ -48,6 +48,7 @@ def run_terminal(predictor: Predictor, input=None, output=None) -> str:
             buffer = event.app.current_buffer
             buffer.text = session.accept(buffer.text, index)
             buffer.cursor_position = len(buffer.text)
+
         return handler
 
     bindings.add("tab")(accept(0))

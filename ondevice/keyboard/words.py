@@ -100,13 +100,18 @@ class WordStarts:
             return cls("metaspace", first.get("replacement", "▁"), scheme != "never", byte_fallback)
         # The legacy SentencePiece pipeline: normalizer Prepend("▁") + Replace(" ", "▁"), no pre-tokenizer.
         normalizer = list(_flatten(spec.get("normalizer")))
-        replaced = [p["content"] for p in normalizer if p.get("type") == "Replace"
-                    and (p.get("pattern") or {}).get("String") == " " and p.get("content")]
+        replaced = [
+            p["content"]
+            for p in normalizer
+            if p.get("type") == "Replace" and (p.get("pattern") or {}).get("String") == " " and p.get("content")
+        ]
         if replaced:
             prepended = any(p.get("type") == "Prepend" and p.get("prepend") == replaced[0] for p in normalizer)
             return cls("metaspace", replaced[0], prepended, byte_fallback)
-        raise InputError("the tokenizer marks word starts neither byte-level (GPT-2, Llama 3, Qwen) nor "
-                         "SentencePiece-style ('▁', Llama 2, Mistral): predictive text cannot tell where words begin")
+        raise InputError(
+            "the tokenizer marks word starts neither byte-level (GPT-2, Llama 3, Qwen) nor "
+            "SentencePiece-style ('▁', Llama 2, Mistral): predictive text cannot tell where words begin"
+        )
 
     def token_text(self, piece: str) -> str:
         """A vocabulary piece as it reads inside a text: " quick" for "Ġquick" or "▁quick", "A" for the
