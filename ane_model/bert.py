@@ -110,6 +110,8 @@ class BertModel(nn.Module):
 
     def mlm_logit_chunks(self, hidden: torch.Tensor) -> list[torch.Tensor]:
         """The MLM logits as the head's chunks (rule 7), for exports where one (B, V, 1, S) is too wide."""
+        if self.mlm is None:
+            raise ValueError("this model has no MLM head (has_mlm_head is false)")
         return self.mlm.forward_chunks(hidden)
 
     def _sentence_embedding(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:

@@ -23,11 +23,11 @@ from torch import nn
 
 from ane_model.layers import ChunkedHead, causal_mask, load_causal_lm
 from canonical.cache import KVCacheProtocol
-from canonical.config import check_positions
+from canonical.config import ModelConfig, check_positions
 
 
 class CausalLM(nn.Module):
-    cfg: object
+    cfg: ModelConfig
     tok_embed: nn.Embedding | None
     layers: nn.ModuleList
     final_norm: nn.Module

@@ -95,7 +95,8 @@ class FusedAttention(Attention):
             q, k = per_head(q, heads), per_head(k, kv_heads)
         else:
             q, k, v = per_head(self.q(x), heads), per_head(self.k(x), kv_heads), self.v(x)
-            if self.q_norm is not None:  # Qwen3: RMSNorm over each head's D channels, the last axis here
+            if self.q_norm is not None and self.k_norm is not None:
+                # Qwen3: RMSNorm over each head's D channels, the last axis here
                 q = F.rms_norm(q, (head_dim,), self.q_norm.weight.view(head_dim), self.q_norm.eps)
                 k = F.rms_norm(k, (head_dim,), self.k_norm.weight.view(head_dim), self.k_norm.eps)
             if rope is not None:  # the tables' first head as (S, D); rolling by D/2 swaps the halves
@@ -119,6 +120,9 @@ class FusedAttention(Attention):
 class FusedSwiGLU(SwiGLU):
     """Gate and up as one product with the (C, 2F) matrix `fuse_for_cpu` packs (`gate_up_weight`; the two
     convs' weights become views of its halves), then act(gate) * up and the down conv."""
+
+    gate_up_weight: torch.Tensor  # set by `_pack_gate_up`
+    gate_up_bias: torch.Tensor | None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, S)
         batch, channels, _, seq = x.shape
@@ -172,4 +176,5 @@ def _pack_gate_up(mlp: FusedSwiGLU) -> None:
     for j, conv in enumerate(convs):
         conv.weight.data = packed[:, j * width : (j + 1) * width].t()[:, :, None, None]
     mlp.gate_up_weight = packed
-    mlp.gate_up_bias = None if mlp.gate.bias is None else torch.cat([mlp.gate.bias.data, mlp.up.bias.data])
+    gate_bias, up_bias = mlp.gate.bias, mlp.up.bias  # both or neither
+    mlp.gate_up_bias = None if gate_bias is None or up_bias is None else torch.cat([gate_bias.data, up_bias.data])

@@ -25,6 +25,9 @@ class Block(nn.Module):
 
 
 class GPT2Model(CausalLM):
+    cfg: GPT2Config
+    final_norm: LayerNormANE
+
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.cfg = cfg

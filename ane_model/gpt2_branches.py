@@ -43,7 +43,7 @@ class GPT2Branches:
         self.model, self.cache = model, cache
         self.heads, self.hidden = model.cfg.num_heads, model.cfg.hidden_size
         self.layers = [_LayerWeights(block) for block in model.layers]
-        self.head = [chunk.weight.t() for chunk in model.lm_head.chunks]  # (C, V_j) views, contiguous once fused
+        self.head = [chunk.weight.t() for chunk in model.lm_head.head_chunks]  # (C, V_j) views, contiguous once fused
         self._kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._base = -1  # the cache length the remembered branches continue
 
@@ -62,10 +62,12 @@ class GPT2Branches:
             self._base = length
         keys = [tuple(s) for s in sequences]
         parents = [self._kv.get(k[:-1]) for k in keys] if steps > 1 else []
-        if parents and all(p is not None for p in parents):
+        found = [p for p in parents if p is not None]
+        own: list[tuple[torch.Tensor, torch.Tensor] | None]
+        if parents and len(found) == len(parents):
             new = [k[-1:] for k in keys]  # one token each, on top of the parent's keys and values
             own = [
-                (torch.stack([p[i][0] for p in parents]), torch.stack([p[i][1] for p in parents]))
+                (torch.stack([p[i][0] for p in found]), torch.stack([p[i][1] for p in found]))
                 for i in range(len(self.layers))
             ]
         else:

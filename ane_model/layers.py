@@ -6,6 +6,7 @@ Each layout trick names the rule it serves (the numbered ANE rules of docs/ane-r
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +112,11 @@ class ChunkedHead(nn.Module):
         self.starts = list(range(0, vocab, chunk))
         self.chunks = nn.ModuleList(HeadChunk(fan_in, size, bias) for size in sizes)
 
+    @property
+    def head_chunks(self) -> list[HeadChunk]:
+        """The chunks, as what they are (to a type checker, an `nn.ModuleList` holds plain modules)."""
+        return cast(list[HeadChunk], list(self.chunks))
+
     def forward_chunks(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [chunk(x) for chunk in self.chunks]  # each (B, V_j, 1, S)
 
@@ -123,20 +129,22 @@ class ChunkedHead(nn.Module):
         One chunk: a gather. Several (vocabularies above 16,384): each chunk gathers the ids clipped into its
         range and keeps the rows whose id is its own, and the chunks' rows are summed, so no (V, C) table is
         ever assembled (coremltools would fold a concatenation of the chunks into a second copy)."""
-        if len(self.chunks) == 1:
-            return F.embedding(ids, self.chunks[0].weight)
-        rows = None
-        for start, chunk in zip(self.starts, self.chunks, strict=True):
+        chunks = self.head_chunks
+        if len(chunks) == 1:
+            return F.embedding(ids, chunks[0].weight)
+        rows: torch.Tensor | None = None
+        for start, chunk in zip(self.starts, chunks, strict=True):
             local = ids - start
             clipped = local.clamp(0, chunk.out_channels - 1)
             own = (clipped == local).unsqueeze(-1).to(chunk.weight.dtype)  # (B, S, 1): 1 where the id is this chunk's
             part = F.embedding(clipped, chunk.weight) * own
             rows = part if rows is None else rows + part
+        assert rows is not None  # several chunks (a vocabulary is never empty)
         return rows
 
     def canonical_to_chunks(self, prefix: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Split a canonical `(V, C)` head weight (and bias) into this module's per-chunk names."""
-        sizes = [c.out_channels for c in self.chunks]
+        sizes = [c.out_channels for c in self.head_chunks]
         out = {}
         for leaf in ("weight", "bias"):
             if f"{prefix}.{leaf}" in weights:
@@ -191,6 +199,8 @@ class RotaryEmbedding(nn.Module):
     of positions would need gigabytes it never reads. An export fixes the rows to its context (`limit`)."""
 
     INITIAL_ROWS = 4096
+    cos: torch.Tensor  # buffers (register_buffer)
+    signed_sin: torch.Tensor
 
     def __init__(self, inverse_frequencies: list[float], max_positions: int):
         super().__init__()
@@ -277,6 +287,8 @@ class Attention(nn.Module):
         self.k = conv_linear(hidden, kv_width, qkv_bias)
         self.v = conv_linear(hidden, kv_width, qkv_bias)
         self.o = conv_linear(q_width, hidden, out_bias)
+        self.q_norm: RMSNormANE | None
+        self.k_norm: RMSNormANE | None
         if qk_norm_eps is not None:
             self.q_norm = RMSNormANE(self.head_dim, qk_norm_eps)
             self.k_norm = RMSNormANE(self.head_dim, qk_norm_eps)
@@ -297,7 +309,7 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x (B, C, 1, S); rope: (cos, signed_sin) from `RotaryEmbedding`, tiled over the query heads."""
         q, k, v = self.q(x), self.k(x), self.v(x)  # (B, H*D, 1, S), (B, G*D, 1, S)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:  # both or neither
             q, k = self._per_head_norm(q, self.q_norm), self._per_head_norm(k, self.k_norm)
         if rope is not None:
             q, k = apply_rotary(q, *rope, self.head_dim), apply_rotary(k, *rope, self.head_dim)
@@ -370,16 +382,23 @@ def load_canonical(module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
         target.copy_(source.reshape(target.shape).to(target.dtype))
 
 
-def load_causal_lm(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+_Model = TypeVar("_Model", bound=nn.Module)
+
+
+def load_causal_lm(model: _Model, weights: dict[str, torch.Tensor]) -> _Model:
     """Fill a causal LM (its config at `cfg`, a `ChunkedHead` at `lm_head`) from canonical weights, in eval mode.
     Tied, as transformers ties it: the head's chunks come from `tok_embed.weight`, whatever `lm_head.weight`
     holds, and serve as the token embedding too (stored once)."""
+    cfg: Any = model.cfg  # the family's canonical config
+    lm_head = model.lm_head
+    if not isinstance(lm_head, ChunkedHead):
+        raise TypeError(f"{type(model).__name__}.lm_head is not a ChunkedHead")
     body = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
-    if model.cfg.tie_word_embeddings:
+    if cfg.tie_word_embeddings:
         head = {"lm_head.weight": body.pop("tok_embed.weight")}
     elif "lm_head.weight" in weights:
         head = {"lm_head.weight": weights["lm_head.weight"]}
     else:
         raise CheckpointError("canonical weights lack lm_head.weight and the config does not tie it")
-    load_canonical(model, body | model.lm_head.canonical_to_chunks("lm_head", head))
+    load_canonical(model, body | lm_head.canonical_to_chunks("lm_head", head))
     return model.eval()

@@ -42,6 +42,8 @@ class Block(nn.Module):
 
 
 class LlamaModel(CausalLM):
+    cfg: LlamaConfig
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.cfg = cfg

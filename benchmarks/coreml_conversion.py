@@ -83,7 +83,7 @@ def _verify_step(package: str, checkpoint: str, seq_len: int, greedy_steps: int)
     report = verify_package(package, checkpoint, seq_len=seq_len, greedy_steps=greedy_steps)
     worst = min(report.comparisons, key=lambda c: c.cosine)
     greedy = "-"
-    if report.greedy_ours is not None:
+    if report.greedy_ours is not None and report.greedy_reference is not None:  # set together
         same = sum(a == b for a, b in zip(report.greedy_ours, report.greedy_reference, strict=True))
         greedy = f"{same}/{len(report.greedy_reference)}"
     return {
@@ -120,9 +120,11 @@ def run_in_child(step, args: tuple, max_rss: float | None) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, step, args))
     proc.start()
+    pid = proc.pid
+    assert pid is not None  # started
     highest = 0
     while proc.is_alive():
-        rss = _vm_rss(proc.pid)
+        rss = _vm_rss(pid)
         highest = max(highest, rss or 0)
         if max_rss is not None and rss is not None and rss > max_rss:
             proc.kill()
@@ -212,8 +214,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with tempfile.TemporaryDirectory(prefix="coreml-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="coreml-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         checkpoints = args.checkpoints or tmp
         rows = []
         print(HEADER, flush=True)

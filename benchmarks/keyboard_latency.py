@@ -111,7 +111,7 @@ def main() -> None:
 def _weight_bytes(predictor) -> int:
     """Bytes of the weights one forward reads (the torch backend's model; 0 where it is not a torch module)."""
     model = getattr(predictor.lm, "model", None)
-    if not hasattr(model, "parameters"):
+    if model is None or not hasattr(model, "parameters"):
         return 0
     return sum(p.numel() * p.element_size() for p in model.parameters())
 

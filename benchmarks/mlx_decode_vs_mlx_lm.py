@@ -105,9 +105,10 @@ def main() -> None:
         }
         tables.append((f"prefill {args.prefill}", "ms", 1e3, *_paired(prefills, args.repeats), False))
 
+    mlx_version = mx.__version__  # type: ignore[attr-defined]  # mlx.core's stubs omit __version__
     print(
         f"\n{name}, {args.dtype}, batch 1, decode: {args.tokens} greedy steps after a {PROMPT_TOKENS}-token prompt; "
-        f"{args.repeats} interleaved repeats after a warm-up; mlx {mx.__version__} on {mx.default_device()}, "
+        f"{args.repeats} interleaved repeats after a warm-up; mlx {mlx_version} on {mx.default_device()}, "
         f"mlx_lm {mlx_lm.__version__}\nmachine: {short_machine(describe_machine())}"
     )
     for what, unit, scale, stats, rounds, higher_is_better in tables:

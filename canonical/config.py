@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, cast, runtime_checkable
 
 from canonical.errors import CheckpointError, InputError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 
@@ -22,11 +25,22 @@ class ModelConfig(Protocol):
     family: ClassVar[str]  # the registry's name of the family: gpt2, bert, llama
     is_causal: ClassVar[bool]  # a causal LM (prefill, decode, KV cache) or an encoder
     positions_field: ClassVar[str]  # config.json's name for max_positions, for error messages
-    vocab_size: int
-    max_positions: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
+
+    # Read-only (properties here) so that frozen dataclasses, whose fields cannot be set, satisfy the protocol.
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def max_positions(self) -> int: ...
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @property
+    def num_heads(self) -> int: ...
 
     @property
     def num_kv_heads(self) -> int: ...
@@ -94,7 +108,7 @@ def config_to_dict(config: ModelConfig) -> dict:
     return {
         "family": config.family,
         "config_class": f"{type(config).__module__}:{type(config).__qualname__}",
-        **dataclasses.asdict(config),
+        **dataclasses.asdict(cast("DataclassInstance", config)),  # every config class is a dataclass
     }
 
 

@@ -27,6 +27,7 @@ from typing import ClassVar, Literal
 from canonical.config import Activation
 
 RopeType = Literal["default", "linear", "llama3"]
+Dialect = Literal["llama", "mistral", "qwen2", "qwen3"]  # the Hugging Face model_types read as this family
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class LlamaConfig:
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
-    dialect: Literal["llama", "mistral", "qwen2", "qwen3"] = "llama"  # Hugging Face's model_type
+    dialect: Dialect = "llama"  # Hugging Face's model_type
 
     family: ClassVar[str] = "llama"
     is_causal: ClassVar[bool] = True

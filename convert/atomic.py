@@ -195,7 +195,7 @@ def remove_stale_staging(destination: Path) -> list[Path]:
 
     Ours are `.NAME.XXXX.partial/` folders holding our owner file; one whose writer no longer runs is stale.
     A folder without that file is never touched, whatever its name and age: it may be a user's."""
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [
             p

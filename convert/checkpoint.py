@@ -10,6 +10,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,9 @@ from convert.hf_common import read_config_json
 from convert.locate import expand_user, resolve_checkpoint
 from convert.registry import family_for_model_type, family_of
 from convert.weights import read_raw_weights
+
+if TYPE_CHECKING:
+    from convert.mlx_checkpoint import MLXCheckpoint
 
 MLX_FORMAT_KEY = "ondevice_mlx"  # convert/mlx_checkpoint.FORMAT_KEY, read here without importing mlx
 
@@ -59,6 +63,7 @@ def read_model_config(directory: Path) -> tuple[str, ModelConfig]:
     raw = read_config_json(directory)
     model_type = raw.get("model_type")
     family = family_for_model_type(model_type, directory / "config.json")
+    assert isinstance(model_type, str)  # one of the family's model_types
     return model_type, family.read_config(raw, model_type, directory)
 
 
@@ -69,7 +74,7 @@ def _read_raw(directory: Path):
         return read_raw_weights(directory)
 
 
-def load_checkpoint(spec: str | Path) -> Checkpoint:
+def load_checkpoint(spec: str | Path) -> Checkpoint | MLXCheckpoint:
     """Read a checkpoint directory, bundled name or cached model id into canonical form.
 
     An MLX directory written by `ondevice convert --to mlx` comes back as an `MLXCheckpoint` (it runs on the

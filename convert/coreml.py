@@ -214,6 +214,11 @@ def convert_to_coreml(
     if out.exists() and not overwrite:
         raise ConversionError(f"{out}: already exists (pass --overwrite to replace it)")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    if not isinstance(ckpt, Checkpoint):  # an MLX directory (MLXCheckpoint): its weights are MLX arrays
+        raise ConversionError(
+            f"{ckpt.directory}: an MLX directory written by 'ondevice convert --to mlx'; convert from the "
+            "checkpoint it came from"
+        )
     plan = plan_conversion(ckpt.config, options)
     check_size(ckpt.config, ckpt.weights, options)
     causal = ckpt.config.is_causal
@@ -308,6 +313,8 @@ def _ct_convert(exported, inputs: list, outputs: list[str], plan: Plan, out_dtyp
 def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
     import coremltools as ct
 
+    context = plan.context
+    assert context is not None  # a causal LM's plan has its context
     model = build_ane_model(ckpt.config, ckpt.weights)
     if plan.options.calibration_text is not None:
         from convert.coreml_calibrate import calibrate_int4, calibration_windows, window_length
@@ -318,16 +325,17 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
         )
         calibrate_int4(model, windows)  # the blocks' convs carry uint4 metadata that ct.convert honours
         bar.update()
-    model.limit_positions(plan.context)  # position tables (RoPE) hold the package's context only
+    model.limit_positions(context)  # position tables (RoPE) hold the package's context only
     names = logits_names(LOGITS, len(model.lm_head.chunks))
     out_dtype = _float(plan.options.dtype)
     position = ct.TensorType(POSITION, shape=(1,), dtype=np.int32)
     prefill = plan.seq_lens[0]
+    module: CausalLMWithState | CausalLMWithIOCache
     if plan.kv_cache == "state":
-        module = CausalLMWithState(model, plan.context)
+        module = CausalLMWithState(model, context)
     else:
         module = CausalLMWithIOCache(model)
-        shape = cache_shape(model, plan.context)
+        shape = cache_shape(model, context)
         caches = [ct.TensorType(n, shape=shape, dtype=out_dtype) for n in (KEY_CACHE, VALUE_CACHE)]
         names = [*names, KEY_CACHE_OUT, VALUE_CACHE_OUT]
         # Two distinct tensors: torch.export treats one tensor passed twice as one aliased input.
@@ -342,8 +350,8 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
 
     if not plan.multifunction:  # iOS 16/17: one function, enumerated lengths {1, S}
         bar.set_postfix_str("export + convert")
-        seq = torch.export.Dim("seq", min=1, max=max(prefill, 2))
-        dynamic = ({1: seq}, None, None, None)
+        seq_dim = torch.export.Dim("seq", min=1, max=max(prefill, 2))
+        dynamic = ({1: seq_dim}, None, None, None)
         lengths = sorted({1, prefill})
         ids = ct.TensorType(
             INPUT_IDS, shape=ct.EnumeratedShapes([(1, n) for n in lengths], default=(1, prefill)), dtype=np.int32

@@ -38,7 +38,7 @@ class KMeansOnce:
         from coremltools.models.neural_network.quantization_utils import _get_kmeans_lookup_table_and_weight
 
         def lut_and_indices(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            key = (nbits, weight.dtype.str, weight.shape, hashlib.blake2b(np.ascontiguousarray(weight)).digest())
+            key = (nbits, weight.dtype.str, weight.shape, hashlib.blake2b(np.ascontiguousarray(weight).data).digest())
             if key not in self._tables:
                 lut, indices = _get_kmeans_lookup_table_and_weight(nbits, weight)
                 self._tables[key] = (lut.astype(weight.dtype), indices.astype(np.uint8))

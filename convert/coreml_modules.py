@@ -9,6 +9,8 @@ package's interface and live in `coreml_runtime/interface.py`."""
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 from torch import nn
 
@@ -37,6 +39,9 @@ class CausalLMWithState(nn.Module):
     """Causal LM whose KV cache is Core ML state (iOS 18+): every registered buffer of an exported
     program becomes a `ct.StateType`, read at the start and written back in place (rule 8)."""
 
+    key_cache: torch.Tensor  # the buffers named KEY_CACHE and VALUE_CACHE
+    value_cache: torch.Tensor
+
     def __init__(self, model: CausalLM, context: int):
         super().__init__()
         self.model = model
@@ -44,7 +49,9 @@ class CausalLMWithState(nn.Module):
         self.register_buffer(VALUE_CACHE, torch.zeros(cache_shape(model, context), dtype=CACHE_DTYPE))
 
     def forward(self, input_ids: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        dtype = self.model.final_norm.weight.dtype  # the model's (a tied model has no tok_embed)
+        norm_weight = self.model.final_norm.weight
+        assert isinstance(norm_weight, torch.Tensor)  # a norm's parameter
+        dtype = norm_weight.dtype  # the model's (a tied model has no tok_embed)
         cache = StaticKVCache(self.key_cache.to(dtype), self.value_cache.to(dtype), position)
         hidden = self.model.hidden_states(input_ids, cache)  # (1, C, 1, S)
         self.key_cache.copy_(cache.new_keys.to(CACHE_DTYPE))
@@ -70,11 +77,19 @@ class CausalLMWithIOCache(nn.Module):
         return (*logits, cache.new_keys, cache.new_values)
 
 
+class Encoder(Protocol):
+    """An encoder as `EncoderForExport` uses it (an `nn.Module`: calling it runs its forward)."""
+
+    def __call__(self, *inputs: torch.Tensor | None) -> Any: ...
+
+    def mlm_logit_chunks(self, hidden: torch.Tensor) -> list[torch.Tensor]: ...
+
+
 class EncoderForExport(nn.Module):
     """Encoder outputs as a flat tuple: hidden (1, C, 1, S), then pooled (1, C), sentence embedding (1, C)
     and MLM logit chunks (1, V_j, 1, S), each only where the checkpoint has it."""
 
-    def __init__(self, model: nn.Module, example: tuple[torch.Tensor, ...]):
+    def __init__(self, model: Encoder, example: tuple[torch.Tensor, ...]):
         super().__init__()
         self.model = model
         with torch.no_grad():

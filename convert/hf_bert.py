@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from canonical.bert import BertConfig
+from canonical.bert import BertConfig, Pooling
 from canonical.errors import CheckpointError
 from convert.activations import canonical_activation
 from convert.hf_common import MAX_NORM_EPS, CheckpointTensors, check_heads, config_float, config_int, token_id
@@ -69,7 +70,7 @@ def read_config(config: dict, model_type: str, directory: Path) -> BertConfig:
     if model_type == "distilbert":
         hidden, heads = config_int(config, "dim", 768), config_int(config, "n_heads", 12)
         check_heads(hidden, heads, "dim", "n_heads")
-        fields = dict(
+        fields: dict[str, Any] = dict(
             hidden_size=hidden,
             num_heads=heads,
             num_layers=config_int(config, "n_layers", 6),
@@ -172,7 +173,10 @@ def _hf_name(canonical: str, names: dict[str, str]) -> str:
     return f"{names[stem]}.{leaf}"
 
 
-def _sentence_transformers_pooling(directory: Path) -> tuple[str | None, bool]:
+_POOLING_MODES: tuple[Pooling, ...] = ("cls", "mean", "max")
+
+
+def _sentence_transformers_pooling(directory: Path) -> tuple[Pooling | None, bool]:
     modules_path = directory / "modules.json"
     if not modules_path.is_file():
         return None, False
@@ -191,7 +195,7 @@ def _sentence_transformers_pooling(directory: Path) -> tuple[str | None, bool]:
         pooling = json.loads(pooling_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{pooling_path}: unreadable pooling config ({exc})") from exc
-    modes = [m for m in ("cls", "mean", "max") if pooling.get(f"pooling_mode_{m}_token{'s' if m != 'cls' else ''}")]
+    modes = [m for m in _POOLING_MODES if pooling.get(f"pooling_mode_{m}_token{'s' if m != 'cls' else ''}")]
     others = [
         k
         for k, v in pooling.items()

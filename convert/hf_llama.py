@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from canonical.errors import CheckpointError
-from canonical.llama import LlamaConfig
+from canonical.llama import Dialect, LlamaConfig
 from convert.activations import canonical_activation
 from convert.hf_common import (
     MAX_NORM_EPS,
@@ -30,7 +30,7 @@ from convert.hf_common import (
 )
 from convert.weights import RawWeights
 
-DIALECTS = ("llama", "mistral", "qwen2", "qwen3")
+DIALECTS: tuple[Dialect, ...] = ("llama", "mistral", "qwen2", "qwen3")
 ROPE_TYPES = ("default", "linear", "llama3")
 
 # Rotary-frequency buffers that old checkpoints saved next to the weights.

@@ -61,6 +61,8 @@ def load_mlx_checkpoint(directory: str | Path) -> MLXCheckpoint:
         stored = mx.load(str(directory / WEIGHTS_FILE))
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{directory / WEIGHTS_FILE}: not readable MLX weights ({exc})") from exc
+    if not isinstance(stored, dict):  # a single array (an .npy file), not named weights
+        raise CheckpointError(f"{directory / WEIGHTS_FILE}: not readable MLX weights (no named tensors)")
     mlx_lm = mlx_lm_of(config)
     if meta.get("names") in MLX_LM_NAMES:
         if mlx_lm is None:

@@ -17,7 +17,7 @@ from canonical.config import config_to_dict
 from canonical.errors import ConversionError
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
-from convert.mlx_checkpoint import FORMAT_KEY, FORMAT_VERSION, WEIGHTS_FILE
+from convert.mlx_checkpoint import FORMAT_KEY, FORMAT_VERSION, WEIGHTS_FILE, MLXCheckpoint
 from convert.registry import build_mlx_model, mlx_lm_of
 from mlx_model.layers import DTYPES
 
@@ -88,7 +88,9 @@ def export_mlx(
     return out
 
 
-def _write_config(ckpt: Checkpoint, work: Path, dtype: str, bits: int | None, group_size: int, names: str) -> None:
+def _write_config(
+    ckpt: Checkpoint | MLXCheckpoint, work: Path, dtype: str, bits: int | None, group_size: int, names: str
+) -> None:
     config = json.loads((ckpt.directory / "config.json").read_text())
     mlx_lm = mlx_lm_of(ckpt.config)
     if mlx_lm is not None:

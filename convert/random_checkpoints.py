@@ -5,6 +5,7 @@ the benchmarks convert (GPT-2 124M, SmolLM2-135M, Qwen3-0.6B). Nothing is ever d
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ def make_gpt2(directory: Path, seed: int = 0, lm_head: bool = True, **overrides)
     greedy decoding does not collapse onto near-ties or one repeated token."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         n_layer=2,
         n_embd=64,
         n_head=4,
@@ -38,15 +39,19 @@ def make_gpt2(directory: Path, seed: int = 0, lm_head: bool = True, **overrides)
     return _save((GPT2LMHeadModel if lm_head else GPT2Model)(config).eval(), directory)
 
 
-def make_bert(directory: Path, seed: int = 0, head: str = "mlm", **overrides) -> Path:
-    """A BERT checkpoint; head: "mlm" (BertForMaskedLM), "pooler" (BertModel with pooler).
+def make_bert(directory: Path, seed: int = 0, head: str = "mlm", dialect: str = "bert", **overrides) -> Path:
+    """A BERT-family checkpoint. head: "mlm" (a masked-LM head) or "pooler" (BERT: BertModel with its pooler;
+    DistilBERT, which has none: the bare DistilBertModel); dialect: "bert" or "distilbert" (`make_distilbert`,
+    whose overrides are DistilBERT's).
 
     Encoders keep transformers' default initializer_range (0.02), the statistics of real checkpoints:
     at 10x that scale the pooler's dense layer amplifies fp16 rounding of its input about 3x, a
     property of the weights rather than of the implementation."""
+    if dialect == "distilbert":
+        return make_distilbert(directory, seed=seed, mlm=head == "mlm", **overrides)
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         num_hidden_layers=2,
         hidden_size=64,
         num_attention_heads=4,
@@ -64,7 +69,9 @@ def make_bert(directory: Path, seed: int = 0, head: str = "mlm", **overrides) ->
 def make_distilbert(directory: Path, seed: int = 0, mlm: bool = True, **overrides) -> Path:
     from transformers import DistilBertConfig, DistilBertForMaskedLM, DistilBertModel
 
-    kwargs = dict(n_layers=2, dim=64, n_heads=4, hidden_dim=96, vocab_size=197, max_position_embeddings=160)
+    kwargs: dict[str, Any] = dict(
+        n_layers=2, dim=64, n_heads=4, hidden_dim=96, vocab_size=197, max_position_embeddings=160
+    )
     kwargs.update(overrides)
     torch.manual_seed(seed)
     config = DistilBertConfig(**kwargs)
@@ -119,7 +126,7 @@ def make_llama(
     import transformers
 
     config_name, model_name = _LLAMA_DIALECTS[dialect]
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         num_hidden_layers=2,
         hidden_size=48,
         num_attention_heads=6,

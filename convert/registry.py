@@ -56,7 +56,7 @@ class Family:
 
     name: str  # the family, as configs record it (`config.family`)
     model_types: tuple[str, ...]  # Hugging Face `model_type` values read as this family
-    config_class: type
+    config_class: type[ModelConfig]
     reader: Part  # the module of read_config and read_weights
     random_checkpoint: Part  # (directory, seed=0, **overrides) -> directory: a small random-init checkpoint
     ane_model: Part | None = None  # the ANE-layout torch model class (torch-ane, Core ML)

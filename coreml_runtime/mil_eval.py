@@ -245,9 +245,11 @@ class MilProgram:
             env[op.outputs[0].name] = self._consts[id(op)]
             return
         if kind == "read_state":
+            assert state is not None  # its input is a state input of the function: `predict` refused None
             env[op.outputs[0].name] = state[op.inputs["input"].name].copy()
             return
         if kind == "coreml_update_state":
+            assert state is not None  # as for read_state
             value = _as_declared(env[op.inputs["value"].name], op.inputs["state"])
             state[op.inputs["state"].name] = value
             env[op.outputs[0].name] = value
@@ -267,9 +269,10 @@ class MilProgram:
             return value
         if id(value) not in self._float32:
             return value.astype(np.float32)
-        if self._float32[id(value)] is None:
-            self._float32[id(value)] = value.astype(np.float32)
-        return self._float32[id(value)]
+        upcast = self._float32[id(value)]
+        if upcast is None:
+            upcast = self._float32[id(value)] = value.astype(np.float32)
+        return upcast
 
     def _float32_view(self, op, env: dict) -> dict:
         """Inputs of `op` upcast to float32: each op computes in float32 and rounds only its output."""

@@ -19,18 +19,23 @@ class KVCache(CacheLength):
 
     def update(self, layer: int, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
         end = self.key_length(k.shape[2])
-        buffer = self.keys[layer]
-        if buffer is None or buffer.shape[2] < end:
-            self._grow(layer, k, v, end)
-        self.keys[layer][:, :, self.length : end, :] = k
-        self.values[layer][:, :, self.length : end, :] = v
-        return self.keys[layer][:, :, :end, :], self.values[layer][:, :, :end, :]
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or values is None or keys.shape[2] < end:
+            keys, values = self._grow(layer, k, v, end)
+        keys[:, :, self.length : end, :] = k
+        values[:, :, self.length : end, :] = v
+        return keys[:, :, :end, :], values[:, :, :end, :]
 
-    def _grow(self, layer: int, k: mx.array, v: mx.array, end: int) -> None:
+    def _grow(self, layer: int, k: mx.array, v: mx.array, end: int) -> tuple[mx.array, mx.array]:
         size = grown_size(end, self.capacity, STEP)
-        for buffers, new in ((self.keys, k), (self.values, v)):
-            batch, kv_heads, _, width = new.shape  # each from its own input: nothing assumes heads or widths
-            grown = mx.zeros((batch, kv_heads, size, width), dtype=new.dtype)
-            if buffers[layer] is not None:
-                grown[:, :, : self.length, :] = buffers[layer][:, :, : self.length, :]
-            buffers[layer] = grown
+        keys = self.keys[layer] = self._grown(self.keys[layer], k, size)
+        values = self.values[layer] = self._grown(self.values[layer], v, size)
+        return keys, values
+
+    def _grown(self, buffer: mx.array | None, new: mx.array, size: int) -> mx.array:
+        """A buffer of `size` slots holding the first `self.length` tokens of `buffer` (if any)."""
+        batch, kv_heads, _, width = new.shape  # each from its own input: nothing assumes heads or widths
+        grown = mx.zeros((batch, kv_heads, size, width), dtype=new.dtype)
+        if buffer is not None:
+            grown[:, :, : self.length, :] = buffer[:, :, : self.length, :]
+        return grown

@@ -19,6 +19,10 @@ from mlx_model.layers import build, causal_mask, without_tied_head
 
 
 class CausalLM(nn.Module):
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+
     @classmethod
     def from_canonical(
         cls,

@@ -27,8 +27,7 @@ class Block(nn.Module):
 
 class GPT2Model(CausalLM):
     def __init__(self, cfg: GPT2Config):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.pos_embed = nn.Embedding(cfg.max_positions, cfg.hidden_size)
         self.layers = [Block(cfg) for _ in range(cfg.num_layers)]

@@ -9,6 +9,7 @@ load the canonical weights of `canonical/` without a mapping."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -155,20 +156,28 @@ def quantizable(group_size: int) -> Callable[[str, nn.Module], bool]:
     return predicate
 
 
+_Model = TypeVar("_Model", bound=nn.Module)
+
+
 def build(
-    model: nn.Module,
+    model: _Model,
     weights: Mapping[str, object],
     dtype: mx.Dtype,
     bits: int | None = None,
     group_size: int = 64,
     packed: bool = False,
-) -> nn.Module:
+) -> _Model:
     """Fill `model` with canonical weights and, with `bits`, quantize it (MLX affine, `nn.quantize`).
 
     `packed`: the weights are already quantized (an exported MLX directory): the layers that have
     `.scales` are swapped for quantized ones first, as mlx-lm does, and then loaded as they are."""
     if packed:
-        nn.quantize(model, group_size, bits, class_predicate=lambda path, _: f"{path}.scales" in weights)
+        nn.quantize(
+            model,
+            group_size,
+            bits,  # type: ignore[arg-type]  # mlx annotates `bits: int = None`; None is its default width
+            class_predicate=lambda path, _: f"{path}.scales" in weights,
+        )
     load_canonical(model, weights, dtype)
     if bits and not packed:
         nn.quantize(model, group_size, bits, class_predicate=quantizable(group_size))
@@ -205,4 +214,4 @@ def without_tied_head(cfg: ModelConfig, weights: Mapping[str, object]) -> Mappin
 def _flat(tree) -> list[tuple[str, mx.array]]:
     from mlx.utils import tree_flatten
 
-    return tree_flatten(tree)
+    return cast(list[tuple[str, mx.array]], tree_flatten(tree))  # a list: no `destination` given

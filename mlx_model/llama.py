@@ -41,8 +41,7 @@ class Block(nn.Module):
 
 class LlamaModel(CausalLM):
     def __init__(self, cfg: LlamaConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         rope_inv_freq = cfg.rope_inverse_frequencies()  # computed once, shared by every layer's copy
         self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = [Block(cfg, rope_inv_freq) for _ in range(cfg.num_layers)]

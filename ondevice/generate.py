@@ -135,8 +135,9 @@ def load_tokenizer(directory: Path, vocab_size: int | None = None):
     past the model's `vocab_size` (another model's tokenizer)."""
     if not any((directory / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt")):
         raise InputError(f"{directory}: no tokenizer files (tokenizer.json, vocab.json); pass token ids with --ids")
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+    tokenizer: PreTrainedTokenizerBase
     try:
         if (directory / "tokenizer.json").is_file() and not (directory / "tokenizer_config.json").is_file():
             # a bare tokenizers file: AutoTokenizer would pick a class by model_type and ignore it
@@ -164,7 +165,7 @@ class TextStream:
     each time and emits the new suffix, holding back a trailing partial UTF-8 character (byte-level
     BPE splits multi-byte characters across tokens)."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.emitted = 0

@@ -21,6 +21,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import IO
 
 # Modules of ours that draw a progress bar with tqdm (module attribute `tqdm`): their bars stay visible when
 # a command names them (`captured(own_bars=...)`; importing them costs torch, so only conversions do).
@@ -50,7 +51,7 @@ class _ListHandler(logging.Handler):
 
 
 @contextlib.contextmanager
-def _fd2_redirected(stream) -> Iterator[tuple[io.TextIOBase | None, object]]:
+def _fd2_redirected(stream) -> Iterator[tuple[io.TextIOBase | None, IO[bytes] | None]]:
     """When `stream` writes to descriptor 2: point 2 at a temporary file; yield (a stream on the old fd 2,
     the temporary file). Otherwise yield (None, None)."""
     try:
@@ -71,7 +72,8 @@ def _fd2_redirected(stream) -> Iterator[tuple[io.TextIOBase | None, object]]:
         yield terminal, sink
     finally:
         with contextlib.suppress(Exception):
-            sys.__stderr__.flush()
+            if sys.__stderr__ is not None:
+                sys.__stderr__.flush()
         os.dup2(saved, 2)
         os.close(saved)
         with contextlib.suppress(Exception):
@@ -102,7 +104,7 @@ def captured(verbose: bool = False, own_bars: tuple[str, ...] = ()) -> Iterator[
                 bar = getattr(module, "tqdm", None)
                 if bar is not None:
                     patched.append((module, "tqdm", bar))
-                    module.tqdm = functools.partial(bar, file=own)
+                    setattr(module, "tqdm", functools.partial(bar, file=own))  # noqa: B010 (any module: no declared attribute)
         for lg in loggers:
             lg.handlers, lg.propagate = [handler], False
         sys.stderr = buffer
@@ -118,8 +120,8 @@ def captured(verbose: bool = False, own_bars: tuple[str, ...] = ()) -> Iterator[
             raise
         finally:
             sys.stderr = real
-            for module, attribute, value in patched:
-                setattr(module, attribute, value)
+            for owner, attribute, value in patched:
+                setattr(owner, attribute, value)
             for lg, handlers, propagate in saved_loggers:
                 lg.handlers, lg.propagate = handlers, propagate
             text = buffer.getvalue()

@@ -7,14 +7,20 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
 from canonical.bert import BertConfig
 from canonical.config import ModelConfig
-from canonical.errors import CheckpointError
+from canonical.errors import CheckpointError, InputError
 from convert.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from transformers import Cache
+
+    from convert.mlx_checkpoint import MLXCheckpoint
 
 
 def _quiet_from_pretrained(model_cls, directory):
@@ -41,7 +47,7 @@ class ReferenceCausalLM:
         self.capacity = self.config.max_positions
         self.model = _quiet_from_pretrained(AutoModelForCausalLM, checkpoint.directory)
         self.tokens: list[int] = []
-        self.past = None
+        self.past: Cache | None = None
 
     @property
     def length(self) -> int:
@@ -61,6 +67,8 @@ class ReferenceCausalLM:
     def trim(self, length: int) -> None:
         if length == 0:
             self.past = None
+        elif self.past is None:
+            raise InputError(f"cannot trim a cache of 0 tokens to {length}")
         else:
             self.past.crop(length)
         self.tokens = self.tokens[:length]
@@ -72,7 +80,8 @@ class ReferenceEncoder:
     def __init__(self, checkpoint: Checkpoint):
         from transformers import AutoModel, AutoModelForMaskedLM
 
-        self.config: ModelConfig = checkpoint.config
+        # An encoder's config: BERT's fields (has_pooler, has_mlm_head, pooling, normalize).
+        self.config = cast(BertConfig, checkpoint.config)
         cls = AutoModelForMaskedLM if self.config.has_mlm_head else AutoModel
         self.model = _quiet_from_pretrained(cls, checkpoint.directory)
 
@@ -107,7 +116,7 @@ def sentence_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, cfg: Be
     return torch.nn.functional.normalize(pooled, dim=-1) if cfg.normalize else pooled
 
 
-def load_reference(checkpoint: Checkpoint):
+def load_reference(checkpoint: Checkpoint | MLXCheckpoint):
     if not isinstance(checkpoint, Checkpoint):  # an exported MLX directory: its weights are not the source's names
         raise CheckpointError(
             f"{checkpoint.directory}: an MLX directory is not a reference; pass the Hugging Face "

@@ -249,7 +249,7 @@ def verify_package(
 
 def verify_mlx_export(
     directory: str,
-    reference: str | Checkpoint | None,
+    reference: str | Path | Checkpoint | None,
     seq_len: int | None = None,
     seed: int = 0,
     greedy_steps: int = 16,

@@ -29,7 +29,7 @@ class _ProseExtractor(HTMLParser):
     BLOCKS = frozenset({"p", "li", "dd"})
     SKIP = frozenset({"pre", "table", "script", "style", "nav"})
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.paragraphs: list[str] = []
         self._in_body = 0
@@ -102,7 +102,8 @@ def build_corpus(out_dir: Path, html_root: Path | None = None) -> dict[str, obje
         source = "local copy"
         if html_root is None:
             html_root, source = fetch_documentation(Path(tmp))
-        train, held_out = [], []
+        train: list[str] = []
+        held_out: list[str] = []
         for page in sorted(html_root.rglob("*.html")):
             relative = page.relative_to(html_root).as_posix()
             if relative.startswith(SKIPPED_DIRS):

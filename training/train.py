@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from tqdm import tqdm
@@ -29,7 +30,25 @@ from tqdm import tqdm
 from training.corpus import build_corpus
 
 EOT = "<|endoftext|>"
-RECIPE = dict(
+
+
+class Recipe(TypedDict):
+    vocab_size: int
+    n_positions: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    dropout: float
+    steps: int
+    batch: int
+    lr: float
+    warmup: int
+    weight_decay: float
+    seed: int
+    autocast: str  # "bf16": train under bf16 autocast
+
+
+RECIPE = Recipe(
     vocab_size=8192,
     n_positions=128,
     n_embd=256,
@@ -72,7 +91,7 @@ def token_stream(tokenizer, lines: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def learning_rate(step: int, recipe: dict) -> float:
+def learning_rate(step: int, recipe: Recipe) -> float:
     if step < recipe["warmup"]:
         return recipe["lr"] * (step + 1) / recipe["warmup"]
     progress = (step - recipe["warmup"]) / max(1, recipe["steps"] - recipe["warmup"])
@@ -95,7 +114,7 @@ def mean_loss(model, stream: torch.Tensor, window: int, batches: int, batch: int
 def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int | None, threads: int = 2) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    recipe = dict(RECIPE, steps=steps or RECIPE["steps"])
+    recipe: Recipe = {**RECIPE, "steps": steps or RECIPE["steps"]}
     torch.manual_seed(recipe["seed"])
     provenance = build_corpus(work, html_root)
     train_lines = (work / "train.txt").read_text().splitlines()
@@ -116,7 +135,8 @@ def train(out: Path, work: Path, html_root: Path | None, device: str, steps: int
         bos_token_id=eot,
         eos_token_id=eot,
     )
-    model = GPT2LMHeadModel(config).to(device).train()
+    # transformers decorates `to` with functools.wraps, whose typeshed type binds no `self`
+    model = GPT2LMHeadModel(config).to(device).train()  # type: ignore[arg-type]
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(

@@ -11,6 +11,7 @@ from canonical.errors import OndeviceError
 
 if TYPE_CHECKING:  # the coreml backend is imported through this package and must not need torch
     from convert.checkpoint import Checkpoint
+    from convert.mlx_checkpoint import MLXCheckpoint
 
 BACKENDS = {
     "torch-ane": "ondevice.backends.torch_ane",
@@ -18,7 +19,9 @@ BACKENDS = {
 }
 
 
-def load_backend(name: str, checkpoint: Checkpoint, dtype: str = "fp32", capacity: int | None = None):
+def load_backend(
+    name: str, checkpoint: Checkpoint | MLXCheckpoint, dtype: str | None = "fp32", capacity: int | None = None
+):
     if name == "coreml":
         raise OndeviceError(
             "the coreml backend runs a converted package: convert with 'ondevice convert CHECKPOINT "

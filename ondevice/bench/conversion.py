@@ -43,7 +43,7 @@ def conversion_row(
     eval_seconds = time.perf_counter() - start
     worst = min(report.comparisons, key=lambda c: c.cosine)
     greedy = "-"
-    if report.greedy_ours is not None:
+    if report.greedy_ours is not None and report.greedy_reference is not None:  # set together
         same = sum(a == b for a, b in zip(report.greedy_ours, report.greedy_reference, strict=True))
         greedy = f"{same}/{len(report.greedy_reference)}"
     return {

@@ -28,7 +28,8 @@ def heldout_lines(directory: Path) -> list[str]:
 
 def _lines_for(lines: list[str], keystrokes: int) -> list[str]:
     """Whole paragraphs, in order, until about `keystrokes` keys (at least one paragraph)."""
-    chosen, total = [], 0
+    chosen: list[str] = []
+    total = 0
     for line in lines:
         if total >= keystrokes:
             break

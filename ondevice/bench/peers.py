@@ -9,6 +9,7 @@ of a busy machine falls on both; the figure is the ratio of medians."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,8 @@ def mlx_lm_records(job: dict) -> list[dict]:
     cases = [("prefill", n) for n in job["seq_lens"]] + [("decode", PROMPT_TOKENS)] * (job["decode_tokens"] > 0)
     for kind, n in cases:
         try:
+            # called with no arguments (the lambdas bind their loop values as defaults)
+            runs: dict[str, Callable[..., float]]
             if kind == "prefill":
                 runs = {"ours": lambda n=n: prefill_ours(n), "theirs": lambda n=n: mlx_lm_prefill_s(model, ids[:n])}
             else:
@@ -144,7 +147,7 @@ def ane_transformers_records(job: dict) -> list[dict]:
             feed = {"input_ids": ids.numpy().astype(np.int32), "attention_mask": mask.numpy().astype(np.int32)}
             path = convert_package(str(directory), work / f"{DISTILBERT}-{n}.mlpackage", "none", [n], False, 512)
             encoder = load_package(path, use_coreml=True, compute_units=ANE_UNITS)
-            runs = {
+            runs: dict[str, Callable[..., float]] = {
                 "ours": lambda e=encoder, f=feed: seconds(lambda: e.encode(f["input_ids"], f["attention_mask"])),
                 "theirs": lambda p=package, f=feed: seconds(lambda: p.predict(f)),
             }

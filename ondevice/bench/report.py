@@ -124,7 +124,7 @@ def model_tables(records: list[dict]) -> list[tuple[str, list[str], list[list[st
                 f"{100 * decode['bandwidth_fraction']:.1f}%" if decode and "bandwidth_fraction" in decode else ""
             )
             keys = [by_kind.get(k) for k in ("keystroke_p50", "keystroke_p95")]
-            cells.append(" / ".join(_num(k["value"]) for k in keys) if all(keys) else "")
+            cells.append(" / ".join(_num(k["value"]) for k in keys if k) if all(keys) else "")
             reuse = by_kind.get("cache_reuse_ratio")
             cells.append(_reuse(reuse) if reuse else "")
             peak, base = by_kind.get("peak_memory"), by_kind.get("runtime_baseline_memory")

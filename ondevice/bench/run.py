@@ -103,6 +103,13 @@ def resolve_model(spec: str, cache_dir: Path) -> tuple[str, Path]:
     return (directory.name if expand_user(spec).is_dir() else spec), directory
 
 
+def _resolved(options: BenchOptions) -> tuple[list[str], list[str], list[int]]:
+    """(models, backends, seq_lens) of options that went through `BenchOptions.resolved` (None before it)."""
+    if options.models is None or options.backends is None or options.seq_lens is None:
+        raise ValueError("BenchOptions.resolved() first: models, backends and seq_lens are not filled in")
+    return options.models, options.backends, options.seq_lens
+
+
 def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
     """(jobs to run, records known without running anything: backends that cannot run here)."""
     from canonical.errors import InputError
@@ -110,7 +117,8 @@ def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
     from ondevice.bench.peers import ANE_TRANSFORMERS, MLX_LM, peer_unavailable
     from ondevice.bench.runners import COMPUTE_UNITS, clip_seq_lens, coreml_unavailable
 
-    unknown = [b for b in options.backends if b not in (*BACKENDS, *PEERS)]
+    models, backends, seq_lens = _resolved(options)
+    unknown = [b for b in backends if b not in (*BACKENDS, *PEERS)]
     if unknown:
         raise InputError(f"unknown backend(s) {', '.join(unknown)} (choose from {', '.join((*BACKENDS, *PEERS))})")
     common = {
@@ -129,12 +137,12 @@ def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
     }
     common |= {
         "warmup": 1,
-        "compare_reference": "reference" in options.backends,
+        "compare_reference": "reference" in backends,
         "cache_dir": str(options.cache_dir),
         "isolated": options.isolate,
     }
     jobs, known, encoders = [], [], []
-    for spec in options.models:
+    for spec in models:
         name, directory = resolve_model(spec, options.cache_dir)
         model_type, config = read_model_config(directory)
         check_model(directory)
@@ -144,9 +152,9 @@ def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
         base = common | {
             "model": name,
             "checkpoint": str(directory),
-            "seq_lens": clip_seq_lens(options.seq_lens, config.max_positions),
+            "seq_lens": clip_seq_lens(seq_lens, config.max_positions),
         }
-        for backend in options.backends:
+        for backend in backends:
             if backend in ("reference", "torch-ane", "mlx"):
                 precision = "fp32" if backend == "reference" else options.precision
                 jobs.append(base | {"job": "backend", "backend": backend, "precision": precision})
@@ -188,12 +196,12 @@ def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
             elif backend == MLX_LM and config.is_causal:
                 export = options.cache_dir / "mlx" / f"{name}-mlx-{options.precision}"
                 jobs.append(base | {"job": MLX_LM, "backend": MLX_LM, "export_dir": str(export)})
-    if options.backends_given and MLX_LM in options.backends and len(encoders) == len(options.models):
+    if options.backends_given and MLX_LM in backends and len(encoders) == len(models):
         raise InputError(
             f"--backends {MLX_LM} applies to causal LMs (mlx-lm runs no encoders); {encoders[0]}: bench "
             "it with reference, torch-ane, mlx or coreml"
         )
-    if ANE_TRANSFORMERS in options.backends:
+    if ANE_TRANSFORMERS in backends:
         from ondevice.bench.peers import DISTILBERT
 
         why = peer_unavailable(ANE_TRANSFORMERS)
@@ -207,7 +215,7 @@ def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
                     "job": ANE_TRANSFORMERS,
                     "backend": ANE_TRANSFORMERS,
                     "model": DISTILBERT,
-                    "seq_lens": clip_seq_lens(options.seq_lens, 512),
+                    "seq_lens": clip_seq_lens(seq_lens, 512),
                 }
             )
     return jobs, known
@@ -232,7 +240,7 @@ def _check_lengths(name: str, config, options: BenchOptions) -> None:
         return
     from canonical.errors import InputError
 
-    longest = max(options.seq_lens)
+    longest = max(_resolved(options)[2])
     if longest > config.max_positions:
         raise InputError(
             f"--seq-lens {longest}: longer than {name}'s {config.max_positions} positions "
@@ -259,7 +267,7 @@ def usable_cache(cache_dir: Path) -> tuple[Path, str | None]:
 def describe_jobs(options: BenchOptions, jobs: list[dict]) -> str:
     """One line saying what the run will measure, so that a long run says so before it starts."""
     models = ", ".join(dict.fromkeys(job["model"] for job in jobs)) or "nothing"
-    lengths = ",".join(map(str, options.seq_lens))
+    lengths = ",".join(map(str, _resolved(options)[2]))
     causal = any(job.get("keystrokes") and job.get("backend") in ("torch-ane", "mlx") for job in jobs)
     keys = (
         f", {options.keystrokes:,} keystrokes replayed per predictive-text backend (--keystrokes N)" if causal else ""
@@ -373,6 +381,7 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> Path:
     machine = describe_machine()
     host = Subject("-", "machine", "cpu", "-")
     try:
+        assert options.bandwidth_mib is not None  # resolved above
         bw = measure_bandwidth(options.bandwidth_mib, repeats=3 if options.quick else 5, threads=options.threads)
         records.insert(
             0,

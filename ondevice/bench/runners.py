@@ -9,10 +9,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ondevice.bench.measure import decode_tokens_per_s, seconds
+from ondevice.runtime import Encoder
 
 OURS = ("torch-ane", "mlx")
 COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
@@ -61,7 +63,10 @@ def loader(
     if backend == "coreml":
         from ondevice.backends.coreml import load_package
 
-        return lambda: load_package(package, use_coreml=True, compute_units=compute_units)
+        if package is None:
+            raise ValueError("a coreml job names its package")
+        units = compute_units or "CPU_AND_NE"  # the default `device_of` reports
+        return lambda: load_package(package, use_coreml=True, compute_units=units)
     from ondevice.backends import load_backend
 
     return lambda: load_backend(backend, load_checkpoint(checkpoint), dtype=dtype)
@@ -127,7 +132,7 @@ class Case:
     kind: str  # prefill, decode, encode
     seq_len: int
     batch: int
-    run: Callable[[object], float]
+    run: Callable[[Any], float]  # a CausalLM or an Encoder (ondevice.runtime), as `kind` says
 
 
 def causal_cases(vocab: int, seq_lens: list[int], decode_tokens: int, seed: int = 0) -> list[Case]:
@@ -150,7 +155,7 @@ def causal_cases(vocab: int, seq_lens: list[int], decode_tokens: int, seed: int 
 def encoder_cases(vocab: int, seq_lens: list[int], batch: int, seed: int = 0) -> list[Case]:
     rng = np.random.default_rng(seed)
 
-    def encode(n: int) -> Callable[[object], float]:
+    def encode(n: int) -> Callable[[Encoder], float]:
         ids = rng.integers(1, vocab, size=(batch, n))
         mask = np.ones_like(ids)
         return lambda enc: seconds(lambda: enc.encode(ids, mask))

@@ -13,7 +13,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ondevice.bench.measure import Stats, interleaved, peak_rss_bytes
 from ondevice.bench.records import Subject, failed, record, reference_fields, skipped
@@ -127,7 +129,7 @@ def run_backend(job: dict) -> list[dict]:
     precision = "int8" if job.get("compression") == "int8" else job["precision"]
     for case in working:
         try:
-            runs = {"ours": lambda c=case: c.run(model)}
+            runs: dict[str, Callable[..., float]] = {"ours": lambda c=case: c.run(model)}
             if reference is not None:
                 runs["reference"] = lambda c=case: c.run(reference)
             stats = interleaved(
@@ -139,7 +141,7 @@ def run_backend(job: dict) -> list[dict]:
             )
             scale = 1.0 if case.kind == "decode" else 1e3  # seconds -> ms for latencies
             ours = stats["ours"].scaled(scale)
-            extra = {}
+            extra: dict[str, Any] = {}
             if reference is not None:
                 extra |= reference_fields(case.kind, ours, stats["reference"].scaled(scale))
             if case.kind == "decode":  # parameters from the checkpoint's file headers: no second load

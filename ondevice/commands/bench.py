@@ -67,7 +67,7 @@ def bench(
         return [part.strip() for v in values for part in v.split(",") if part.strip()] if values else None
 
     try:
-        lengths = [int(n) for n in split(seq_lens)] if seq_lens else None
+        lengths = [int(n) for n in split(seq_lens) or ()] if seq_lens else None
     except ValueError as exc:
         raise InputError(f"--seq-lens takes whole numbers: {exc}") from None
     if seq_lens and not lengths:
@@ -78,9 +78,9 @@ def bench(
     at_least("--repeats", repeats, 1)
     at_least("--keystrokes", keystrokes, 0)
     check_threads(threads)
-    out = RESULTS if out is None else output_path("--out", out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: is a file; --out takes a directory (bench.json, bench.md and bench.png go in it)")
+    out_dir = RESULTS if out is None else output_path("--out", out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: is a file; --out takes a directory (bench.json, bench.md and bench.png go in it)")
     wanted = _backends_for_mlx_directories(model, split(backends))
     run_bench(
         BenchOptions(
@@ -88,7 +88,7 @@ def bench(
             backends=wanted,
             seq_lens=lengths,
             quick=quick,
-            out=out,
+            out=out_dir,
             threads=threads,
             repeats=repeats,
             batch=batch,
@@ -96,7 +96,7 @@ def bench(
         ),
         console,
     )
-    failed = failed_models(json.loads((out / "bench.json").read_text())["records"])
+    failed = failed_models(json.loads((out_dir / "bench.json").read_text())["records"])
     if failed:
         error_line(
             "; ".join(f"every measurement of {name} failed (first: {reason})" for name, reason in failed.items())
@@ -111,7 +111,7 @@ def _backends_for_mlx_directories(models: list[str] | None, backends: list[str] 
     from convert.checkpoint import is_mlx_directory
 
     exported = [m for m in models or () if is_mlx_directory(m)]
-    if not exported:
+    if not exported or models is None:
         return backends
     others = [b for b in backends or () if b != "mlx"]
     if others or (backends is None and len(exported) < len(models)):

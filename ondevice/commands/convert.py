@@ -85,12 +85,12 @@ def convert(
     _check_options(to, dtype, seq_len, context, target, kv_cache, compress, calibration_text, quantize, group_size)
     if to is OutputFormat.mlx:
         not_applicable({"--allow-large": allow_large or None}, "to --to coreml only")
-    out = output_path("--out", out)
-    if to is OutputFormat.coreml and out.suffix != ".mlpackage":
-        raise InputError(f"{out}: a Core ML package path must end in .mlpackage")
-    if to is OutputFormat.mlx and out.suffix == ".mlpackage":
+    out_path = output_path("--out", out)
+    if to is OutputFormat.coreml and out_path.suffix != ".mlpackage":
+        raise InputError(f"{out_path}: a Core ML package path must end in .mlpackage")
+    if to is OutputFormat.mlx and out_path.suffix == ".mlpackage":
         raise InputError(
-            f"{out}: an MLX directory named like a Core ML package would be taken for one (by inspect, "
+            f"{out_path}: an MLX directory named like a Core ML package would be taken for one (by inspect, "
             "generate, Xcode); choose an --out without .mlpackage, or --to coreml"
         )
     source = resolve_checkpoint(checkpoint)
@@ -133,7 +133,7 @@ def convert(
             what = f"MLX directory ({dtype or 'fp16'}" + (f", q{quantize} group {group_size or 64}" if quantize else "")
             what += ")"
         with atomic_output(
-            out, overwrite=overwrite, protect=[source], record={"kind": to.value, "source": str(source.resolve())}
+            out_path, overwrite=overwrite, protect=[source], record={"kind": to.value, "source": str(source.resolve())}
         ) as work:
             # `work` lies in a staging folder beside --out: everything the converter writes, its own temporary
             # folders included, stays in there until the output is complete, and is removed if it never is.
@@ -150,10 +150,14 @@ def convert(
                     group_size=group_size or 64,
                     progress=bars["mlx"],
                 )
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
+    size = (
+        sum(p.stat().st_size for p in out_path.rglob("*") if p.is_file())
+        if out_path.is_dir()
+        else out_path.stat().st_size
+    )
     hidden = len(noise.lines)
     console.print(
-        f"wrote {out}: {what}, {size / 2**20:.1f} MiB, in {time.perf_counter() - start:.1f} s"
+        f"wrote {out_path}: {what}, {size / 2**20:.1f} MiB, in {time.perf_counter() - start:.1f} s"
         + (f" ({hidden} lines of converter output hidden: --verbose shows them)" if hidden else ""),
         highlight=False,
         soft_wrap=True,

@@ -73,6 +73,7 @@ def generate(
         lm, tokenizer_dir = _load_causal_lm(checkpoint, backend, dtype)
         tokenizer = load_tokenizer(tokenizer_dir, lm.config.vocab_size) if prompt_ids is None else None
     if prompt_ids is None:
+        assert prompt is not None and tokenizer is not None  # no --ids: a text prompt, and its tokenizer loaded
         prompt_ids = chat_prompt_ids(tokenizer, prompt, system, where=checkpoint) if chat else tokenizer.encode(prompt)
     stream = TextStream(tokenizer) if tokenizer is not None else None
     stop = () if ignore_eos else lm.config.eos_token_ids
@@ -137,10 +138,11 @@ def _load_causal_lm(spec: str, backend: str, dtype: str | None):
             raise InputError(f"{spec}: a {lm.config.family} encoder's package cannot generate text (a causal LM can)")
         return lm, Path(spec) / TOKENIZER_DIR
 
-    from convert.checkpoint import load_checkpoint
-    from convert.mlx_checkpoint import is_mlx_checkpoint, load_mlx_checkpoint
+    from convert.checkpoint import Checkpoint, load_checkpoint
+    from convert.mlx_checkpoint import MLXCheckpoint, is_mlx_checkpoint, load_mlx_checkpoint
     from ondevice.backends import load_backend
 
+    ckpt: Checkpoint | MLXCheckpoint
     if is_mlx_checkpoint(spec):
         if backend != "mlx":
             raise InputError(f"{spec}: an MLX directory runs on --backend mlx, not {backend}")

@@ -68,6 +68,7 @@ def verify(
         if is_package:
             from ondevice.verify import verify_package
 
+            assert reference is not None  # a package without --reference was refused above
             report = verify_package(checkpoint, reference, seq_len=seq_len, seed=seed)
         elif is_mlx:
             from ondevice.verify import verify_mlx_export

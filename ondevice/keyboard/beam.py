@@ -15,7 +15,7 @@ index word, and nothing else."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,7 +97,7 @@ def score_spellings(
     root_logprobs: np.ndarray,
     expand: Callable[[Sequence[Sequence[int]]], np.ndarray],
     classes: TokenClasses,
-    spellings: dict[str, Sequence[int]],
+    spellings: Mapping[str, Sequence[int]],
 ) -> dict[str, float]:
     """The probability of each word's one given spelling (word -> its token ids): the tokens' probabilities times
     that the word ends after them, scored like the search's words (one batched `expand` per token depth, the

@@ -24,7 +24,7 @@ from ondevice.backends import load_backend
 from ondevice.keyboard.beam import Suggestion, score_spellings, search_words
 from ondevice.keyboard.blend import Blend, blend
 from ondevice.keyboard.context import ContextCache
-from ondevice.keyboard.lexicon import Lexicon, sentence_start
+from ondevice.keyboard.lexicon import Lexicon, WordSet, sentence_start
 from ondevice.keyboard.words import TokenClasses, split_partial
 
 DEFAULT_MODEL = "keyboard-gpt2"
@@ -102,7 +102,7 @@ class Predictor:
         self.context = ContextCache(self.lm, self.tokenizer, start, max_context_tokens)
         self.blend = blend_weights or Blend(**settings.get("blend", {}))
         self.ngram = ngram
-        self._word_set = None
+        self._word_set: tuple[str, WordSet] | None = None
 
     def suggest(self, text: str, k: int | None = None) -> list[Suggestion]:
         k = k or self.k

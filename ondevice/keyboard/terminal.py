@@ -55,6 +55,8 @@ def run_terminal(predictor: Predictor, input=None, output=None) -> str:
     for i, key in enumerate(("f1", "f2", "f3")):
         bindings.add(key)(accept(i))
 
-    prompt = PromptSession(key_bindings=bindings, bottom_toolbar=session.toolbar, input=input, output=output)
+    prompt: PromptSession[str] = PromptSession(
+        key_bindings=bindings, bottom_toolbar=session.toolbar, input=input, output=output
+    )
     prompt.default_buffer.on_text_changed += lambda buffer: session.update(buffer.text)
     return prompt.prompt("type> ")

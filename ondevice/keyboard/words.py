@@ -41,7 +41,12 @@ def split_partial(text: str) -> tuple[str, str, bool]:
     space, at the start of the text or glued to an opening bracket or quote."""
     match = re.search(r"[^\W\d_]+(?:['’][^\W\d_]*)*$", text)
     partial = match.group(0) if match else ""
-    if partial and match.start() > 0 and (text[match.start() - 1].isalnum() or text[match.start() - 1] == "_"):
+    if (
+        match
+        and partial
+        and match.start() > 0
+        and (text[match.start() - 1].isalnum() or text[match.start() - 1] == "_")
+    ):
         partial = ""  # letters glued to digits ("3rd") are not a word we complete
     before = text[: len(text) - len(partial)]
     context = before.rstrip()
