@@ -16,22 +16,27 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The files that take minutes (Core ML conversions, held-out replays, brute-force searches), longest first. They
 # start first, so that the workers finish together rather than one starting a long file while the other idles;
 # the rest keep pytest's order. Each file stays on one worker (--dist=loadfile), its module fixtures built once.
-HEAVY_FIRST = (  # as measured with --durations=0 on a 2-core machine: ~230 s down to ~100 s
-    "test_coreml_four_bit.py",
+HEAVY_FIRST = (  # as measured with --durations=0 on a 2-core machine
+    "test_coreml_packages.py",
     "test_coreml_compressed.py",
-    "test_llama_coreml.py",
+    "test_coreml_four_bit.py",
     "test_keyboard_families.py",
-    "test_llama_coreml_compressed.py",
     "test_bundled_keyboard_model.py",
     "test_bundled_keyboard_everyday.py",
     "test_bench.py",
-    "test_coreml_convert.py",
+    "test_registry.py",
 )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="session")
+def family_root(tmp_path_factory):
+    """Where tests/families.py makes each family case's checkpoint, once per session."""
+    return tmp_path_factory.mktemp("families")
 
 
 @pytest.fixture(scope="session")

@@ -148,14 +148,36 @@ def sentencepiece_unigram_tokenizer(lines: list[str], vocab_size: int):
     return tokenizer
 
 
+# The causal LMs predictive text is checked on, by name: a registered family and its factory's overrides (every
+# Llama dialect; a family registered without an entry here runs as its default random checkpoint).
+KEYBOARD_CASES = {
+    "gpt2": ("gpt2", dict(n_embd=48, n_positions=96)),
+    "llama": ("llama", dict(max_position_embeddings=96)),
+    "mistral": ("llama", dict(dialect="mistral", max_position_embeddings=96)),
+    "qwen2": ("llama", dict(dialect="qwen2", max_position_embeddings=96)),
+    "qwen3": ("llama", dict(dialect="qwen3", max_position_embeddings=96)),
+}
+
+
+def keyboard_dialects() -> list[str]:
+    """Every registered causal family's keyboard cases (its name alone where KEYBOARD_CASES has none)."""
+    from convert.registry import FAMILIES
+
+    found = []
+    for family in FAMILIES.values():
+        if family.is_causal and family.ane_model is not None:
+            found += [name for name, (owner, _) in KEYBOARD_CASES.items() if owner == family.name] or [family.name]
+    return found
+
+
 def make_family_keyboard_checkpoint(
     directory: Path, dialect: str, style: str, vocab_size: int = 520, pad_vocab: int = 0, seed: int = 0
 ) -> Path:
-    """A random-init causal LM of `dialect` (gpt2, llama, mistral, qwen2, qwen3) with a tokenizer of `style`
+    """A random-init causal LM (`dialect`: a name of `keyboard_dialects()`) with a tokenizer of `style`
     (TOKENIZER_STYLES) whose vocabulary the model's matches (plus `pad_vocab` unused ids, as Qwen pads)."""
     from transformers import PreTrainedTokenizerFast
 
-    from convert.random_checkpoints import make_gpt2, make_llama
+    from convert.registry import FAMILIES
 
     # Real vocabularies (32k-150k tokens) hold a spaced piece for every letter ("Ġk", "▁k"), so that any word
     # starts with a word-start token; a 500-token one learns them from lines that spell the alphabet.
@@ -174,29 +196,16 @@ def make_family_keyboard_checkpoint(
     else:
         raise ValueError(f"unknown tokenizer style {style!r}")
     bos, eos = tokenizer.token_to_id(bos_token), tokenizer.token_to_id(eos_token)
-    vocab = tokenizer.get_vocab_size() + pad_vocab
-    if dialect == "gpt2":
-        make_gpt2(
-            directory,
-            seed=seed,
-            vocab_size=vocab,
-            n_embd=48,
-            n_positions=96,
-            initializer_range=0.1,
-            bos_token_id=bos,
-            eos_token_id=eos,
-        )
-    else:
-        make_llama(
-            directory,
-            dialect,
-            seed=seed,
-            vocab_size=vocab,
-            max_position_embeddings=96,
-            initializer_range=0.1,
-            bos_token_id=bos,
-            eos_token_id=eos,
-        )
+    family, overrides = KEYBOARD_CASES.get(dialect, (dialect, {}))
+    FAMILIES[family].make_random_checkpoint(
+        directory,
+        seed=seed,
+        vocab_size=tokenizer.get_vocab_size() + pad_vocab,
+        initializer_range=0.1,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        **overrides,
+    )
     PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=bos_token, eos_token=eos_token, unk_token=unk_token
     ).save_pretrained(directory)

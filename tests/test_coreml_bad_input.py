@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from canonical.errors import ConversionError
-from convert.coreml import CoreMLOptions, convert_to_coreml
+from canonical.errors import CheckpointError, ConversionError, InputError
+from convert.checkpoint import load_checkpoint
+from convert.coreml import IOS_WEIGHT_LIMIT, CoreMLOptions, check_size, convert_to_coreml, estimated_weight_bytes
 from ondevice.cli import app
+from ondevice.verify import verify_package
+from tests.families import make
+from tests.packages import LLAMA, QWEN3, STATE
 
 
 def _listing(directory):
     return sorted(p.name for p in directory.iterdir())
+
+
+def _one_line(result):
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -35,9 +48,14 @@ def _listing(directory):
         (CoreMLOptions(compress="int4", calibration_text="missing.txt"), "missing.txt: calibration text not found"),
     ],
 )
-def test_refused_before_writing(gpt2_dir, tmp_path, options, message):
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_refused_before_writing(gpt2_dir, family_root, tmp_path, options, message, family):
+    from tests.families import make
+    from tests.packages import LLAMA
+
+    checkpoint = gpt2_dir if family == "gpt2" else make(LLAMA, family_root)
     with pytest.raises(ConversionError, match=message.replace("(", r"\(").replace("+", r"\+")):
-        convert_to_coreml(gpt2_dir, tmp_path / "out.mlpackage", options, progress=False)
+        convert_to_coreml(checkpoint, tmp_path / "out.mlpackage", options, progress=False)
     assert _listing(tmp_path) == []
 
 
@@ -224,3 +242,100 @@ def test_altered_weights_are_refused_by_inspect_and_verify(cli_package, gpt2_dir
         assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
         assert "weight.bin" in lines[0] and fragment in lines[0], lines[0]
         assert "PASS" not in result.stdout and "greedy" not in result.stdout
+
+
+# The Llama family's refusals: shapes, references, sizes.
+
+
+def test_mismatched_shapes_are_refused(family_root, tmp_path):
+    """config.json and the weights disagree (hidden size): refused while reading, one line, exit 2, nothing
+    written; a package verified against a reference of another vocabulary: refused likewise."""
+    import shutil
+
+    source = make(LLAMA, family_root)
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["intermediate_size"] = 72
+    (broken / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(CheckpointError, match="intermediate_size"):
+        convert_to_coreml(broken, out / "x.mlpackage", STATE, progress=False)
+    line = _one_line(
+        CliRunner().invoke(app, ["convert", str(broken), "--to", "coreml", "--out", str(out / "x.mlpackage")])
+    )
+    assert "intermediate_size" in line
+    assert _listing(out) == []
+
+
+def test_package_against_a_mismatched_reference(cli_package, family_root):
+    _, package = cli_package
+    llama = make(LLAMA, family_root)
+    with pytest.raises(InputError, match="does not match the reference"):
+        verify_package(str(package), str(llama))
+    line = _one_line(CliRunner().invoke(app, ["verify", str(package), "--reference", str(llama)]))
+    assert "does not match" in line
+
+
+def test_large_ios_package_is_refused_unless_allowed(family_root, tmp_path, monkeypatch):
+    """Above the limit an iOS package is refused in one line naming its size and the compression that fits;
+    --allow-large or a macOS target writes it. The limit is lowered to the tiny model's scale here."""
+    import convert.coreml as coreml
+
+    ckpt = load_checkpoint(make(QWEN3, family_root))
+    fp16 = estimated_weight_bytes(ckpt.config, ckpt.weights, "fp16", "none")
+    int8 = estimated_weight_bytes(ckpt.config, ckpt.weights, "fp16", "int8")
+    limit = (fp16 + int8) // 2  # fp16 does not fit, int8 does
+    with pytest.raises(ConversionError) as excinfo:
+        check_size(ckpt.config, ckpt.weights, STATE, limit=limit)
+    message = str(excinfo.value)
+    assert len(message.splitlines()) == 1
+    assert f"about {fp16 / 1e9:.2f} GB (fp16)" in message and "--allow-large" in message
+    assert f"--compress int8 would make them about {int8 / 1e9:.2f} GB" in message
+    check_size(ckpt.config, ckpt.weights, dataclasses.replace(STATE, allow_large=True), limit=limit)
+    check_size(ckpt.config, ckpt.weights, dataclasses.replace(STATE, target="macOS15"), limit=limit)
+    check_size(ckpt.config, ckpt.weights, dataclasses.replace(STATE, compress="int8"), limit=limit)
+    monkeypatch.setattr(coreml, "IOS_WEIGHT_LIMIT", limit)
+    with pytest.raises(ConversionError, match="--allow-large"):
+        convert_to_coreml(ckpt, tmp_path / "big.mlpackage", STATE, progress=False)
+    assert _listing(tmp_path) == []
+
+
+def test_weight_estimate_at_realistic_scale():
+    """The planner's arithmetic for the shapes of SmolLM2-135M and Qwen3-0.6B (tied: the table counted once),
+    on meta tensors: nothing is allocated or written."""
+    from ane_model.llama import LlamaModel
+    from canonical.llama import LlamaConfig
+
+    def weights(**shape):
+        cfg = LlamaConfig(max_positions=8192, rms_norm_eps=1e-6, tie_word_embeddings=True, **shape)
+        with torch.device("meta"):
+            return cfg, LlamaModel(cfg).state_dict()
+
+    smollm = weights(
+        vocab_size=49152,
+        hidden_size=576,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        intermediate_size=1536,
+    )
+    qwen = weights(
+        vocab_size=151936,
+        hidden_size=1024,
+        num_layers=28,
+        num_heads=16,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=3072,
+        qk_norm=True,
+    )
+    params = {name: sum(t.numel() for t in w.values()) for name, (_, w) in (("smollm", smollm), ("qwen", qwen))}
+    assert params["smollm"] == 134_515_008 and params["qwen"] == 596_049_920
+    assert estimated_weight_bytes(*smollm, "fp16", "none") == 2 * params["smollm"]  # 269 MB: fits
+    check_size(*smollm, STATE)
+    with pytest.raises(ConversionError, match=r"about 1\.19 GB \(fp16\).*--compress int8 would make them about 0\.60"):
+        check_size(*qwen, STATE)
+    assert IOS_WEIGHT_LIMIT == 1_000_000_000

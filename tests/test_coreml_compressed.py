@@ -1,30 +1,27 @@
-"""Compressed Core ML packages of GPT-2 and MiniLM (tests/coreml_packages.py): int8 (iOS 17's per-channel and
-iOS 18's per-block), int4, 4- and 6-bit palettization, each within ondevice.parity.TOLERANCES, emitting
-its compression op, and within the ANE rules."""
+"""Compressed Core ML packages of every registered family (tests/packages.py): int8 (iOS 17's per-channel and iOS
+18's per-block), int4 by rounding and by GPTQ, 4- and 6-bit palettization, each within parity.TOLERANCES of its
+compression, emitting its compression op, and within the ANE rules; k-means once per package, as coremltools'."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.coreml_packages import (
-    VARIANTS,
-    check_ane_rules,
-    check_compression_emits_its_op,
-    check_package_matches_reference,
-    package_maker,
-)
+from coreml_runtime.ane_rules import inspect_package
+from coreml_runtime.package import read_metadata
+from tests.packages import check_ane_rules, check_compression_emits_its_op, check_matches_reference, package_maker
+from tests.packages import variants as package_variants
 
-COMPRESSED = [name for name, (_, options, _) in VARIANTS.items() if options.compress != "none"]
+COMPRESSED = list(package_variants(compressed=True))
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory, request):
-    return package_maker(tmp_path_factory.mktemp("coreml-compressed"), request)
+def packages(tmp_path_factory, request, family_root):
+    return package_maker(tmp_path_factory.mktemp("coreml-compressed"), request, family_root)
 
 
 @pytest.mark.parametrize("name", COMPRESSED)
 def test_package_matches_reference(packages, name):
-    check_package_matches_reference(packages, name)
+    check_matches_reference(packages, name)
 
 
 @pytest.mark.parametrize("name", COMPRESSED)
@@ -35,6 +32,16 @@ def test_compression_emits_its_op(packages, name):
 @pytest.mark.parametrize("name", COMPRESSED)
 def test_ane_rules(packages, name):
     check_ane_rules(packages, name)
+
+
+def test_gptq_calibration_changes_the_blocks_only(packages):
+    """GPTQ ran on the Llama blocks (RoPE passed for each window's positions): the calibrated package's block weights
+    are uint4 on GPTQ's grid, and the head stays at int8."""
+    calibrated, _ = packages("llama-int4-gptq")
+    meta = read_metadata(calibrated)
+    assert meta["calibration"] == "gptq:train.txt" and meta["compression"] == "int4"
+    weights = inspect_package(calibrated).weight_bytes
+    assert weights.get("uint4", 0) > 0 and weights.get("int8", 0) > 0
 
 
 @pytest.mark.parametrize("target", ["iOS18", "iOS16"])

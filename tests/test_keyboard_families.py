@@ -1,4 +1,5 @@
-"""Predictive text on any causal LM with a tokenizer: the Llama family and GPT-2, each with a byte-level BPE
+"""Predictive text on any causal LM with a tokenizer, a shared runner over every registered causal family (the Llama
+family's every dialect): each with a byte-level BPE
 (GPT-2, Llama 3, Qwen, SmolLM2), a SentencePiece-style BPE with byte fallback (Llama 2) and a SentencePiece-style
 Unigram with byte fallback (Mistral-like), all trained here on the bundled model's training text.
 
@@ -18,9 +19,9 @@ from hypothesis import strategies as st
 
 from ondevice.keyboard import Predictor
 from ondevice.keyboard.words import WORD, WordStarts, split_partial
-from tests.keyboard_fixtures import TOKENIZER_STYLES, make_family_keyboard_checkpoint
+from tests.keyboard_fixtures import TOKENIZER_STYLES, keyboard_dialects, make_family_keyboard_checkpoint
 
-DIALECTS = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+DIALECTS = keyboard_dialects()  # every registered causal family, each Llama dialect
 CASES = ["", "The ", "The object is ", "A pointer to the bu", "(se", "We don't kno", "Return the ref"]
 EXACT_CASES = ["", "The object is ", "A pointer to the bu", "(se", "We don't kno"]
 

@@ -1,25 +1,36 @@
-"""`ondevice convert --to mlx` and `ondevice generate`: round trip, atomic writes, mlx-lm loading,
-sampling, and bad input through the CLI (exit code 2, one line)."""
+"""`ondevice convert --to mlx` for every registered family with an MLX model, through the command line, on the
+checkpoints of tests/families.py (MLX_EXPORT): the directory reads back into the very model it was written from
+(fp32, fp16, 4- and 8-bit weights), keeps the reference's parity in fp32, passes `ondevice verify` in the lossless
+formats; for families mlx-lm has (the registry's `mlx_lm`), `mlx_lm.load` runs it, with its tokenizer, and gives our
+logits, and its names map back to ours. Then what is not a family's: atomic writes, --overwrite, bad options."""
 
 from __future__ import annotations
 
 import json
 
+import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 from typer.testing import CliRunner
 
-from canonical.errors import ConversionError, InputError
 from convert.checkpoint import load_checkpoint
 from convert.mlx_checkpoint import load_mlx_checkpoint
 from convert.mlx_export import export_mlx
+from convert.registry import mlx_lm_of
 from ondevice.backends.mlx import load
 from ondevice.cli import app
-from ondevice.generate import Sampling, generate, sample
 from ondevice.parity import TOLERANCES, compare
+from ondevice.reference import load_reference
 from ondevice.runtime import greedy_tokens
+from tests.encoders import compare_encoders, encoder_inputs
+from tests.families import MLX_EXPORT, cases, ids, make
 
+FP32 = TOLERANCES["fp32"]
+GROUP = 32
 runner = CliRunner()
+EXPORTED = cases(MLX_EXPORT, needs="mlx_model")
+MLX_LM = [case for case in EXPORTED if case.registry_entry.mlx_lm is not None and case.is_causal]
 
 
 def _run(*args):
@@ -34,59 +45,144 @@ def _one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-@pytest.mark.parametrize(("dtype", "bits"), [("fp32", None), ("fp16", None), ("fp32", 4)])
-def test_gpt2_round_trip_equals_the_in_memory_model(gpt2_dir, tmp_path, dtype, bits):
-    out = tmp_path / "mlx"
-    result = _run(
-        "convert", gpt2_dir, "--to", "mlx", "--out", out, "--dtype", dtype, *(["--quantize", bits] if bits else [])
+class Exported:
+    """One case's checkpoint and its command-line exports, each made once, on first use."""
+
+    def __init__(self, case, checkpoint, root):
+        self.case, self.checkpoint, self.root = case, checkpoint, root
+        self.ckpt = load_checkpoint(checkpoint)
+        self.exports: dict[tuple, object] = {}
+
+    def export(self, bits: int | None = None, dtype: str = "fp32"):
+        if (bits, dtype) not in self.exports:
+            out = self.root / f"mlx-{dtype}-q{bits}"
+            quantize = ["--quantize", bits, "--group-size", GROUP] if bits else []
+            result = _run("convert", self.checkpoint, "--to", "mlx", "--out", out, "--dtype", dtype, *quantize)
+            assert result.exit_code == 0, result.output
+            self.exports[(bits, dtype)] = out
+        return self.exports[(bits, dtype)]
+
+    def ids(self, n: int, seed: int = 0) -> list[int]:
+        return np.random.default_rng(seed).integers(0, self.ckpt.config.vocab_size, size=n).tolist()
+
+
+def _exported(request, family_root, tmp_path_factory) -> Exported:
+    case = request.param
+    return Exported(case, make(case, family_root), tmp_path_factory.mktemp(case.family))
+
+
+@pytest.fixture(scope="module", params=EXPORTED, ids=ids(EXPORTED))
+def exported(request, family_root, tmp_path_factory) -> Exported:
+    return _exported(request, family_root, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=MLX_LM, ids=ids(MLX_LM))
+def for_mlx_lm(request, family_root, tmp_path_factory) -> Exported:
+    return _exported(request, family_root, tmp_path_factory)
+
+
+def _outputs(lm, exported: Exported):
+    """What the model computes on fixed inputs: logits of a causal LM, every output of an encoder."""
+    if exported.ckpt.config.is_causal:
+        return lm.prefill(exported.ids(40, seed=2))
+    inputs = encoder_inputs(exported.ckpt.config, batch=2, seq=16, seed=2)
+    return lm.encode(*inputs)
+
+
+@pytest.mark.parametrize(("dtype", "bits"), [("fp32", None), ("fp16", None), ("fp32", 4), ("fp16", 8)])
+def test_the_export_reads_back_into_the_model_it_was_written_from(exported, dtype, bits):
+    out = exported.export(bits, dtype)
+    ckpt = load_mlx_checkpoint(out)
+    assert ckpt.config == exported.ckpt.config and ckpt.quantization == (
+        {"bits": bits, "group_size": GROUP} if bits else None
     )
-    assert result.exit_code == 0, result.output
-    reloaded = load(load_mlx_checkpoint(out), dtype=None)
-    direct = load(load_checkpoint(gpt2_dir), dtype=dtype, quantize=bits)
-    ids = list(range(3, 40))
-    np.testing.assert_array_equal(reloaded.prefill(ids), direct.prefill(ids))
-    config = json.loads((out / "config.json").read_text())
-    assert config["ondevice_mlx"]["dtype"] == dtype
-    assert config.get("quantization") == ({"group_size": 64, "bits": bits} if bits else None)
+    assert json.loads((out / "config.json").read_text())["ondevice_mlx"]["dtype"] == dtype
+    reloaded = _outputs(load(ckpt, dtype=None), exported)
+    direct = _outputs(load(exported.ckpt, dtype=dtype, quantize=bits, group_size=GROUP), exported)
+    if isinstance(direct, dict):
+        assert reloaded.keys() == direct.keys()
+        for name in direct:
+            np.testing.assert_array_equal(reloaded[name], direct[name])
+    else:
+        np.testing.assert_array_equal(reloaded, direct)
 
 
-def test_fp32_export_keeps_reference_parity(gpt2_dir, tmp_path):
-    from ondevice.reference import load_reference
-
-    out = export_mlx(gpt2_dir, tmp_path / "mlx", dtype="fp32", progress=False)
-    reference = load_reference(load_checkpoint(gpt2_dir))
-    ours = load(load_mlx_checkpoint(out), dtype=None)
-    ids = list(range(5, 70))
-    assert compare("logits", ours.prefill(ids), reference.prefill(ids)).within(TOLERANCES["fp32"])
+def test_an_fp32_export_keeps_the_references_parity(exported):
+    ours, reference = load(load_mlx_checkpoint(exported.export()), dtype=None), load_reference(exported.ckpt)
+    if not exported.ckpt.config.is_causal:
+        compare_encoders(ours, reference, *encoder_inputs(exported.ckpt.config, batch=2, seq=32), FP32)
+        return
+    ids = exported.ids(65, seed=5)
+    assert compare("logits", ours.prefill(ids), reference.prefill(ids)).within(FP32)
     assert greedy_tokens(ours, ids[:8], 32) == greedy_tokens(reference, ids[:8], 32)
 
 
-def test_minilm_export_copies_tokenizer_and_pooling(minilm_dir, tmp_path):
-    out = export_mlx(minilm_dir, tmp_path / "minilm", dtype="fp32", quantize=8, progress=False)
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "modules.json"):
-        assert (out / name).is_file(), name
-    assert (out / "1_Pooling" / "config.json").is_file()
-    ckpt = load_mlx_checkpoint(out)
-    assert ckpt.config == load_checkpoint(minilm_dir).config  # pooling, normalisation and heads survive
-    direct = load(load_checkpoint(minilm_dir), quantize=8)
-    ids = np.arange(1, 17)[None].repeat(2, 0)
-    mask = np.ones_like(ids)
-    mask[1, 12:] = 0
-    got, want = load(ckpt, dtype=None).encode(ids, mask), direct.encode(ids, mask)
-    np.testing.assert_array_equal(got["sentence_embedding"], want["sentence_embedding"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_verify_the_export_against_its_checkpoint_passes(exported, dtype):
+    """Lossless formats, whose greedy tokens must match too. (Quantized exports of these deliberately sharp random
+    models are measured in tests/test_parity_mlx.py: their q8 error is past verify's q8 bound, which was measured
+    on milder models.)"""
+    result = _run("verify", exported.export(None, dtype), "--reference", exported.checkpoint, "--seq-len", 48)
+    assert result.exit_code == 0, result.output
+    assert f"mlx export {dtype}" in result.output and "PASS" in result.output
+    if exported.ckpt.config.is_causal:
+        assert "greedy tokens: 16/16 match" in result.output
 
 
-def test_mlx_lm_runs_the_gpt2_export(gpt2_dir, tmp_path):
-    """mlx-lm loads our GPT-2 directory (its names, its `quantization` key) and computes our logits."""
-    import mlx.core as mx
-    import mlx_lm  # the test extra installs it
+def test_verify_the_checkpoint_on_the_mlx_backend_passes(exported):
+    result = _run("verify", exported.checkpoint, "--backend", "mlx", "--seq-len", 48)
+    assert result.exit_code == 0, result.output
+    assert "mlx fp32" in result.output and "PASS" in result.output
 
-    out = export_mlx(gpt2_dir, tmp_path / "mlx", dtype="fp16", quantize=4, progress=False)
-    model, _ = mlx_lm.load(str(out))
-    ids = list(range(2, 30))
-    theirs = np.array(model(mx.array([ids])).astype(mx.float32))[0]
-    np.testing.assert_array_equal(theirs, load(load_mlx_checkpoint(out), dtype=None).prefill(ids))
-    assert json.loads((out / "config.json").read_text())["ondevice_mlx"]["mlx_lm_compatible"]
+
+# --- mlx-lm --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [None, 4, 8])
+def test_mlx_lm_loads_the_export_and_gives_our_logits(for_mlx_lm, bits):
+    import mlx_lm
+    from mlx_lm.utils import MODEL_REMAPPING
+
+    out = for_mlx_lm.export(bits)
+    config = json.loads((out / "config.json").read_text())
+    assert config["ondevice_mlx"]["names"] == "mlx-lm" and config["ondevice_mlx"]["mlx_lm_compatible"]
+    assert config.get("quantization") == ({"group_size": GROUP, "bits": bits} if bits else None)
+    theirs, tokenizer = mlx_lm.load(str(out))
+    model_type = config["model_type"]
+    assert type(theirs).__module__ == f"mlx_lm.models.{MODEL_REMAPPING.get(model_type, model_type)}"
+    from transformers import AutoTokenizer
+
+    text = "the quick brown fox"  # the checkpoint's tokenizer came along
+    assert tokenizer.encode(text) == AutoTokenizer.from_pretrained(for_mlx_lm.checkpoint).encode(text)
+    ids = for_mlx_lm.ids(100, seed=1)
+    got = np.array(theirs(mx.array([ids]))[0].astype(mx.float32))
+    if bits is None:  # against our fp32 model straight from the Hugging Face checkpoint
+        c = compare("logits", got, load(for_mlx_lm.ckpt).prefill(ids))
+        assert c.within(FP32) and c.cosine >= 0.99999, c
+    # against our own model on the same export (quantized: the same quantized weights), and against our model
+    # quantized in memory from the checkpoint: what the mlx backend runs either way
+    for ours in (load(load_mlx_checkpoint(out), dtype=None), load(for_mlx_lm.ckpt, quantize=bits, group_size=GROUP)):
+        c = compare("logits", got, ours.prefill(ids))
+        assert c.within(FP32), c  # both quantized or both not: rounding of op order only
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_mlx_lm_names_map_back_to_ours(for_mlx_lm, bits):
+    """The export's weights are the model's own under mlx-lm's names (a tied head is not written), and the names
+    map back one to one."""
+    cfg = for_mlx_lm.ckpt.config
+    names = mlx_lm_of(cfg)
+    stored = mx.load(str(for_mlx_lm.export(bits) / "model.safetensors"))
+    params = dict(tree_flatten(load(for_mlx_lm.ckpt, quantize=bits, group_size=GROUP).model.parameters()))
+    assert set(stored) == set(names.to_mlx_lm(params, cfg))
+    assert ("lm_head.weight" in stored) != cfg.tie_word_embeddings
+    back = names.from_mlx_lm(stored, cfg)
+    assert set(back) == set(params)
+    for name, array in params.items():
+        assert mx.array_equal(back[name], array), name
+
+
+# --- not a family's: outputs, bad options -------------------------------------------------------------------
 
 
 def test_existing_output_is_refused_then_replaced_with_overwrite(gpt2_dir, tmp_path):
@@ -105,8 +201,6 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(gpt2_dir, tmp_p
 
 
 def test_a_failed_export_leaves_nothing(gpt2_dir, tmp_path, monkeypatch):
-    import mlx.core as mx
-
     def broken(path, *args, **kwargs):
         open(path, "wb").write(b"half")  # noqa: SIM115 - a partial file, then the failure
         raise OSError("disk full")
@@ -135,95 +229,3 @@ def test_not_an_mlx_directory(gpt2_dir):
 
     with pytest.raises(CheckpointError, match="not an MLX directory"):
         load_mlx_checkpoint(gpt2_dir)
-
-
-# --- generate -------------------------------------------------------------------------------------
-
-
-def test_greedy_generation_is_greedy_tokens_on_both_backends(gpt2_dir):
-    from ondevice.backends import load_backend
-
-    ckpt = load_checkpoint(gpt2_dir)
-    prompt = [5, 17, 42]
-    expected = greedy_tokens(load_backend("torch-ane", ckpt), prompt, 20)
-    for backend in ("torch-ane", "mlx"):
-        assert list(generate(load_backend(backend, ckpt), prompt, 20)) == expected
-
-
-def test_sampling_is_seeded_and_respects_top_k_and_top_p():
-    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
-    draws = lambda s: [sample(logits, s, np.random.default_rng(s.seed)) for _ in range(1)]  # noqa: E731
-    assert draws(Sampling(temperature=1.0, seed=3)) == draws(Sampling(temperature=1.0, seed=3))
-    rng = np.random.default_rng(0)
-    assert {sample(logits, Sampling(temperature=1.0, top_k=2), rng) for _ in range(300)} == {0, 1}
-    assert {sample(logits, Sampling(temperature=1.0, top_p=0.6), rng) for _ in range(300)} == {0, 1}
-    assert {sample(logits, Sampling(temperature=1.0, top_p=0.5), rng) for _ in range(100)} == {0}
-    counts = np.bincount([sample(logits, Sampling(temperature=1.0), rng) for _ in range(4000)], minlength=4)
-    np.testing.assert_allclose(counts / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
-
-
-def test_generate_stops_at_a_stop_token(gpt2_dir):
-    lm = load(load_checkpoint(gpt2_dir))
-    free = list(generate(lm, [1, 2, 3], 12))
-    stopped = list(generate(lm, [1, 2, 3], 12, stop=(free[4],)))
-    assert stopped == free[: free.index(free[4]) + 1]
-
-
-def test_cli_generate_streams_ids_and_text(gpt2_dir, tmp_path):
-    result = _run("generate", gpt2_dir, "--ids", "5, 17 42", "--max-tokens", "20", "--ignore-eos")
-    assert result.exit_code == 0, result.output
-    expected = greedy_tokens(load(load_checkpoint(gpt2_dir)), [5, 17, 42], 20)
-    assert result.stdout.split() == [str(t) for t in expected]
-
-    # a text prompt through a checkpoint's own tokenizer (a word-level one, within the 211-token vocabulary)
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = ["[UNK]", "the", "quick", "brown", "fox"] + [f"w{i}" for i in range(5, 211)]  # one word per id
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    out = export_mlx(gpt2_dir, tmp_path / "mlx", dtype="fp32", progress=False)
-    tok.save(str(out / "tokenizer.json"))
-    result = _run("generate", out, "the quick fox", "--max-tokens", "8", "--ignore-eos")
-    assert result.exit_code == 0, result.output
-    expected = greedy_tokens(load(load_checkpoint(gpt2_dir)), [1, 2, 4], 8)
-    assert result.stdout.split() == [words[t] for t in expected]
-    sampled = _run("generate", out, "the quick fox", "--max-tokens", "8", "--temperature", "0.8", "--seed", "1")
-    assert (
-        sampled.exit_code == 0
-        and sampled.stdout
-        == _run("generate", out, "the quick fox", "--max-tokens", "8", "--temperature", "0.8", "--seed", "1").stdout
-    )  # a seed repeats a sampled run
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        ([], "not both and not neither"),
-        (["hello", "--ids", "1"], "not both and not neither"),
-        (["hello"], "no tokenizer files"),
-        (["--ids", "1,x"], "--ids takes integers"),
-        (["--ids", "1,9999"], "token id 9999 is outside the vocabulary"),
-        (["--ids", "1", "--temperature", "-1"], "temperature must be a finite number >= 0"),
-        (["--ids", "1", "--top-p", "1.5"], "top-p must be in (0, 1]"),
-        (["--ids", "1", "--top-k", "0"], "top-k must be at least 1"),
-        (["--ids", "1", "--max-tokens", "0"], "max tokens must be at least 1"),
-        (["--ids", "1", "--max-tokens", "500"], "the model holds 160"),
-        (["--ids", "1", "--backend", "cuda"], "unknown backend 'cuda'"),
-        (["--ids", "1", "--dtype", "fp8"], "unknown dtype 'fp8'"),
-    ],
-)
-def test_generate_bad_input(gpt2_dir, args, message):
-    _one_line_error(_run("generate", gpt2_dir, *args), message)
-
-
-def test_generate_refuses_encoders_and_mlx_dirs_on_other_backends(bert_dir, gpt2_dir, tmp_path):
-    _one_line_error(_run("generate", bert_dir, "--ids", "1"), "encoder cannot generate")
-    out = export_mlx(gpt2_dir, tmp_path / "mlx", progress=False)
-    _one_line_error(_run("generate", out, "--ids", "1", "--backend", "torch-ane"), "runs on --backend mlx")
-
-
-def test_library_errors_are_typed(gpt2_dir, tmp_path):
-    with pytest.raises(ConversionError):
-        export_mlx(gpt2_dir, tmp_path / "o", dtype="fp64")
-    with pytest.raises(InputError):
-        list(generate(load(load_checkpoint(gpt2_dir)), [], 3))

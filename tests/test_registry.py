@@ -1,62 +1,29 @@
-"""A family added through the registry alone is served or refused in one line by every command.
-
-The toy family is GPT-2's architecture under a `model_type` transformers does not know, with an ANE-layout
-model and nothing else (no MLX model, no mlx-lm names, no branch scorer): exactly what a contributor has
-half-way through CONTRIBUTING.md's recipe. Nothing outside this file is edited to add it."""
+"""A family added through the registry alone (the toy family of tests/toy_family.py: GPT-2's architecture under an
+unknown model_type, an ANE-layout model and nothing else) is served or refused in one line by every command, and the
+shared runners cover it with no test file of its own. Nothing outside the tests is edited to add it."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
+import subprocess
+import sys
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from canonical.gpt2 import GPT2Config
-from convert import hf_gpt2, random_checkpoints
 from convert.checkpoint import load_checkpoint
-from convert.registry import FAMILIES, Family, family_for_model_type, register, unregister
+from convert.registry import FAMILIES, family_for_model_type, register, unregister
 from ondevice.cli import app
-
-
-@dataclasses.dataclass(frozen=True)
-class ToyConfig(GPT2Config):
-    family: ClassVar[str] = "toy"
-
-
-def _toy_checkpoint(directory: Path) -> Path:
-    random_checkpoints.make_gpt2(directory)
-    config = json.loads((directory / "config.json").read_text())
-    (directory / "config.json").write_text(json.dumps({**config, "model_type": "toy_gpt2"}))
-    return directory
-
-
-class ToyReader:
-    """The reader contract (CONTRIBUTING.md): GPT-2's reader, under the toy's config class."""
-
-    @staticmethod
-    def read_config(raw: dict, model_type: str, directory: Path) -> ToyConfig:
-        return ToyConfig(**dataclasses.asdict(hf_gpt2.read_config(raw, model_type, directory)))
-
-    read_weights = staticmethod(hf_gpt2.read_weights)
-
-
-TOY = Family(
-    name="toy",
-    model_types=("toy_gpt2",),
-    config_class=ToyConfig,
-    reader=ToyReader,
-    random_checkpoint=_toy_checkpoint,
-    ane_model="ane_model.gpt2:GPT2Model",
-)
+from tests.toy_family import TOY, ToyConfig
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    register(TOY)
+    register(TOY)  # ours only: transformers does not know the toy's model_type here
     try:
         yield TOY.make_random_checkpoint(tmp_path_factory.mktemp("toy") / "ckpt")
     finally:
@@ -143,3 +110,34 @@ def test_an_unregistered_model_type_is_refused_by_every_command(toy, tmp_path):
             assert code == 2 and "model_type 'toy_gpt2' is not supported (supported: gpt2, bert" in line, line
     finally:
         register(TOY)
+
+
+def test_the_shared_runners_cover_a_family_added_to_the_registry(tmp_path):
+    """With the toy registered (and its model_type taught to transformers, so that the reference loads it), the
+    shared runners list it and hold it to the contract: torch-ane parity, its Core ML package, predictive text on
+    each tokenizer style; the MLX runners leave it out, as it has no MLX model. Run in a fresh pytest, as a
+    contributor's family would be: no test file of its own."""
+    runners = ["tests/test_parity_torch_ane.py", "tests/test_coreml_packages.py", "tests/test_parity_mlx.py",
+               "tests/test_mlx_export.py", "tests/test_keyboard_families.py"]  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, ONDEVICE_TEST_REGISTER="tests.toy_family:register_toy")
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_CURRENT_TEST"):
+        env.pop(name, None)
+    pytest = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider"]
+    listed = subprocess.run([*pytest, "--collect-only", *runners], cwd=root, env=env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stdout[-2000:]
+    toy = [line for line in listed.stdout.splitlines() if "toy" in line]
+    assert any(line.startswith("tests/test_parity_torch_ane.py") for line in toy), toy
+    assert any("toy-default" in line for line in toy)  # its Core ML package
+    assert any(line.startswith("tests/test_keyboard_families.py") for line in toy)
+    assert not any(line.startswith(("tests/test_parity_mlx.py", "tests/test_mlx_export.py")) for line in toy)
+    ran = subprocess.run(
+        [*pytest, "-k", "toy", "--basetemp", str(tmp_path / "run"), *runners[:2], runners[4]],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert ran.returncode == 0, ran.stdout[-3000:]
+    counts = ran.stdout.strip().splitlines()[-1]
+    assert " passed" in counts and "failed" not in counts and "error" not in counts, counts
