@@ -33,7 +33,7 @@ class BertOutputs(NamedTuple):
 class Block(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.attn = Attention(cfg.hidden_size, cfg.num_heads)
+        self.attn = Attention(cfg.attention)
         self.attn_norm = LayerNormANE(cfg.hidden_size, cfg.layer_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation)
         self.mlp_norm = LayerNormANE(cfg.hidden_size, cfg.layer_norm_eps)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from ane_model.layers import Attention, HeadChunk, LayerNormANE, RMSNormANE, SwiGLU
+from ane_model.layers import Attention, HeadChunk, LayerNormANE, RMSNormANE, Rope, SwiGLU
 
 
 class FusedConv1x1(nn.Conv2d):
@@ -74,14 +74,7 @@ class FusedRMSNorm(RMSNormANE):
 
 
 class FusedAttention(Attention):
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor,
-        cache=None,
-        layer: int = 0,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: Tensor, mask: Tensor, cache=None, layer: int = 0, rope: Rope | None = None) -> Tensor:
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
 
         def per_head(t: torch.Tensor, n: int) -> torch.Tensor:  # (B, n*D, 1, S) -> (B, n, S, D), a view

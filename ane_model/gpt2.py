@@ -15,7 +15,7 @@ class Block(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.attn_norm = LayerNormANE(cfg.hidden_size, cfg.layer_norm_eps)
-        self.attn = Attention(cfg.hidden_size, cfg.num_heads)
+        self.attn = Attention(cfg.attention)
         self.mlp_norm = LayerNormANE(cfg.hidden_size, cfg.layer_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation)
 

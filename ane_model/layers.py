@@ -10,10 +10,13 @@ from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
+from canonical.attention import AttentionShape
 from canonical.config import Activation
 from canonical.errors import CheckpointError
+
+Rope = tuple[Tensor, Tensor]  # (cos, signed_sin) tables of `RotaryEmbedding`, as a block passes them to attention
 
 # Additive mask value: large enough that exp() underflows to 0, small enough to stay finite in fp16.
 MASK_VALUE = -1e4
@@ -258,40 +261,25 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, h
 
 
 class Attention(nn.Module):
-    """Self-attention with 1x1-conv projections (rule 2) and split-einsum heads (rule 3).
+    """Self-attention with 1x1-conv projections (rule 2) and split-einsum heads (rule 3), of the shape its config
+    implies (`canonical.attention.AttentionShape`): H query heads sharing G key/value heads (GQA), a head width D
+    independent of hidden / H, biases switched per projection, an optional RMSNorm of each head's queries and keys
+    (Qwen3), and RoPE where tables are passed to `forward`. The cache holds the G*D key/value channels only, never
+    repeated ones."""
 
-    GPT-2 and BERT: `Attention(hidden, heads)`, biases everywhere. The Llama family adds H query heads
-    sharing G key/value heads (GQA), a head width D independent of hidden / H, biases switched per
-    projection, an optional RMSNorm of each head's queries and keys (Qwen3) and RoPE (tables passed to
-    `forward`). The cache holds the G*D key/value channels only, never repeated ones."""
-
-    def __init__(
-        self,
-        hidden: int,
-        num_heads: int,
-        num_kv_heads: int | None = None,
-        head_dim: int | None = None,
-        qkv_bias: bool = True,
-        out_bias: bool = True,
-        qk_norm_eps: float | None = None,
-    ):
+    def __init__(self, shape: AttentionShape):
         super().__init__()
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads or num_heads
-        if num_heads % self.num_kv_heads:
-            raise ValueError(f"{num_heads} query heads cannot share {self.num_kv_heads} key/value heads evenly")
-        self.head_dim = head_dim or hidden // num_heads
-        self.scale = self.head_dim**-0.5
-        q_width, kv_width = num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.q = conv_linear(hidden, q_width, qkv_bias)
-        self.k = conv_linear(hidden, kv_width, qkv_bias)
-        self.v = conv_linear(hidden, kv_width, qkv_bias)
-        self.o = conv_linear(q_width, hidden, out_bias)
+        self.num_heads, self.num_kv_heads, self.head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
+        self.scale = shape.scale
+        self.q = conv_linear(shape.hidden, shape.q_width, shape.qkv_bias)
+        self.k = conv_linear(shape.hidden, shape.kv_width, shape.qkv_bias)
+        self.v = conv_linear(shape.hidden, shape.kv_width, shape.qkv_bias)
+        self.o = conv_linear(shape.q_width, shape.hidden, shape.out_bias)
         self.q_norm: RMSNormANE | None
         self.k_norm: RMSNormANE | None
-        if qk_norm_eps is not None:
-            self.q_norm = RMSNormANE(self.head_dim, qk_norm_eps)
-            self.k_norm = RMSNormANE(self.head_dim, qk_norm_eps)
+        if shape.qk_norm_eps is not None:
+            self.q_norm = RMSNormANE(self.head_dim, shape.qk_norm_eps)
+            self.k_norm = RMSNormANE(self.head_dim, shape.qk_norm_eps)
         else:
             self.q_norm = self.k_norm = None
 
@@ -299,14 +287,7 @@ class Attention(nn.Module):
         # Qwen3: RMSNorm over each head's D channels, on its (B, D, 1, S) slice (rule 4: split, not reshape)
         return torch.cat([norm(head) for head in x.split(self.head_dim, dim=1)], dim=1)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor,
-        cache=None,
-        layer: int = 0,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: Tensor, mask: Tensor, cache=None, layer: int = 0, rope: Rope | None = None) -> Tensor:
         """x (B, C, 1, S); rope: (cos, signed_sin) from `RotaryEmbedding`, tiled over the query heads."""
         q, k, v = self.q(x), self.k(x), self.v(x)  # (B, H*D, 1, S), (B, G*D, 1, S)
         if self.q_norm is not None and self.k_norm is not None:  # both or neither

@@ -17,15 +17,7 @@ class Block(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.attn_norm = RMSNormANE(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Attention(
-            cfg.hidden_size,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            qkv_bias=cfg.attention_bias,
-            out_bias=cfg.attention_out_bias,
-            qk_norm_eps=cfg.rms_norm_eps if cfg.qk_norm else None,
-        )
+        self.attn = Attention(cfg.attention)
         self.mlp_norm = RMSNormANE(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.activation, bias=cfg.mlp_bias)
 

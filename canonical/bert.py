@@ -24,12 +24,6 @@ Pooling = Literal["cls", "mean", "max"]
 
 @dataclass(frozen=True)
 class BertConfig(EqualHeads):
-    vocab_size: int
-    max_positions: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     activation: Activation = "gelu"

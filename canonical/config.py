@@ -12,6 +12,7 @@ import importlib
 import json
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, cast, runtime_checkable
 
+from canonical.attention import AttentionShape
 from canonical.errors import CheckpointError, InputError
 
 if TYPE_CHECKING:
@@ -46,6 +47,11 @@ class ModelConfig(Protocol):
     def num_kv_heads(self) -> int: ...
 
     @property
+    def attention(self) -> AttentionShape:
+        """The attention this config implies, for both backends' `Attention`."""
+        ...
+
+    @property
     def head_dim(self) -> int: ...
 
     @property
@@ -54,11 +60,17 @@ class ModelConfig(Protocol):
         ...
 
 
+@dataclasses.dataclass(frozen=True)
 class EqualHeads:
-    """The attention geometry of configs whose keys and values have as many heads as the queries (GPT-2, BERT)."""
+    """The shape fields of configs whose keys and values have as many heads as the queries (GPT-2, BERT), and the
+    attention geometry that follows from them. A family's config dataclass extends it with its own fields."""
 
-    num_heads: int
+    vocab_size: int
+    max_positions: int
     hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
 
     @property
     def num_kv_heads(self) -> int:
@@ -71,6 +83,10 @@ class EqualHeads:
     @property
     def kv_width(self) -> int:
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def attention(self) -> AttentionShape:
+        return AttentionShape.multi_head(self.hidden_size, self.num_heads)
 
 
 def check_positions(config: ModelConfig, end: int) -> None:

@@ -19,12 +19,6 @@ from canonical.config import Activation, EqualHeads
 
 @dataclass(frozen=True)
 class GPT2Config(EqualHeads):
-    vocab_size: int
-    max_positions: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
     layer_norm_eps: float = 1e-5
     activation: Activation = "gelu_tanh"
     bos_token_id: int | None = None

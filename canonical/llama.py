@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from canonical.attention import AttentionShape
 from canonical.config import Activation
 
 RopeType = Literal["default", "linear", "llama3"]
@@ -64,6 +65,12 @@ class LlamaConfig:
     @property
     def kv_width(self) -> int:
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def attention(self) -> AttentionShape:
+        return AttentionShape(self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim,
+                              qkv_bias=self.attention_bias, out_bias=self.attention_out_bias,
+                              qk_norm_eps=self.rms_norm_eps if self.qk_norm else None)  # fmt: skip
 
     @property
     def q_width(self) -> int:

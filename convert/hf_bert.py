@@ -16,7 +16,7 @@ import torch
 from canonical.bert import BertConfig, Pooling
 from canonical.errors import CheckpointError
 from convert.activations import canonical_activation
-from convert.hf_common import MAX_NORM_EPS, CheckpointTensors, check_heads, config_float, config_int, token_id
+from convert.hf_common import CheckpointTensors, check_heads, config_int, norm_eps, token_id
 from convert.weights import RawWeights
 
 # Heads of task checkpoints that our encoder does not use, and buffers that are not weights.
@@ -91,7 +91,7 @@ def read_config(config: dict, model_type: str, directory: Path) -> BertConfig:
             num_layers=config_int(config, "num_hidden_layers", 12),
             intermediate_size=config_int(config, "intermediate_size", 3072),
             type_vocab_size=config_int(config, "type_vocab_size", 2, minimum=0),
-            layer_norm_eps=config_float(config, "layer_norm_eps", 1e-12, maximum=MAX_NORM_EPS),
+            layer_norm_eps=norm_eps(config, "layer_norm_eps", 1e-12),
             activation=canonical_activation(config.get("hidden_act", "gelu"), "hidden_act"),
         )
     pooling, normalize = _sentence_transformers_pooling(directory)

@@ -79,6 +79,11 @@ def config_float(
 MAX_NORM_EPS = 1.0
 
 
+def norm_eps(config: dict, key: str, default: float) -> float:
+    """A norm's epsilon: a finite number in (0, MAX_NORM_EPS]."""
+    return config_float(config, key, default, maximum=MAX_NORM_EPS)
+
+
 def config_bool(config: dict, key: str, default: bool) -> bool:
     value = config.get(key, default)
     if not isinstance(value, bool):

@@ -14,12 +14,11 @@ from canonical.errors import CheckpointError
 from canonical.gpt2 import GPT2Config
 from convert.activations import canonical_activation
 from convert.hf_common import (
-    MAX_NORM_EPS,
     CheckpointTensors,
     check_heads,
     config_bool,
-    config_float,
     config_int,
+    norm_eps,
     token_id,
 )
 from convert.weights import RawWeights
@@ -44,7 +43,7 @@ def read_config(config: dict, model_type: str = "gpt2", directory: Path | None =
         num_layers=config_int(config, "n_layer", 12),
         num_heads=heads,
         intermediate_size=4 * hidden if inner is None else config_int(config, "n_inner"),
-        layer_norm_eps=config_float(config, "layer_norm_epsilon", 1e-5, maximum=MAX_NORM_EPS),
+        layer_norm_eps=norm_eps(config, "layer_norm_epsilon", 1e-5),
         activation=canonical_activation(config.get("activation_function", "gelu_new"), "activation_function"),
         bos_token_id=token_id(config, "bos_token_id"),
         eos_token_id=token_id(config, "eos_token_id"),

@@ -20,12 +20,12 @@ from canonical.errors import CheckpointError
 from canonical.llama import Dialect, LlamaConfig
 from convert.activations import canonical_activation
 from convert.hf_common import (
-    MAX_NORM_EPS,
     CheckpointTensors,
     check_heads,
     config_bool,
     config_float,
     config_int,
+    norm_eps,
     token_ids,
 )
 from convert.weights import RawWeights
@@ -109,7 +109,7 @@ def read_config(config: dict, model_type: str, directory: Path) -> LlamaConfig:
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         intermediate_size=config_int(config, "intermediate_size", defaults["intermediate_size"]),
-        rms_norm_eps=config_float(config, "rms_norm_eps", 1e-6, maximum=MAX_NORM_EPS),
+        rms_norm_eps=norm_eps(config, "rms_norm_eps", 1e-6),
         **_rope_fields(config, max_positions),
         attention_bias=attention_bias,
         attention_out_bias=out_bias,

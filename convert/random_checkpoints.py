@@ -10,6 +10,12 @@ from typing import Any
 import torch
 
 
+def _random(config_class, defaults: dict[str, Any], overrides: dict[str, Any], seed: int):
+    """A transformers config of `defaults` with `overrides`, after seeding torch for the weights about to be made."""
+    torch.manual_seed(seed)
+    return config_class(**{**defaults, **overrides})
+
+
 def _save(model, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
@@ -23,19 +29,9 @@ def make_gpt2(directory: Path, seed: int = 0, lm_head: bool = True, **overrides)
     greedy decoding does not collapse onto near-ties or one repeated token."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
-    kwargs: dict[str, Any] = dict(
-        n_layer=2,
-        n_embd=64,
-        n_head=4,
-        vocab_size=211,
-        n_positions=160,
-        initializer_range=0.2,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    kwargs.update(overrides)
-    torch.manual_seed(seed)
-    config = GPT2Config(**kwargs)
+    defaults = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=211, n_positions=160, initializer_range=0.2,
+                    bos_token_id=0, eos_token_id=0)  # fmt: skip
+    config = _random(GPT2Config, defaults, overrides, seed)
     return _save((GPT2LMHeadModel if lm_head else GPT2Model)(config).eval(), directory)
 
 
@@ -51,17 +47,9 @@ def make_bert(directory: Path, seed: int = 0, head: str = "mlm", dialect: str = 
         return make_distilbert(directory, seed=seed, mlm=head == "mlm", **overrides)
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
-    kwargs: dict[str, Any] = dict(
-        num_hidden_layers=2,
-        hidden_size=64,
-        num_attention_heads=4,
-        intermediate_size=96,
-        vocab_size=197,
-        max_position_embeddings=160,
-    )
-    kwargs.update(overrides)
-    torch.manual_seed(seed)
-    config = BertConfig(**kwargs)
+    defaults = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=96, vocab_size=197,
+                    max_position_embeddings=160)  # fmt: skip
+    config = _random(BertConfig, defaults, overrides, seed)
     model = BertForMaskedLM(config) if head == "mlm" else BertModel(config, add_pooling_layer=True)
     return _save(model.eval(), directory)
 
@@ -69,12 +57,8 @@ def make_bert(directory: Path, seed: int = 0, head: str = "mlm", dialect: str = 
 def make_distilbert(directory: Path, seed: int = 0, mlm: bool = True, **overrides) -> Path:
     from transformers import DistilBertConfig, DistilBertForMaskedLM, DistilBertModel
 
-    kwargs: dict[str, Any] = dict(
-        n_layers=2, dim=64, n_heads=4, hidden_dim=96, vocab_size=197, max_position_embeddings=160
-    )
-    kwargs.update(overrides)
-    torch.manual_seed(seed)
-    config = DistilBertConfig(**kwargs)
+    defaults = dict(n_layers=2, dim=64, n_heads=4, hidden_dim=96, vocab_size=197, max_position_embeddings=160)
+    config = _random(DistilBertConfig, defaults, overrides, seed)
     return _save((DistilBertForMaskedLM if mlm else DistilBertModel)(config).eval(), directory)
 
 

@@ -15,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from canonical.attention import AttentionShape
 from canonical.cache import KVCacheProtocol
 from canonical.config import Activation, ModelConfig
 from canonical.errors import CheckpointError
@@ -30,39 +31,22 @@ DTYPES = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}
 
 
 class Attention(nn.Module):
-    """Multi-head attention over `(B, S, C)`; `(B, H, S, D)` inside.
+    """Multi-head attention over `(B, S, C)`; `(B, H, S, D)` inside, of the shape its config implies
+    (`canonical.attention.AttentionShape`): with grouped key/value heads the kernel shares each among H / G query
+    heads without repeating them. `rope_inv_freq`: the D/2 RoPE frequencies in radians per position (rotate-half
+    pairs `(i, i + D/2)`, as transformers' Llama), or None without RoPE."""
 
-    The defaults are GPT-2's and BERT's: as many key/value heads as heads, width `hidden // num_heads`,
-    biases on q, k, v and o, no RoPE. The Llama family sets the rest: `num_kv_heads` < `num_heads`
-    (grouped-query: the kernel shares each key/value head among `num_heads // num_kv_heads` query heads
-    without repeating them), its own `head_dim`, `qkv_bias` and `out_bias` apart, `qk_norm_eps` (an
-    RMSNorm over each head's queries and keys before RoPE, Qwen3) and `rope_inv_freq`, the D/2 RoPE
-    frequencies in radians per position (rotate-half pairs `(i, i + D/2)`, as transformers' Llama)."""
-
-    def __init__(
-        self,
-        hidden: int,
-        num_heads: int,
-        num_kv_heads: int | None = None,
-        head_dim: int | None = None,
-        qkv_bias: bool = True,
-        out_bias: bool = True,
-        qk_norm_eps: float | None = None,
-        rope_inv_freq: Sequence[float] | None = None,
-    ):
+    def __init__(self, shape: AttentionShape, rope_inv_freq: Sequence[float] | None = None):
         super().__init__()
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads or num_heads
-        self.head_dim = head_dim or hidden // num_heads
-        self.scale = self.head_dim**-0.5
-        q_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.q = nn.Linear(hidden, q_width, bias=qkv_bias)
-        self.k = nn.Linear(hidden, kv_width, bias=qkv_bias)
-        self.v = nn.Linear(hidden, kv_width, bias=qkv_bias)
-        self.o = nn.Linear(q_width, hidden, bias=out_bias)
-        if qk_norm_eps is not None:
-            self.q_norm = nn.RMSNorm(self.head_dim, eps=qk_norm_eps)
-            self.k_norm = nn.RMSNorm(self.head_dim, eps=qk_norm_eps)
+        self.num_heads, self.num_kv_heads, self.head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
+        self.scale = shape.scale
+        self.q = nn.Linear(shape.hidden, shape.q_width, bias=shape.qkv_bias)
+        self.k = nn.Linear(shape.hidden, shape.kv_width, bias=shape.qkv_bias)
+        self.v = nn.Linear(shape.hidden, shape.kv_width, bias=shape.qkv_bias)
+        self.o = nn.Linear(shape.q_width, shape.hidden, bias=shape.out_bias)
+        if shape.qk_norm_eps is not None:
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=shape.qk_norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=shape.qk_norm_eps)
         # mx.fast.rope's `freqs` are the reciprocals (positions per radian); the leading underscore keeps
         # them out of the parameters, so they are neither loaded nor cast nor quantized.
         self._rope_freqs = None if rope_inv_freq is None else mx.array([1.0 / f for f in rope_inv_freq])

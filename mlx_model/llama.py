@@ -21,16 +21,7 @@ class Block(nn.Module):
     def __init__(self, cfg: LlamaConfig, rope_inv_freq: list[float]):
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-        self.attn = Attention(
-            cfg.hidden_size,
-            cfg.num_heads,
-            num_kv_heads=cfg.num_kv_heads,
-            head_dim=cfg.head_dim,
-            qkv_bias=cfg.attention_bias,
-            out_bias=cfg.attention_out_bias,
-            qk_norm_eps=cfg.rms_norm_eps if cfg.qk_norm else None,
-            rope_inv_freq=rope_inv_freq,
-        )
+        self.attn = Attention(cfg.attention, rope_inv_freq)
         self.mlp_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation, bias=cfg.mlp_bias)
 

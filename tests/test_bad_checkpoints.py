@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
-from ondevice.cli import app
 from tests.checkpoints import make_llama
-from tests.test_bad_input import assert_one_line_error
-
-
-def run_cli(*args) -> object:
-    return CliRunner().invoke(app, [str(a) for a in args])
+from tests.cli import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")

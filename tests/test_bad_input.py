@@ -10,27 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 from canonical.errors import CheckpointError, InputError, OndeviceError
 from convert.checkpoint import load_checkpoint
-from ondevice.cli import app
-
-
-def run_cli(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+from tests.cli import assert_one_line_error, run_cli
 
 
 @pytest.fixture
@@ -142,15 +125,23 @@ def test_invalid_config_values(gpt2_copy):
     assert_one_line_error(run_cli("verify", str(gpt2_copy)), "config.json", "not valid JSON")
 
 
-def test_pickled_code_in_pytorch_model_bin_is_refused(tmp_path, bert_dir):
-    class Payload:
-        def __reduce__(self):
-            return (print, ("this must never run",))
+class _Payload:
+    """Pickled as a call of `print`: what a malicious pytorch_model.bin holds (code, run as it is unpickled)."""
 
-    directory = Path(shutil.copytree(bert_dir, tmp_path / "evil"))
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def _pickled_code_checkpoint(source: Path, tmp_path: Path) -> Path:
+    directory = Path(shutil.copytree(source, tmp_path / "evil"))
     (directory / "model.safetensors").unlink()
     with open(directory / "pytorch_model.bin", "wb") as f:
-        pickle.dump({"weights": Payload()}, f)
+        pickle.dump({"weights": _Payload()}, f)
+    return directory
+
+
+def test_pickled_code_in_pytorch_model_bin_is_refused(tmp_path, bert_dir):
+    directory = _pickled_code_checkpoint(bert_dir, tmp_path)
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: not a readable PyTorch weights file"):
         load_checkpoint(directory)
 
@@ -312,14 +303,7 @@ def test_a_full_disk_while_writing_gets_one_line_and_leaves_nothing(gpt2_dir, tm
 
 
 def test_pickle_refusal_does_not_advise_running_the_pickle(tmp_path, bert_dir):
-    class Payload:
-        def __reduce__(self):
-            return (print, ("this must never run",))
-
-    directory = Path(shutil.copytree(bert_dir, tmp_path / "evil"))
-    (directory / "model.safetensors").unlink()
-    with open(directory / "pytorch_model.bin", "wb") as f:
-        pickle.dump({"weights": Payload()}, f)
+    directory = _pickled_code_checkpoint(bert_dir, tmp_path)
     line = assert_one_line_error(run_cli("verify", str(directory)), "pytorch_model.bin", "could run code")
     assert "weights_only" not in line and "this must never run" not in line
 

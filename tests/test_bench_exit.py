@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ondevice.bench.run import failed_models
 from ondevice.cli import app
-from tests.test_bad_input import assert_one_line_error
+from tests.cli import assert_one_line_error
 
 
 def _record(model: str, status: str, reason: str | None = None) -> dict:

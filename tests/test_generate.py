@@ -11,23 +11,11 @@ from canonical.errors import ConversionError, InputError
 from convert.checkpoint import load_checkpoint
 from convert.mlx_export import export_mlx
 from ondevice.backends.mlx import load
-from ondevice.cli import app
 from ondevice.generate import Sampling, generate, sample
 from ondevice.runtime import greedy_tokens
+from tests.cli import assert_one_line_error, run_cli
 
 runner = CliRunner()
-
-
-def _run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_greedy_generation_is_greedy_tokens_on_both_backends(gpt2_dir):
@@ -60,7 +48,7 @@ def test_generate_stops_at_a_stop_token(gpt2_dir):
 
 
 def test_cli_generate_streams_ids_and_text(gpt2_dir, tmp_path):
-    result = _run("generate", gpt2_dir, "--ids", "5, 17 42", "--max-tokens", "20", "--ignore-eos")
+    result = run_cli("generate", gpt2_dir, "--ids", "5, 17 42", "--max-tokens", "20", "--ignore-eos")
     assert result.exit_code == 0, result.output
     expected = greedy_tokens(load(load_checkpoint(gpt2_dir)), [5, 17, 42], 20)
     assert result.stdout.split() == [str(t) for t in expected]
@@ -73,15 +61,15 @@ def test_cli_generate_streams_ids_and_text(gpt2_dir, tmp_path):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     out = export_mlx(gpt2_dir, tmp_path / "mlx", dtype="fp32", progress=False)
     tok.save(str(out / "tokenizer.json"))
-    result = _run("generate", out, "the quick fox", "--max-tokens", "8", "--ignore-eos")
+    result = run_cli("generate", out, "the quick fox", "--max-tokens", "8", "--ignore-eos")
     assert result.exit_code == 0, result.output
     expected = greedy_tokens(load(load_checkpoint(gpt2_dir)), [1, 2, 4], 8)
     assert result.stdout.split() == [words[t] for t in expected]
-    sampled = _run("generate", out, "the quick fox", "--max-tokens", "8", "--temperature", "0.8", "--seed", "1")
+    sampled = run_cli("generate", out, "the quick fox", "--max-tokens", "8", "--temperature", "0.8", "--seed", "1")
     assert (
         sampled.exit_code == 0
         and sampled.stdout
-        == _run("generate", out, "the quick fox", "--max-tokens", "8", "--temperature", "0.8", "--seed", "1").stdout
+        == run_cli("generate", out, "the quick fox", "--max-tokens", "8", "--temperature", "0.8", "--seed", "1").stdout
     )  # a seed repeats a sampled run
 
 
@@ -103,13 +91,13 @@ def test_cli_generate_streams_ids_and_text(gpt2_dir, tmp_path):
     ],
 )
 def test_generate_bad_input(gpt2_dir, args, message):
-    _one_line_error(_run("generate", gpt2_dir, *args), message)
+    assert_one_line_error(run_cli("generate", gpt2_dir, *args), message)
 
 
 def test_generate_refuses_encoders_and_mlx_dirs_on_other_backends(bert_dir, gpt2_dir, tmp_path):
-    _one_line_error(_run("generate", bert_dir, "--ids", "1"), "encoder cannot generate")
+    assert_one_line_error(run_cli("generate", bert_dir, "--ids", "1"), "encoder cannot generate")
     out = export_mlx(gpt2_dir, tmp_path / "mlx", progress=False)
-    _one_line_error(_run("generate", out, "--ids", "1", "--backend", "torch-ane"), "runs on --backend mlx")
+    assert_one_line_error(run_cli("generate", out, "--ids", "1", "--backend", "torch-ane"), "runs on --backend mlx")
 
 
 def test_library_errors_are_typed(gpt2_dir, tmp_path):

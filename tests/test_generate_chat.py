@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from convert.checkpoint import load_checkpoint
 from ondevice.backends import load_backend
-from ondevice.cli import app
 from ondevice.generate import generate
 from ondevice.runtime import greedy_tokens
+from tests.cli import assert_one_line_error, run_cli
 from tests.tiny_tokenizer import write_tokenizer
 
 runner = CliRunner()
@@ -23,22 +23,9 @@ LLAMA = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_
 SYSTEM, USER = "answer with a short reply", "the quick brown fox"
 
 
-def _run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
 def _ok(result) -> str:
     assert result.exit_code == 0, result.output
     return result.stdout
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -81,31 +68,33 @@ def test_chat_formats_the_prompt_with_the_template_and_a_system_message(chat_dir
     assert prompt[0] == 1 and prompt.count(2) == 2  # <s> and two </s> were read as the special tokens
     lm = load_backend(backend, load_checkpoint(chat_dir))
     expected = list(generate(lm, prompt, 12, stop=lm.config.eos_token_ids))
-    out = _ok(_run("generate", chat_dir, USER, "--chat", "--system", SYSTEM, "--max-tokens", 12, "--backend", backend))
+    out = _ok(
+        run_cli("generate", chat_dir, USER, "--chat", "--system", SYSTEM, "--max-tokens", 12, "--backend", backend)
+    )
     assert out.rstrip("\n") == tokenizer.decode(expected, skip_special_tokens=True)
     # without --system: one user turn
     prompt = tokenizer.encode(f"<s>user: {USER}</s>assistant:", add_special_tokens=False)
     expected = list(generate(lm, prompt, 12, stop=lm.config.eos_token_ids))
-    out = _ok(_run("generate", chat_dir, USER, "--chat", "--max-tokens", 12, "--backend", backend))
+    out = _ok(run_cli("generate", chat_dir, USER, "--chat", "--max-tokens", 12, "--backend", backend))
     assert out.rstrip("\n") == tokenizer.decode(expected, skip_special_tokens=True)
 
 
 def test_chat_on_an_mlx_export_uses_the_template_it_carries(chat_dir, tmp_path):
     export = tmp_path / "mlx"
-    _ok(_run("convert", chat_dir, "--to", "mlx", "--out", export, "--dtype", "fp32"))
+    _ok(run_cli("convert", chat_dir, "--to", "mlx", "--out", export, "--dtype", "fp32"))
     assert (export / "chat_template.jinja").is_file()
     args = (USER, "--chat", "--system", SYSTEM, "--max-tokens", 10)
-    assert _ok(_run("generate", export, *args)) == _ok(_run("generate", chat_dir, *args))
+    assert _ok(run_cli("generate", export, *args)) == _ok(run_cli("generate", chat_dir, *args))
 
 
 def test_chat_is_refused_without_a_template_and_system_without_chat(chat_dir, tmp_path):
     plain = tmp_path / "plain"
     shutil.copytree(chat_dir, plain)
     (plain / "chat_template.jinja").unlink()
-    _one_line_error(_run("generate", plain, USER, "--chat"), "no chat template", "drop --chat")
-    assert _ok(_run("generate", plain, USER, "--max-tokens", 3))  # plain continuation still works
-    _one_line_error(_run("generate", chat_dir, USER, "--system", SYSTEM), "--system", "add --chat")
-    _one_line_error(_run("generate", chat_dir, "--ids", "1 2", "--chat"), "--chat", "not --ids")
+    assert_one_line_error(run_cli("generate", plain, USER, "--chat"), "no chat template", "drop --chat")
+    assert _ok(run_cli("generate", plain, USER, "--max-tokens", 3))  # plain continuation still works
+    assert_one_line_error(run_cli("generate", chat_dir, USER, "--system", SYSTEM), "--system", "add --chat")
+    assert_one_line_error(run_cli("generate", chat_dir, "--ids", "1 2", "--chat"), "--chat", "not --ids")
 
 
 # --- end-of-sequence ids ----------------------------------------------------------------------------
@@ -114,7 +103,7 @@ def test_chat_is_refused_without_a_template_and_system_without_chat(chat_dir, tm
 @pytest.fixture(scope="module")
 def free_run(chat_dir):
     """Greedy tokens after a prompt, ignoring every end-of-sequence id, and an id that never comes."""
-    ids = _ok(_run("generate", chat_dir, "--ids", "5 9 11", "--max-tokens", 24, "--ignore-eos")).split()
+    ids = _ok(run_cli("generate", chat_dir, "--ids", "5 9 11", "--max-tokens", 24, "--ignore-eos")).split()
     tokens = [int(t) for t in ids]
     assert len(set(tokens)) > 6, tokens  # a real continuation
     unused = next(t for t in range(3, 211) if t not in tokens)
@@ -134,14 +123,14 @@ def test_generation_stops_at_every_declared_eos_id(chat_dir, free_run, tmp_path,
     listed = [hit, unused] if place == "first" else [unused, hit]
     (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": listed}))
     assert load_checkpoint(directory).config.eos_token_ids == (2, *listed)
-    out = _ok(_run("generate", directory, "--ids", "5 9 11", "--max-tokens", 24, "--backend", backend))
+    out = _ok(run_cli("generate", directory, "--ids", "5 9 11", "--max-tokens", 24, "--backend", backend))
     assert [int(t) for t in out.split()] == tokens[: k + 1]
     if backend == "mlx":  # an MLX export keeps every id, for our runtime and for mlx-lm
         import mlx_lm
 
         export = tmp_path / "mlx"
-        _ok(_run("convert", directory, "--to", "mlx", "--out", export, "--dtype", "fp32"))
-        out = _ok(_run("generate", export, "--ids", "5 9 11", "--max-tokens", 24))
+        _ok(run_cli("convert", directory, "--to", "mlx", "--out", export, "--dtype", "fp32"))
+        out = _ok(run_cli("generate", export, "--ids", "5 9 11", "--max-tokens", 24))
         assert [int(t) for t in out.split()] == tokens[: k + 1]
         assert json.loads((export / "config.json").read_text())["eos_token_id"] == [2, *listed]
         assert set(mlx_lm.load(str(export))[1].eos_token_ids) == {2, *listed}
@@ -179,23 +168,23 @@ def test_generate_runs_a_core_ml_package(package):
     ckpt = load_checkpoint(checkpoint)
     expected = greedy_tokens(load_backend("torch-ane", ckpt), [5, 17, 42], 12)
     for backend in ([], ["--backend", "coreml"]):  # a package picks the coreml backend by itself
-        out = _ok(_run("generate", path, "--ids", "5, 17 42", "--max-tokens", 12, "--ignore-eos", *backend))
+        out = _ok(run_cli("generate", path, "--ids", "5, 17 42", "--max-tokens", 12, "--ignore-eos", *backend))
         assert [int(t) for t in out.split()] == expected
     # a text prompt, through the tokenizer inside the package
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     prompt = tokenizer.encode("the quick brown fox")
     expected = greedy_tokens(load_backend("torch-ane", ckpt), prompt, 10)
-    out = _ok(_run("generate", path, "the quick brown fox", "--max-tokens", 10, "--ignore-eos"))
+    out = _ok(run_cli("generate", path, "the quick brown fox", "--max-tokens", 10, "--ignore-eos"))
     assert out.rstrip("\n") == tokenizer.decode(expected, skip_special_tokens=True)
 
 
 def test_core_ml_package_refusals(package):
     checkpoint, path = package
-    _one_line_error(_run("generate", path, "--ids", "1", "--backend", "mlx"), "runs on --backend coreml")
-    _one_line_error(_run("generate", path, "--ids", "1", "--dtype", "fp16"), "--dtype does not apply")
-    _one_line_error(_run("generate", checkpoint, "--ids", "1", "--backend", "coreml"), "give a PATH.mlpackage")
-    _one_line_error(_run("generate", path, "--ids", "1 2 3", "--max-tokens", 31), "the model holds 32")
-    _one_line_error(_run("generate", path, "hello", "--chat"), "no chat template")
+    assert_one_line_error(run_cli("generate", path, "--ids", "1", "--backend", "mlx"), "runs on --backend coreml")
+    assert_one_line_error(run_cli("generate", path, "--ids", "1", "--dtype", "fp16"), "--dtype does not apply")
+    assert_one_line_error(run_cli("generate", checkpoint, "--ids", "1", "--backend", "coreml"), "give a PATH.mlpackage")
+    assert_one_line_error(run_cli("generate", path, "--ids", "1 2 3", "--max-tokens", 31), "the model holds 32")
+    assert_one_line_error(run_cli("generate", path, "hello", "--chat"), "no chat template")
 
 
 # --- options refused in one line --------------------------------------------------------------------
@@ -223,7 +212,7 @@ def test_core_ml_package_refusals(package):
     ],
 )
 def test_bad_generation_options_are_refused_in_one_line(chat_dir, args, message):
-    _one_line_error(_run("generate", chat_dir, "--ids", "1 2", *args), message)
+    assert_one_line_error(run_cli("generate", chat_dir, "--ids", "1 2", *args), message)
 
 
 @pytest.mark.parametrize(
@@ -242,7 +231,7 @@ def test_a_broken_chat_template_is_named(chat_dir, tmp_path, template, message):
     settings["chat_template"] = template
     path.write_text(json.dumps(settings))
     (directory / "chat_template.jinja").unlink(missing_ok=True)
-    _one_line_error(_run("generate", directory, USER, "--chat", "--backend", "torch-ane"), message)
+    assert_one_line_error(run_cli("generate", directory, USER, "--chat", "--backend", "torch-ane"), message)
 
 
 def test_another_models_tokenizer_is_refused(chat_dir, tmp_path):
@@ -253,24 +242,26 @@ def test_another_models_tokenizer_is_refused(chat_dir, tmp_path):
     directory = shutil.copytree(chat_dir, tmp_path / "foreign")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(keyboard_gpt2_path() / name, directory / name)
-    _one_line_error(
-        _run("generate", directory, USER, "--backend", "torch-ane"),
+    assert_one_line_error(
+        run_cli("generate", directory, USER, "--backend", "torch-ane"),
         "the tokenizer has 8,192 tokens, more than the model's vocabulary of 211",
     )
-    _one_line_error(_run("predict", "hello ", "--model", directory), "8,192 tokens", "another model's tokenizer")
+    assert_one_line_error(
+        run_cli("predict", "hello ", "--model", directory), "8,192 tokens", "another model's tokenizer"
+    )
 
 
 def test_text_that_is_not_utf8_is_refused_in_one_line(chat_dir):
     """The shell hands bytes that are not UTF-8 to Python as lone surrogates; they are named, not a traceback."""
-    _one_line_error(
-        _run("generate", chat_dir, "\udcff\udcfe abc", "--backend", "torch-ane"),
+    assert_one_line_error(
+        run_cli("generate", chat_dir, "\udcff\udcfe abc", "--backend", "torch-ane"),
         "PROMPT is not valid UTF-8 text (byte 0xff at character 0)",
     )
-    _one_line_error(
-        _run("generate", chat_dir, "hi", "--chat", "--system", "ok \udcc3", "--backend", "torch-ane"),
+    assert_one_line_error(
+        run_cli("generate", chat_dir, "hi", "--chat", "--system", "ok \udcc3", "--backend", "torch-ane"),
         "--system is not valid UTF-8 text (byte 0xc3 at character 3)",
     )
-    _one_line_error(_run("predict", "\udcff\udcfe hello ", "--model", chat_dir), "TEXT is not valid UTF-8")
+    assert_one_line_error(run_cli("predict", "\udcff\udcfe hello ", "--model", chat_dir), "TEXT is not valid UTF-8")
 
 
 def test_running_a_package_prints_only_our_own_lines(package):

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ondevice.cli import app
+from tests.cli import assert_one_line_error
 from tests.keyboard_fixtures import SENTENCES, make_keyboard_checkpoint
-from tests.test_bad_input import assert_one_line_error
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from convert.coreml import CoreMLOptions, convert_to_coreml
 from ondevice.cli import app
 from ondevice.keyboard import Predictor
+from tests.cli import assert_one_line_error
 from tests.keyboard_fixtures import make_keyboard_checkpoint
-from tests.test_bad_input import assert_one_line_error
 
 
 @pytest.fixture(scope="module")

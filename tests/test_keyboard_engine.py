@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +10,7 @@ from hypothesis import strategies as st
 
 from ondevice.keyboard import Predictor
 from ondevice.keyboard.words import WORD, split_partial
-from tests.keyboard_fixtures import SENTENCES, make_keyboard_checkpoint
+from tests.keyboard_fixtures import SENTENCES, brute_force, make_keyboard_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -26,39 +23,6 @@ def reference_model(keyboard_dir):
     from transformers import GPT2LMHeadModel
 
     return GPT2LMHeadModel.from_pretrained(keyboard_dir, dtype=torch.float32).eval()
-
-
-def brute_force(predictor: Predictor, reference, text: str, max_tokens: int, k: int) -> list[tuple[str, float]]:
-    """Score every word of up to `max_tokens` tokens by its full-context probability under the transformers
-    model (no cache, no beam): P(tokens) x P(the next token ends the word), summed over spellings."""
-    context, partial, bare = split_partial(text)
-    classes = predictor.classes
-    ctx = predictor.context.token_ids(context)
-    starts = np.flatnonzero(classes.starts_bare if bare else classes.starts_word)
-    conts = np.flatnonzero(classes.continues_word)
-    boundary = torch.from_numpy(~classes.continues_word)
-    words: dict[str, list] = {}
-    for length in range(1, max_tokens + 1):
-        sequences = []
-        for seq in itertools.product(starts, *([conts] * (length - 1))):
-            word = "".join(classes.strings[t] for t in seq)[0 if bare else 1 :]
-            if word.lower().startswith(partial.lower()):
-                sequences.append((seq, word))
-        for chunk in range(0, len(sequences), 4096):
-            batch = sequences[chunk : chunk + 4096]
-            ids = torch.tensor([ctx + [int(t) for t in seq] for seq, _ in batch])
-            with torch.no_grad():
-                logprobs = reference(ids).logits.double().log_softmax(-1)
-            n = len(ctx)
-            for row, (seq, word) in enumerate(batch):
-                lp = sum(logprobs[row, n - 1 + i, t].item() for i, t in enumerate(seq))
-                lp += torch.logsumexp(logprobs[row, -1][boundary], 0).item()
-                entry = words.setdefault(word.lower(), [0.0, word, 0.0])
-                entry[0] += math.exp(lp)
-                if math.exp(lp) > entry[2]:
-                    entry[1:] = [word, math.exp(lp)]
-    ranked = sorted(words.values(), key=lambda v: v[0], reverse=True)[:k]
-    return [(w, p) for p, w, _ in ranked]
 
 
 CASES = ["", "The ", "The quick brown ", "A keyboard sug", "They thought the th", "(ty", "We don't kno"]

@@ -9,8 +9,6 @@ family's prefill-and-trim fallback), on MLX and on a Core ML package."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -19,7 +17,7 @@ from hypothesis import strategies as st
 
 from ondevice.keyboard import Predictor
 from ondevice.keyboard.words import WORD, WordStarts, split_partial
-from tests.keyboard_fixtures import TOKENIZER_STYLES, keyboard_dialects, make_family_keyboard_checkpoint
+from tests.keyboard_fixtures import TOKENIZER_STYLES, brute_force, keyboard_dialects, make_family_keyboard_checkpoint
 
 DIALECTS = keyboard_dialects()  # every registered causal family, each Llama dialect
 CASES = ["", "The ", "The object is ", "A pointer to the bu", "(se", "We don't kno", "Return the ref"]
@@ -48,50 +46,6 @@ def reference(directory):
     if directory not in _REFERENCES:
         _REFERENCES[directory] = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     return _REFERENCES[directory]
-
-
-def brute_force(predictor: Predictor, model, text: str, max_tokens: int, k: int) -> list[tuple[str, float]]:
-    """Every spelling of up to `max_tokens` tokens that agrees with the typed letters, scored by the transformers
-    model on the full context (no cache, no beam, no pruning by probability): P(tokens) x P(the next token ends
-    the word), summed over the spellings of a word. The enumeration only skips spellings whose letters
-    contradict what was typed."""
-    context, partial, bare = split_partial(text)
-    classes = predictor.classes
-    bare = classes.first_word_is_bare(context, bare)
-    ctx = predictor.context.token_ids(context)
-    first = np.flatnonzero(classes.starts_bare if bare else classes.starts_word)
-    conts = np.flatnonzero(classes.continues_word)
-    want = partial.lower()
-
-    def agrees(word: str) -> bool:
-        return word.lower().startswith(want) or want.startswith(word.lower())
-
-    spellings: list[tuple[tuple[int, ...], str]] = []
-    frontier = [((int(t),), classes.strings[t][0 if bare else 1 :]) for t in first]
-    for depth in range(max_tokens):
-        frontier = [(seq, word) for seq, word in frontier if agrees(word)]
-        spellings += [(seq, word) for seq, word in frontier if word.lower().startswith(want)]
-        if depth + 1 < max_tokens:
-            frontier = [((*seq, int(t)), word + classes.strings[t]) for seq, word in frontier for t in conts]
-    boundary = torch.from_numpy(~classes.continues_word)
-    words: dict[str, list] = {}
-    for length in range(1, max_tokens + 1):
-        batch_all = [(seq, word) for seq, word in spellings if len(seq) == length]
-        for chunk in range(0, len(batch_all), 2048):
-            batch = batch_all[chunk : chunk + 2048]
-            ids = torch.tensor([ctx + list(seq) for seq, _ in batch])
-            with torch.no_grad():
-                logprobs = model(ids).logits.double().log_softmax(-1)
-            n = len(ctx)
-            for row, (seq, word) in enumerate(batch):
-                lp = sum(logprobs[row, n - 1 + i, t].item() for i, t in enumerate(seq))
-                lp += torch.logsumexp(logprobs[row, -1][boundary], 0).item()
-                entry = words.setdefault(word.lower(), [0.0, word, 0.0])
-                entry[0] += math.exp(lp)
-                if math.exp(lp) > entry[2]:
-                    entry[1:] = [word, math.exp(lp)]
-    ranked = sorted(words.values(), key=lambda v: v[0], reverse=True)[:k]
-    return [(w, p) for p, w, _ in ranked]
 
 
 def _word_tokens(batched: bool, text: str, style: str) -> int:

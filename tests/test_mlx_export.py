@@ -19,10 +19,10 @@ from convert.mlx_checkpoint import load_mlx_checkpoint
 from convert.mlx_export import export_mlx
 from convert.registry import mlx_lm_of
 from ondevice.backends.mlx import load
-from ondevice.cli import app
 from ondevice.parity import TOLERANCES, compare
 from ondevice.reference import load_reference
 from ondevice.runtime import greedy_tokens
+from tests.cli import assert_one_line_error, run_cli
 from tests.encoders import compare_encoders, encoder_inputs
 from tests.families import MLX_EXPORT, cases, ids, make
 
@@ -31,18 +31,6 @@ GROUP = 32
 runner = CliRunner()
 EXPORTED = cases(MLX_EXPORT, needs="mlx_model")
 MLX_LM = [case for case in EXPORTED if case.registry_entry.mlx_lm is not None and case.is_causal]
-
-
-def _run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 class Exported:
@@ -57,7 +45,7 @@ class Exported:
         if (bits, dtype) not in self.exports:
             out = self.root / f"mlx-{dtype}-q{bits}"
             quantize = ["--quantize", bits, "--group-size", GROUP] if bits else []
-            result = _run("convert", self.checkpoint, "--to", "mlx", "--out", out, "--dtype", dtype, *quantize)
+            result = run_cli("convert", self.checkpoint, "--to", "mlx", "--out", out, "--dtype", dtype, *quantize)
             assert result.exit_code == 0, result.output
             self.exports[(bits, dtype)] = out
         return self.exports[(bits, dtype)]
@@ -122,7 +110,7 @@ def test_verify_the_export_against_its_checkpoint_passes(exported, dtype):
     """Lossless formats, whose greedy tokens must match too. (Quantized exports of these deliberately sharp random
     models are measured in tests/test_parity_mlx.py: their q8 error is past verify's q8 bound, which was measured
     on milder models.)"""
-    result = _run("verify", exported.export(None, dtype), "--reference", exported.checkpoint, "--seq-len", 48)
+    result = run_cli("verify", exported.export(None, dtype), "--reference", exported.checkpoint, "--seq-len", 48)
     assert result.exit_code == 0, result.output
     assert f"mlx export {dtype}" in result.output and "PASS" in result.output
     if exported.ckpt.config.is_causal:
@@ -130,7 +118,7 @@ def test_verify_the_export_against_its_checkpoint_passes(exported, dtype):
 
 
 def test_verify_the_checkpoint_on_the_mlx_backend_passes(exported):
-    result = _run("verify", exported.checkpoint, "--backend", "mlx", "--seq-len", 48)
+    result = run_cli("verify", exported.checkpoint, "--backend", "mlx", "--seq-len", 48)
     assert result.exit_code == 0, result.output
     assert "mlx fp32" in result.output and "PASS" in result.output
 
@@ -191,12 +179,14 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(gpt2_dir, tmp_p
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     for overwrite in ((), ("--overwrite",)):  # with or without it: --overwrite would not replace it either
-        _one_line_error(_run("convert", gpt2_dir, "--to", "mlx", "--out", out, *overwrite), "not written by ondevice")
+        assert_one_line_error(
+            run_cli("convert", gpt2_dir, "--to", "mlx", "--out", out, *overwrite), "not written by ondevice"
+        )
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()
-    _one_line_error(_run("convert", gpt2_dir, "--to", "mlx", "--out", out), "already exists", "--overwrite")
-    assert _run("convert", gpt2_dir, "--to", "mlx", "--out", out, "--overwrite").exit_code == 0  # an empty folder
-    assert _run("convert", gpt2_dir, "--to", "mlx", "--out", out, "--overwrite").exit_code == 0  # an earlier export
+    assert_one_line_error(run_cli("convert", gpt2_dir, "--to", "mlx", "--out", out), "already exists", "--overwrite")
+    assert run_cli("convert", gpt2_dir, "--to", "mlx", "--out", out, "--overwrite").exit_code == 0  # an empty folder
+    assert run_cli("convert", gpt2_dir, "--to", "mlx", "--out", out, "--overwrite").exit_code == 0  # an earlier export
     assert (out / "model.safetensors").is_file()
 
 
@@ -220,7 +210,7 @@ def test_a_failed_export_leaves_nothing(gpt2_dir, tmp_path, monkeypatch):
     ],
 )
 def test_convert_bad_options(gpt2_dir, tmp_path, options, message):
-    _one_line_error(_run("convert", gpt2_dir, "--to", "mlx", "--out", tmp_path / "o", *options), message)
+    assert_one_line_error(run_cli("convert", gpt2_dir, "--to", "mlx", "--out", tmp_path / "o", *options), message)
     assert not (tmp_path / "o").exists()
 
 

@@ -18,17 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from convert.atomic import MARKER, OWNER, atomic_output, remove_stale_staging
-from ondevice.cli import app
-from tests.test_bad_input import assert_one_line_error
+from tests.cli import assert_one_line_error, run_cli
 
 KINDS = ("mlx", "coreml")
-
-
-def run_cli(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def snapshot(root: Path) -> dict[str, bytes | str]:
