@@ -6,10 +6,8 @@ output channel add up in whatever direction they fall. GPTQ rounds a layer's inp
 time and moves each rounding error onto the channels not yet rounded, weighted by the inverse of the
 Hessian of that layer's outputs on real text; it then feeds the quantized layer's outputs to the next
 one. Same grid, same size (uint4 with a scale and zero point per block of 32 input channels), better
-weights. On the bundled keyboard model (tests/test_coreml_four_bit.py) it kept 91-93 of 96 greedy
-decisions over three calibration seeds (min logit cosine >= 0.99974), where rounding keeps 89
-(0.99949); over every position of the held-out text, it changes about 3.2% of top-1 predictions where
-rounding changes 4.8%, at 2.3x lower KL divergence from the unquantized model.
+weights: on the bundled keyboard model it keeps more of the reference's greedy decisions than rounding
+does (the figures, and how they were measured: docs/measurements.md).
 
 How the result reaches Core ML: coremltools' GPTQ leaves each quantized conv with on-grid weights and
 its compression metadata (buffers named `_COREML_/weight/...`); `ct.convert` reads them from the

@@ -3,18 +3,14 @@
 The 4-bit schemes compress the transformer layers to 4 bits and keep the vocabulary tables (token and
 position embeddings, the output head and its chunks) at 8-bit (int4) or a 6-bit table (palettize4):
 every logit is one row of the head, so 4-bit error there lands on the logits undamped (the same trade
-as llama.cpp's Q4_K_M keeping its output at 6 bits). On the trained keyboard model, 96 teacher-forced
-greedy steps of held-out text (tests/test_coreml_four_bit.py): int4 everywhere kept 87/96 decisions
-(logit cosine 0.99879), with 8-bit tables 93/96 (0.99969); palettize4 85/96, with 6-bit tables 90/96.
-That was the first bundled model; on the longer-trained one, int4 with a zero point per block
-(`linear`, 89/96, cosine 0.99948) beats the symmetric scale (86/96, 0.99929); blocks of 16 did not
-help further. The decisions 4-bit still changes are near-ties of the reference (top-two logit margins
-up to 0.17 for int4): models this small have few redundant weights.
+as llama.cpp's Q4_K_M keeping its output at 6 bits). int4 takes a zero point per block of 32: on the
+trained keyboard model a symmetric scale kept fewer greedy decisions and smaller blocks no more (the figures of
+each choice: docs/measurements.md).
 
 Each scheme is deterministic (k-means palettization seeds scikit-learn's KMeans with 0), so the
 prefill and decode functions of one package compress to identical constants and still share them. Their
 weights are the same, so k-means clusters each weight group once (`KMeansOnce`) for all the functions: it is
-most of a palettized conversion's time (half of the bundled keyboard model's palettize4 conversion)."""
+the slow part of a palettized conversion (docs/measurements.md)."""
 
 from __future__ import annotations
 

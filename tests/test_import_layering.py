@@ -1,5 +1,5 @@
 """The layers point down only: no import cycle between modules or top-level packages (importlib strings
-counted), and each top-level package imports only the packages below it. The picture (README, "Layout"):
+counted), and each top-level package imports only the packages below it. The picture (docs/architecture.md):
 
     canonical, bundled_models                      configs, errors, cache protocol; bundled data
     ane_model, mlx_model, coreml_runtime          the models; running a written Core ML package
