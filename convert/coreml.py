@@ -21,8 +21,10 @@ from canonical.errors import ConversionError
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
 from convert.coreml_compress import COMPRESSIONS, compress_functions
+from convert.coreml_fast import faster_conversion, finish_program, save_functions, save_program
 from convert.coreml_modules import CausalLMWithIOCache, CausalLMWithState, EncoderForExport, cache_shape
 from convert.coreml_package import write_package_extras
+from convert.coreml_parallel import ForkedConversion, save_and_discard, why_not_parallel
 from convert.registry import build_ane_model
 from coreml_runtime.interface import (
     ATTENTION_MASK,
@@ -54,6 +56,9 @@ class CoreMLOptions:
     compress: str = "none"
     calibration_text: Path | None = None  # int4, causal LMs: GPTQ on this text (the training text, not evaluation text)
     allow_large: bool = False  # write an iOS package whose weights exceed IOS_WEIGHT_LIMIT anyway
+    # causal LMs, iOS 18+: convert prefill and decode in two processes where that is safe and pays
+    # (convert/coreml_parallel.py); the package is the same either way
+    parallel: bool = False
 
 
 TARGET_NAMES = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
@@ -227,40 +232,54 @@ def convert_to_coreml(
     stages += ["compress"] * (options.compress != "none") + ["write package", "metadata + tokenizer"]
     bar = tqdm(total=len(stages), desc="coreml", unit="stage", disable=not progress)
     try:
-        with atomic_output(out, overwrite=overwrite) as work, tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            functions = _convert_causal(ckpt, plan, bar) if causal else {"main": _convert_encoder(ckpt, plan, bar)}
+        with (
+            atomic_output(out, overwrite=overwrite) as work,
+            tempfile.TemporaryDirectory(dir=out.parent) as tmp,
+            faster_conversion() as fast,
+        ):
+            if causal:
+                functions = _convert_causal(ckpt, plan, bar, Path(tmp), fast)
+            else:
+                functions = {"main": _convert_encoder(ckpt, plan, bar)}
             if options.compress != "none":
                 bar.set_postfix_str(f"compress {options.compress}")
                 functions = compress_functions(functions, options.compress, plan.target)
                 bar.update()
             bar.set_postfix_str("write package")
-            _save(functions, work, Path(tmp))
+            _save(functions, work, Path(tmp), plan.target, fast)
             bar.update()
             bar.set_postfix_str("metadata + tokenizer")
-            write_package_extras(work, ckpt, plan, _interface(functions))
+            write_package_extras(work, ckpt, plan, _interface(work))
             bar.update()
     finally:
         bar.close()
     return out
 
 
-def _interface(functions: dict) -> dict[str, dict[str, list[str]]]:
-    result = {}
-    for name, model in functions.items():
-        desc = model.get_spec().description
-        result[name] = {
-            "inputs": [f.name for f in desc.input],
-            "outputs": [f.name for f in desc.output],
-            "states": [f.name for f in desc.state],
+def _interface(package: Path) -> dict[str, dict[str, list[str]]]:
+    """Each function's input, output and state names, as the written package describes them."""
+    from coremltools.models.utils import load_spec
+
+    description = load_spec(str(package)).description
+    functions = description.functions or [description]  # a one-function package describes `main` at the top
+    return {
+        getattr(function, "name", "") or "main": {
+            "inputs": [f.name for f in function.input],
+            "outputs": [f.name for f in function.output],
+            "states": [f.name for f in function.state],
         }
-    return result
+        for function in functions
+    }
 
 
-def _save(functions: dict, work: Path, tmp: Path) -> None:
+def _save(functions: dict, work: Path, tmp: Path, target, fast: bool = False) -> None:
     import coremltools as ct
 
     if list(functions) == ["main"]:
         functions["main"].save(str(work))
+        return
+    if fast:  # the programs merged in memory (convert/coreml_fast.py)
+        save_functions(functions, work, target)
         return
     desc = ct.utils.MultiFunctionDescriptor()
     for name, model in functions.items():
@@ -283,14 +302,18 @@ def _float(dtype: str):
 
 
 def _export(module: torch.nn.Module, args: tuple, dynamic_shapes=None):
-    try:
-        exported = torch.export.export(module.eval(), args, dynamic_shapes=dynamic_shapes, strict=False)
-    except Exception as exc:  # torch raises many types here; the message is what matters
-        raise ConversionError(f"torch.export failed: {str(exc).splitlines()[0]}") from exc
-    return exported.run_decompositions({})  # coremltools needs the ATen-level graph
+    # no_grad: the same graph, traced without autograd's bookkeeping (~10% of the export's time)
+    with torch.no_grad():
+        try:
+            exported = torch.export.export(module.eval(), args, dynamic_shapes=dynamic_shapes, strict=False)
+        except Exception as exc:  # torch raises many types here; the message is what matters
+            raise ConversionError(f"torch.export failed: {str(exc).splitlines()[0]}") from exc
+        return exported.run_decompositions({})  # coremltools needs the ATen-level graph
 
 
-def _ct_convert(exported, inputs: list, outputs: list[str], plan: Plan, out_dtype):
+def _ct_convert(exported, inputs: list, outputs: list[str], plan: Plan, out_dtype, convert_to: str = "mlprogram"):
+    """ct.convert's MLModel, or with convert_to="milinternal" its program before the backend (convert/coreml_fast.py
+    finishes and writes it)."""
     import coremltools as ct
 
     from convert import coreml_torch_ops  # noqa: F401  (registers the gelu fix)
@@ -300,7 +323,7 @@ def _ct_convert(exported, inputs: list, outputs: list[str], plan: Plan, out_dtyp
             exported,
             inputs=inputs,
             outputs=[ct.TensorType(name=n, dtype=out_dtype) for n in outputs],
-            convert_to="mlprogram",
+            convert_to=convert_to,
             minimum_deployment_target=plan.target,
             compute_precision=_precision(plan.options.dtype),
             compute_units=ct.ComputeUnit.CPU_AND_NE,
@@ -310,7 +333,7 @@ def _ct_convert(exported, inputs: list, outputs: list[str], plan: Plan, out_dtyp
         raise ConversionError(f"coremltools could not convert the model: {str(exc).splitlines()[0]}") from exc
 
 
-def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
+def _convert_causal(ckpt: Checkpoint, plan: Plan, bar, scratch: Path, fast: bool = False) -> dict:
     import coremltools as ct
 
     context = plan.context
@@ -363,11 +386,42 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar) -> dict:
         }
         bar.update()
         return result
+
+    # Fast path, uncompressed: each function a finished program, all written once (convert/coreml_fast.py);
+    # compression takes MLModels.
+    programs = fast and plan.options.compress == "none"
+
+    def function(seq: int):
+        ids = ct.TensorType(INPUT_IDS, shape=(1, seq), dtype=np.int32)
+        exported = _export(module, example(seq))
+        converted = _ct_convert(exported, [ids, *extra_inputs()], names, plan, out_dtype,
+                                "milinternal" if programs else "mlprogram")  # fmt: skip
+        if programs:
+            finish_program(converted, plan.options.dtype == "fp16")
+        return converted
+
+    def decode_package(path: Path) -> None:  # in the forked process
+        if programs:
+            save_program(function(1), path, plan.target)
+        else:
+            save_and_discard(function(1), path)
+
+    if plan.options.parallel and why_not_parallel(4 * sum(stored_parameters(ckpt.config, ckpt.weights))) is None:
+        bar.set_postfix_str("export + convert prefill and decode, side by side")
+        decode = ForkedConversion(decode_package, scratch / "decode.mlpackage")
+        try:
+            prefill_model = function(prefill)
+            bar.update()
+            decode_model = ct.models.MLModel(str(decode.result()), skip_model_load=True)
+        except BaseException:
+            decode.cancel()
+            raise
+        bar.update()
+        return {"prefill": prefill_model, "decode": decode_model}
     functions = {}
     for name, seq in (("prefill", prefill), ("decode", 1)):
         bar.set_postfix_str(f"export + convert {name}")
-        ids = ct.TensorType(INPUT_IDS, shape=(1, seq), dtype=np.int32)
-        functions[name] = _ct_convert(_export(module, example(seq)), [ids, *extra_inputs()], names, plan, out_dtype)
+        functions[name] = function(seq)
         bar.update()
     return functions
 

@@ -25,6 +25,7 @@ from convert.checkpoint import load_checkpoint
 from convert.coreml import CoreMLOptions, convert_to_coreml
 from convert.registry import FAMILIES
 from coreml_runtime.ane_rules import inspect_package
+from coreml_runtime.interface import ATTENTION_MASK, POSITION, TOKEN_TYPE_IDS
 from coreml_runtime.mil_eval import MilProgram
 from ondevice.parity import TOLERANCES
 from ondevice.verify import verify_package
@@ -244,3 +245,57 @@ def check_compression_emits_its_op(packages, name: str) -> None:
     assert (variant.emits or EMITS[variant.options.compress]) in ops
     weights = inspect_package(package).weight_bytes
     assert {"int8", "uint8", "int4", "uint4", "uint6"} & set(weights), weights  # the blob holds compressed records
+
+
+def check_same_package(ours: Path, theirs: Path) -> None:
+    """Two packages of one conversion are the same: weight.bin byte for byte, the same description (functions, their
+    interfaces, metadata), the same ops in the same order in every function (their names may differ: coremltools
+    numbers some by a process-wide counter), and the evaluator's outputs and state, bit for bit, on the same
+    inputs."""
+    from coremltools.converters.mil.mil import types
+
+    from coreml_runtime.package import weights_path
+
+    assert weights_path(ours).read_bytes() == weights_path(theirs).read_bytes()
+    a, b = MilProgram(ours), MilProgram(theirs)
+    assert a.spec.description == b.spec.description  # functions, their inputs, outputs and states; metadata
+    assert set(a.functions) == set(b.functions)
+    rng = np.random.default_rng(0)
+    for name, function in a.functions.items():
+        assert [op.op_type for op in function.operations] == [op.op_type for op in b.functions[name].operations]
+        inputs = {}
+        for key, var in function.inputs.items():
+            if types.is_state(var.sym_type):
+                continue
+            dtype = types.nptype_from_builtin(var.dtype)
+            if key == ATTENTION_MASK:
+                inputs[key] = np.ones(var.shape, dtype)
+            elif key == TOKEN_TYPE_IDS:
+                inputs[key] = np.zeros(var.shape, dtype)
+            elif key == POSITION:
+                inputs[key] = np.array([3], dtype)
+            elif np.issubdtype(dtype, np.integer):
+                inputs[key] = rng.integers(0, 50, size=var.shape).astype(dtype)
+            else:  # an io cache
+                inputs[key] = rng.standard_normal(var.shape).astype(dtype)
+        state_a, state_b = a.make_state(name), b.make_state(name)
+        out_a, out_b = a.predict(inputs, name, state_a), b.predict(inputs, name, state_b)
+        assert out_a.keys() == out_b.keys()
+        for key in out_a:
+            assert np.array_equal(out_a[key], out_b[key]), (name, key)
+        for key in state_a:
+            assert np.array_equal(state_a[key], state_b[key]), (name, key)
+
+
+def check_fast_path_writes_the_plain_package(packages, name: str, tmp_path: Path) -> None:
+    """convert/coreml_fast.py's paths (with the pinned coremltools) change how long a conversion takes, not what it
+    writes: the variant converted on coremltools' own path is the same package."""
+    from convert import coreml_fast
+
+    if not coreml_fast.pinned():
+        pytest.skip(f"coremltools is not {coreml_fast.PINNED_VERSION}: conversion takes the plain path only")
+    fast, checkpoint = packages(name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(coreml_fast, "pinned", lambda: False)
+        plain = convert_to_coreml(checkpoint, tmp_path / "plain.mlpackage", variants()[name].options, progress=False)
+    check_same_package(fast, plain)

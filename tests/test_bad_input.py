@@ -396,9 +396,10 @@ def test_an_mlx_directory_is_neither_a_torch_checkpoint_nor_a_reference(gpt2_dir
         load_reference(export)
 
 
-def test_allow_large_applies_to_core_ml_only(gpt2_dir, tmp_path):
+@pytest.mark.parametrize("option", ["--allow-large", "--one-process"])
+def test_core_ml_only_options(gpt2_dir, tmp_path, option):
     assert_one_line_error(
-        run_cli("convert", str(gpt2_dir), "--to", "mlx", "--out", str(tmp_path / "m"), "--allow-large"),
-        "--allow-large applies to --to coreml only",
+        run_cli("convert", str(gpt2_dir), "--to", "mlx", "--out", str(tmp_path / "m"), option),
+        f"{option} applies to --to coreml only",
     )
     assert not (tmp_path / "m").exists()

@@ -8,7 +8,13 @@ import pytest
 
 from coreml_runtime.ane_rules import inspect_package
 from coreml_runtime.package import read_metadata
-from tests.packages import check_ane_rules, check_compression_emits_its_op, check_matches_reference, package_maker
+from tests.packages import (
+    check_ane_rules,
+    check_compression_emits_its_op,
+    check_fast_path_writes_the_plain_package,
+    check_matches_reference,
+    package_maker,
+)
 from tests.packages import variants as package_variants
 
 COMPRESSED = list(package_variants(compressed=True))
@@ -32,6 +38,11 @@ def test_compression_emits_its_op(packages, name):
 @pytest.mark.parametrize("name", COMPRESSED)
 def test_ane_rules(packages, name):
     check_ane_rules(packages, name)
+
+
+@pytest.mark.parametrize("name", ["gpt2-int8", "qwen2-tied-int4", "qwen2-tied-palettize4"])
+def test_fast_path_writes_the_plain_package(packages, name, tmp_path):
+    check_fast_path_writes_the_plain_package(packages, name, tmp_path)
 
 
 def test_gptq_calibration_changes_the_blocks_only(packages):

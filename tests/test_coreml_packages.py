@@ -6,6 +6,7 @@ GPT-2's and MiniLM's metadata, the Llama family's RoPE tables, enumerated io len
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -25,7 +26,9 @@ from tests.packages import (
     PREFILL,
     SEQ,
     check_ane_rules,
+    check_fast_path_writes_the_plain_package,
     check_matches_reference,
+    check_same_package,
     multifunction,
     package_maker,
     variants,
@@ -122,6 +125,38 @@ def test_state_persists_and_rewinds(packages, name):
     lm.prefill([5, 6, 7, 9])
     lm.trim(3)
     np.testing.assert_array_equal(lm.decode(8), after_prompt)
+
+
+@pytest.mark.parametrize("name", ["gpt2-state-fp16", "minilm"])
+def test_fast_path_writes_the_plain_package(packages, name, tmp_path):
+    check_fast_path_writes_the_plain_package(packages, name, tmp_path)
+
+
+def test_prefill_and_decode_converted_side_by_side_are_the_same_package(packages, tmp_path):
+    """Decode converted in a forked process while this one converts prefill (the CLI's default where it is safe and
+    pays) writes the package that converting one after the other writes."""
+    from convert import coreml_parallel
+
+    serial, checkpoint = packages("qwen3-tied-wide-state-fp16")
+    reason = coreml_parallel.why_not_parallel(0)
+    if reason is not None:
+        pytest.skip(f"no side-by-side conversion here: {reason}")
+    options = dataclasses.replace(variants()["qwen3-tied-wide-state-fp16"].options, parallel=True)
+    with pytest.MonkeyPatch.context() as patch:
+        forked = []
+        patch.setattr(coreml_parallel.ForkedConversion, "result",
+                      _recorded(coreml_parallel.ForkedConversion.result, forked))  # fmt: skip
+        side_by_side = convert_to_coreml(checkpoint, tmp_path / "side-by-side.mlpackage", options, progress=False)
+    assert len(forked) == 1  # decode did come from the forked process
+    check_same_package(side_by_side, serial)
+
+
+def _recorded(method, calls: list):
+    def recording(self):
+        calls.append(self.path)
+        return method(self)
+
+    return recording
 
 
 def test_a_package_runs_without_torch(packages):

@@ -73,6 +73,14 @@ def convert(
             help="Core ML, iOS targets: write a package whose weights exceed what an iOS app can load (~1 GB)."
         ),
     ] = False,
+    one_process: Annotated[
+        bool,
+        typer.Option(
+            help="Core ML, causal LMs (iOS 18+): convert prefill and decode one after the other in this process "
+            "(by default side by side in two where that is safe and pays: Linux, two cores, memory for both); "
+            "the package is the same."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option(help="Show the converters' own warnings and progress bars.")] = False,
 ) -> None:
     """Convert a checkpoint into a Core ML package or MLX weights."""
@@ -84,7 +92,7 @@ def convert(
 
     _check_options(to, dtype, seq_len, context, target, kv_cache, compress, calibration_text, quantize, group_size)
     if to is OutputFormat.mlx:
-        not_applicable({"--allow-large": allow_large or None}, "to --to coreml only")
+        not_applicable({"--allow-large": allow_large, "--one-process": one_process}, "to --to coreml only")
     out_path = output_path("--out", out)
     if to is OutputFormat.coreml and out_path.suffix != ".mlpackage":
         raise InputError(f"{out_path}: a Core ML package path must end in .mlpackage")
@@ -121,6 +129,7 @@ def convert(
                 compress=compress or "none",
                 calibration_text=calibration_text,
                 allow_large=allow_large,
+                parallel=not one_process,
             )
             plan = plan_conversion(config, options)  # refuses what the target cannot hold before anything is written
             what = (
