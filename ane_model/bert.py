@@ -18,6 +18,7 @@ from ane_model.layers import (
     conv_linear,
     load_canonical,
     padding_mask,
+    without_random_init,
 )
 from canonical.bert import BertConfig
 from canonical.config import check_positions
@@ -73,7 +74,8 @@ class BertModel(nn.Module):
 
     @classmethod
     def from_canonical(cls, cfg: BertConfig, weights: dict[str, torch.Tensor]) -> BertModel:
-        model = cls(cfg)
+        with without_random_init():
+            model = cls(cfg)
         named = {k: v for k, v in weights.items() if not k.startswith("mlm.decoder.")}
         if model.mlm is not None:
             named |= model.mlm.decoder.canonical_to_chunks("mlm.decoder", weights)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ane_model.layers import ChunkedHead, causal_mask, load_causal_lm
+from ane_model.layers import ChunkedHead, causal_mask, load_causal_lm, without_random_init
 from canonical.cache import KVCacheProtocol
 from canonical.config import ModelConfig, check_positions
 
@@ -37,7 +37,9 @@ class CausalLM(nn.Module):
     def from_canonical(cls, cfg, weights: dict[str, torch.Tensor]) -> CausalLM:
         """Built from canonical weights, in eval mode. Tied (as transformers ties it): the head's chunks come from
         `tok_embed.weight`, whatever `lm_head.weight` holds, and serve as the token embedding."""
-        return load_causal_lm(cls(cfg), weights)
+        with without_random_init():
+            model = cls(cfg)
+        return load_causal_lm(model, weights)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, S, C): rows of the head's chunks when tied, of `tok_embed` otherwise."""

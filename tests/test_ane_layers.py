@@ -22,6 +22,7 @@ from ane_model.layers import (
     split_einsum_attention,
 )
 from ane_model.llama import LlamaModel
+from canonical.errors import CheckpointError
 from canonical.llama import LlamaConfig
 from convert.checkpoint import load_checkpoint
 from convert.registry import build_ane_model as build_model
@@ -146,8 +147,6 @@ def test_qwen_vocabulary_head_is_ten_chunks_below_the_ane_limit():
 
 
 def test_missing_untied_head_is_refused():
-    from canonical.errors import CheckpointError
-
     cfg = LlamaConfig(
         vocab_size=11,
         max_positions=8,
@@ -161,3 +160,28 @@ def test_missing_untied_head_is_refused():
     weights = {k: v for k, v in LlamaModel(cfg).state_dict().items() if not k.startswith("lm_head.")}
     with pytest.raises(CheckpointError, match="lm_head"):
         LlamaModel.from_canonical(cfg, weights)
+
+
+def test_models_are_built_without_random_init_and_every_parameter_is_then_loaded():
+    """from_canonical builds its modules without their random init (a waste: every parameter is overwritten), and
+    that holds only because loading refuses canonical weights that miss a parameter; torch's init functions are
+    back once the model is built, an exception inside included."""
+    from torch import nn
+
+    from ane_model.layers import load_canonical, without_random_init
+
+    original = nn.init.kaiming_uniform_
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nn.init, "kaiming_uniform_", lambda tensor, *a, **k: calls.append(tensor) or tensor)
+        with without_random_init():
+            layer = nn.Conv2d(4, 4, 1)
+        assert calls == []
+        nn.Conv2d(4, 4, 1)
+        assert len(calls) == 1  # outside the context, init runs again
+    assert nn.init.kaiming_uniform_ is original
+    with pytest.raises(RuntimeError), without_random_init():
+        raise RuntimeError
+    assert nn.init.kaiming_uniform_ is original
+    with pytest.raises(CheckpointError, match="missing"):
+        load_canonical(layer, {"weight": torch.zeros(4, 4)})
