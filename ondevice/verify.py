@@ -6,12 +6,16 @@ Outputs with non-finite values (NaN, inf) fail outright, and greedy agreement is
 of NaN logits "agrees" with anything. So do reference outputs that carry nothing to agree with (constant, all
 zero, or non-finite: a checkpoint whose weights compute nothing), whatever the cosine of two of them says.
 A Core ML package is checked against the sha256 of its weights that conversion recorded before anything runs
-(`coreml_runtime/integrity.py`)."""
+(`coreml_runtime/integrity.py`). Our model runs first and is freed before the reference loads, so the two are
+never in memory together."""
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -145,28 +149,43 @@ def verify(
     check_seq_len(seq_len, cfg.max_positions, f"{cfg.positions_field} in config.json")
     report = VerifyReport(str(ckpt.directory), ckpt.model_type, backend, dtype, seq_len, TOLERANCES[dtype])
     rng = np.random.default_rng(seed)
-    ours, reference = load_backend(backend, ckpt, dtype=dtype), load_reference(ckpt)
-    if cfg.is_causal:
-        _verify_causal_lm(report, ours, reference, rng, greedy_steps)
-    else:
-        _verify_encoder(report, ours, reference, rng)
+    ours = load_backend(backend, ckpt, dtype=dtype)
+    against = _run_causal_lm(report, ours, rng, greedy_steps) if cfg.is_causal else _run_encoder(report, ours, rng)
+    del ours
+    _released()
+    against(load_reference(ckpt))
     return report
 
 
-def _verify_causal_lm(report: VerifyReport, ours, reference, rng, steps: int) -> None:
+def _run_causal_lm(report: VerifyReport, ours, rng, steps: int) -> Callable[[Any], None]:
+    """Run our model on verify's prompt, then its greedy steps; return what compares the reference with those
+    outputs. Our model is not needed again, so the caller frees it before the reference loads: the two are never
+    resident together (a 3B model in fp32 is 12 GB each)."""
     cfg = ours.config
-    ours = _Watched(ours, report)
+    watched = _Watched(ours, report)
     ids = rng.integers(0, cfg.vocab_size, size=report.seq_len).tolist()
-    _compare_with_reference(report, "logits", ours.prefill(ids), reference.prefill(ids))
-    if report.nonfinite or report.uninformative:
-        return  # greedy agreement on NaN or constant logits means nothing: not compared
+    logits = watched.prefill(ids)
     steps = min(steps, cfg.max_positions - 1)
     prompt = ids[: min(len(ids), cfg.max_positions - steps)]
-    report.greedy_ours = greedy_tokens(ours, prompt, steps)
-    report.greedy_reference = greedy_tokens(reference, prompt, steps)
+    before_greedy = dict(report.nonfinite)
+    greedy = None if report.nonfinite else greedy_tokens(watched, prompt, steps)
+    del watched
+
+    def against(reference) -> None:
+        _compare_with_reference(report, "logits", logits, reference.prefill(ids))
+        if greedy is None or report.uninformative:
+            # greedy agreement on NaN or constant logits means nothing: not compared (nor our greedy steps counted)
+            report.nonfinite = before_greedy
+            return
+        report.greedy_ours = greedy
+        report.greedy_reference = greedy_tokens(reference, prompt, steps)
+
+    return against
 
 
-def _verify_encoder(report: VerifyReport, ours, reference, rng) -> None:
+def _run_encoder(report: VerifyReport, ours, rng) -> Callable[[Any], None]:
+    """Run our encoder on verify's batch; return what compares the reference with its outputs (see
+    `_run_causal_lm`)."""
     cfg = ours.config
     batch, seq = 2, report.seq_len
     input_ids = rng.integers(0, cfg.vocab_size, size=(batch, seq))
@@ -176,16 +195,26 @@ def _verify_encoder(report: VerifyReport, ours, reference, rng) -> None:
     if getattr(cfg, "type_vocab_size", 0) > 1:
         types = np.zeros((batch, seq), dtype=np.int64)
         types[:, seq // 2 :] = 1
-    got, want = ours.encode(input_ids, mask, types), reference.encode(input_ids, mask, types)
-    valid = mask.astype(bool)
-    for name in ("hidden", "pooled", "sentence_embedding", "mlm_logits"):
-        if name not in want:
-            continue
-        a, b = got[name], want[name]
-        if a.ndim == 3:  # per-token outputs: compare real tokens only
-            a, b = a[valid], b[valid]
-        _count_nonfinite(report, name, np.asarray(a))
-        _compare_with_reference(report, name, a, b)
+    got = ours.encode(input_ids, mask, types)
+
+    def against(reference) -> None:
+        want = reference.encode(input_ids, mask, types)
+        valid = mask.astype(bool)
+        for name in ("hidden", "pooled", "sentence_embedding", "mlm_logits"):
+            if name not in want:
+                continue
+            a, b = got[name], want[name]
+            if a.ndim == 3:  # per-token outputs: compare real tokens only
+                a, b = a[valid], b[valid]
+            _count_nonfinite(report, name, np.asarray(a))
+            _compare_with_reference(report, name, a, b)
+
+    return against
+
+
+def _released() -> None:
+    """Return what the model just dropped to the allocator before the next one loads."""
+    gc.collect()
 
 
 def verify_package(
@@ -240,10 +269,10 @@ def verify_package(
         greedy_required=compression == "none",
     )
     rng = np.random.default_rng(seed)
-    if causal:
-        _verify_causal_lm(report, ours, load_reference(ckpt), rng, greedy_steps)
-    else:
-        _verify_encoder(report, ours, load_reference(ckpt), rng)
+    against = _run_causal_lm(report, ours, rng, greedy_steps) if causal else _run_encoder(report, ours, rng)
+    del ours
+    _released()
+    against(load_reference(ckpt))
     return report
 
 
@@ -294,8 +323,9 @@ def verify_mlx_export(
         greedy_required=precision in LOSSLESS,
     )
     ours, rng = load_mlx(exported, dtype=None), np.random.default_rng(seed)
-    if ckpt.config.is_causal:
-        _verify_causal_lm(report, ours, load_reference(ckpt), rng, greedy_steps)
-    else:
-        _verify_encoder(report, ours, load_reference(ckpt), rng)
+    causal = ckpt.config.is_causal
+    against = _run_causal_lm(report, ours, rng, greedy_steps) if causal else _run_encoder(report, ours, rng)
+    del ours, exported
+    _released()
+    against(load_reference(ckpt))
     return report

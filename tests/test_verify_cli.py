@@ -259,3 +259,42 @@ def test_a_terminal_that_cannot_show_unicode_still_gets_the_table(gpt2_dir):
     assert done.returncode == 0, done.stderr
     assert b"PASS" in done.stdout and b"Traceback" not in done.stderr
     done.stdout.decode("ascii")  # nothing but ASCII reached the stream
+
+
+@pytest.mark.parametrize("which", ["causal", "encoder", "package"])
+def test_our_model_is_freed_before_the_reference_loads(which, gpt2_dir, bert_dir, tmp_path, monkeypatch):
+    """At billions of parameters two fp32 models do not fit beside each other: verify runs ours, keeps its
+    outputs, drops it, and only then loads the reference (and still compares greedy tokens)."""
+    import weakref
+
+    from ondevice.backends import coreml as coreml_backend
+
+    ours = []
+    real_backend, real_package, real_reference = (ondevice.verify.load_backend, coreml_backend.load_package,
+                                                   ondevice.verify.load_reference)  # fmt: skip
+
+    def remembered(load):
+        def loading(*args, **kwargs):
+            model = load(*args, **kwargs)
+            ours.append(weakref.ref(model))
+            return model
+
+        return loading
+
+    def reference(ckpt):
+        assert len(ours) == 1 and ours[0]() is None, "our model is still in memory"
+        return real_reference(ckpt)
+
+    monkeypatch.setattr(ondevice.verify, "load_backend", remembered(real_backend))
+    monkeypatch.setattr(coreml_backend, "load_package", remembered(real_package))
+    monkeypatch.setattr(ondevice.verify, "load_reference", reference)
+    if which == "package":
+        from convert.coreml import CoreMLOptions, convert_to_coreml
+
+        package = convert_to_coreml(gpt2_dir, tmp_path / "p.mlpackage", CoreMLOptions(context=32, seq_lens=(8,)),
+                                    progress=False)  # fmt: skip
+        report = ondevice.verify.verify_package(str(package), str(gpt2_dir), seq_len=8)
+    else:
+        report = ondevice.verify.verify(str(gpt2_dir if which == "causal" else bert_dir), seq_len=8)
+    assert report.passed, report
+    assert (report.greedy_match is True) == (which != "encoder")
