@@ -13,8 +13,9 @@ and overrides, where its positions need them:
     layer_inputs(seq, offset)    what every block takes besides (x, mask, cache, layer): RoPE tables, ...
     limit_positions(positions)   export for a context of `positions` tokens: position tables cut to it
 
-The steps every forward shares (offset -> key length -> position check -> embed -> mask -> blocks -> cache
-advance -> final norm) live in `hidden_states` alone, so no family remembers them."""
+The steps every forward shares (offset -> position check -> embed -> key length -> mask -> blocks -> cache advance
+-> final norm) live in `hidden_states` and `run_blocks` alone, so no family remembers them; a chunked package's
+parts call `embed`, `run_blocks` over their own layers, and `final_norm` + `lm_head` separately."""
 
 from __future__ import annotations
 
@@ -62,16 +63,22 @@ class CausalLM(nn.Module):
         be a runtime tensor (an exported graph): the position check then belongs to the export's fixed context."""
         seq = input_ids.shape[1]
         offset = 0 if cache is None else cache.offset
-        key_len = seq if cache is None else cache.key_length(seq)
         check_positions(self.cfg, offset + seq)
-        x = self.embed(input_ids, offset)
-        mask = causal_mask(seq, key_len, offset, x.dtype)
-        extras = self.layer_inputs(seq, offset, x.dtype)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, mask, cache, i, *extras)
+        x = self.run_blocks(self.embed(input_ids, offset), cache, offset, range(len(self.layers)))
         if cache is not None:
             cache.advance(seq)
         return self.final_norm(x)
+
+    def run_blocks(self, x: torch.Tensor, cache: KVCacheProtocol | None, offset, blocks: range) -> torch.Tensor:
+        """Hidden states (B, C, 1, S) at positions offset .. through the blocks `blocks`, in order. The cache holds
+        those blocks' keys only, indexed from 0 (a chunked package's part holds its own layers' cache)."""
+        seq = x.shape[-1]
+        key_len = seq if cache is None else cache.key_length(seq)
+        mask = causal_mask(seq, key_len, offset, x.dtype)
+        extras = self.layer_inputs(seq, offset, x.dtype)
+        for slot, i in enumerate(blocks):
+            x = self.layers[i](x, mask, cache, slot, *extras)
+        return x
 
     def forward(self, input_ids: torch.Tensor, cache: KVCacheProtocol | None = None) -> torch.Tensor:
         """input_ids (B, S) -> logits (B, V, 1, S)."""

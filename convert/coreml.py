@@ -170,10 +170,15 @@ def stored_parameters(config, weights: dict[str, torch.Tensor]) -> tuple[int, in
     return tables, other
 
 
+def bytes_per_weight(dtype: str, compress: str) -> tuple[float, float]:
+    """Bytes one stored weight takes: (in a vocabulary table, elsewhere)."""
+    return _BYTES_PER_WEIGHT.get(compress, (2.0, 2.0) if dtype == "fp16" else (4.0, 4.0))
+
+
 def estimated_weight_bytes(config, weights: dict[str, torch.Tensor], dtype: str, compress: str) -> int:
     """About how many bytes the package's weight.bin will hold (functions share their weights)."""
     tables, other = stored_parameters(config, weights)
-    per_table, per_other = _BYTES_PER_WEIGHT.get(compress, (2.0, 2.0) if dtype == "fp16" else (4.0, 4.0))
+    per_table, per_other = bytes_per_weight(dtype, compress)
     return int(tables * per_table + other * per_other)
 
 
@@ -201,7 +206,8 @@ def check_size(config, weights: dict[str, torch.Tensor], options: CoreMLOptions,
     )
     raise ConversionError(
         f"the weights come to about {size / 1e9:.2f} GB ({scheme}), above the ~{limit / 1e9:.0f} GB "
-        f"an iOS app can load: {advice} (or pass --allow-large to write it anyway)"
+        f"an iOS app can load: {advice}, or give --out a folder for a chunked model of parts under 1 GB (or pass "
+        "--allow-large to write it anyway)"
     )
 
 
@@ -246,17 +252,17 @@ def convert_to_coreml(
                 functions = compress_functions(functions, options.compress, plan.target)
                 bar.update()
             bar.set_postfix_str("write package")
-            _save(functions, work, Path(tmp), plan.target, fast)
+            save_package(functions, work, Path(tmp), plan.target, fast)
             bar.update()
             bar.set_postfix_str("metadata + tokenizer")
-            write_package_extras(work, ckpt, plan, _interface(work))
+            write_package_extras(work, ckpt, plan, package_interface(work))
             bar.update()
     finally:
         bar.close()
     return out
 
 
-def _interface(package: Path) -> dict[str, dict[str, list[str]]]:
+def package_interface(package: Path) -> dict[str, dict[str, list[str]]]:
     """Each function's input, output and state names, as the written package describes them."""
     from coremltools.models.utils import load_spec
 
@@ -272,7 +278,7 @@ def _interface(package: Path) -> dict[str, dict[str, list[str]]]:
     }
 
 
-def _save(functions: dict, work: Path, tmp: Path, target, fast: bool = False) -> None:
+def save_package(functions: dict, work: Path, tmp: Path, target, fast: bool = False) -> None:
     import coremltools as ct
 
     if list(functions) == ["main"]:
@@ -297,11 +303,11 @@ def _precision(dtype: str):
     return ct.precision.FLOAT16 if dtype == "fp16" else ct.precision.FLOAT32
 
 
-def _float(dtype: str):
+def output_float(dtype: str):
     return np.float16 if dtype == "fp16" else np.float32
 
 
-def _export(module: torch.nn.Module, args: tuple, dynamic_shapes=None):
+def export_module(module: torch.nn.Module, args: tuple, dynamic_shapes=None):
     # no_grad: the same graph, traced without autograd's bookkeeping (~10% of the export's time)
     with torch.no_grad():
         try:
@@ -311,7 +317,7 @@ def _export(module: torch.nn.Module, args: tuple, dynamic_shapes=None):
         return exported.run_decompositions({})  # coremltools needs the ATen-level graph
 
 
-def _ct_convert(exported, inputs: list, outputs: list[str], plan: Plan, out_dtype, convert_to: str = "mlprogram"):
+def ct_convert(exported, inputs: list, outputs: list[str], plan: Plan, out_dtype, convert_to: str = "mlprogram"):
     """ct.convert's MLModel, or with convert_to="milinternal" its program before the backend (convert/coreml_fast.py
     finishes and writes it)."""
     import coremltools as ct
@@ -333,6 +339,18 @@ def _ct_convert(exported, inputs: list, outputs: list[str], plan: Plan, out_dtyp
         raise ConversionError(f"coremltools could not convert the model: {str(exc).splitlines()[0]}") from exc
 
 
+def convert_function(
+    module: torch.nn.Module, example: tuple, inputs: list, outputs: list[str], plan: Plan, programs: bool
+):
+    """One fixed-shape function of a package, exported and converted: an MLModel, or with `programs` (the fast path,
+    uncompressed) a finished program for `save_functions`."""
+    converted = ct_convert(export_module(module, example), inputs, outputs, plan, output_float(plan.options.dtype),
+                           "milinternal" if programs else "mlprogram")  # fmt: skip
+    if programs:
+        finish_program(converted, plan.options.dtype == "fp16")
+    return converted
+
+
 def _convert_causal(ckpt: Checkpoint, plan: Plan, bar, scratch: Path, fast: bool = False) -> dict:
     import coremltools as ct
 
@@ -350,7 +368,7 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar, scratch: Path, fast: bool
         bar.update()
     model.limit_positions(context)  # position tables (RoPE) hold the package's context only
     names = logits_names(LOGITS, len(model.lm_head.chunks))
-    out_dtype = _float(plan.options.dtype)
+    out_dtype = output_float(plan.options.dtype)
     position = ct.TensorType(POSITION, shape=(1,), dtype=np.int32)
     prefill = plan.seq_lens[0]
     module: CausalLMWithState | CausalLMWithIOCache
@@ -380,8 +398,8 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar, scratch: Path, fast: bool
             INPUT_IDS, shape=ct.EnumeratedShapes([(1, n) for n in lengths], default=(1, prefill)), dtype=np.int32
         )
         result = {
-            "main": _ct_convert(
-                _export(module, example(prefill), dynamic), [ids, *extra_inputs()], names, plan, out_dtype
+            "main": ct_convert(
+                export_module(module, example(prefill), dynamic), [ids, *extra_inputs()], names, plan, out_dtype
             )
         }
         bar.update()
@@ -393,12 +411,7 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar, scratch: Path, fast: bool
 
     def function(seq: int):
         ids = ct.TensorType(INPUT_IDS, shape=(1, seq), dtype=np.int32)
-        exported = _export(module, example(seq))
-        converted = _ct_convert(exported, [ids, *extra_inputs()], names, plan, out_dtype,
-                                "milinternal" if programs else "mlprogram")  # fmt: skip
-        if programs:
-            finish_program(converted, plan.options.dtype == "fp16")
-        return converted
+        return convert_function(module, example(seq), [ids, *extra_inputs()], names, plan, programs)
 
     def decode_package(path: Path) -> None:  # in the forked process
         if programs:
@@ -442,7 +455,7 @@ def _convert_encoder(ckpt: Checkpoint, plan: Plan, bar):
         dynamic = tuple({1: seq} for _ in names)
     inputs = [ct.TensorType(n, shape=shape, dtype=np.int32) for n in names]
     bar.set_postfix_str("export + convert")
-    out_dtype = _float(plan.options.dtype)
-    model = _ct_convert(_export(module, example, dynamic), inputs, module.output_names(), plan, out_dtype)
+    out_dtype = output_float(plan.options.dtype)
+    model = ct_convert(export_module(module, example, dynamic), inputs, module.output_names(), plan, out_dtype)
     bar.update()
     return model

@@ -19,6 +19,7 @@ from ane_model.static_cache import StaticKVCache
 from coreml_runtime.interface import (
     HIDDEN,
     KEY_CACHE,
+    KV_CACHE,
     MLM_LOGITS,
     POOLED,
     SENTENCE_EMBEDDING,
@@ -49,9 +50,7 @@ class CausalLMWithState(nn.Module):
         self.register_buffer(VALUE_CACHE, torch.zeros(cache_shape(model, context), dtype=CACHE_DTYPE))
 
     def forward(self, input_ids: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        norm_weight = self.model.final_norm.weight
-        assert isinstance(norm_weight, torch.Tensor)  # a norm's parameter
-        dtype = norm_weight.dtype  # the model's (a tied model has no tok_embed)
+        dtype = _model_dtype(self.model)
         cache = StaticKVCache(self.key_cache.to(dtype), self.value_cache.to(dtype), position)
         hidden = self.model.hidden_states(input_ids, cache)  # (1, C, 1, S)
         self.key_cache.copy_(cache.new_keys.to(CACHE_DTYPE))
@@ -75,6 +74,59 @@ class CausalLMWithIOCache(nn.Module):
         hidden = self.model.hidden_states(input_ids, cache)
         logits = self.model.lm_head.forward_chunks(hidden)
         return (*logits, cache.new_keys, cache.new_values)
+
+
+def _model_dtype(model: CausalLM) -> torch.dtype:
+    norm_weight = model.final_norm.weight
+    assert isinstance(norm_weight, torch.Tensor)  # a norm's parameter
+    return norm_weight.dtype  # the model's (a tied model has no tok_embed)
+
+
+class EmbedForExport(nn.Module):
+    """A chunked model's first step: token (and, for GPT-2, position) embeddings (1, C, 1, S) at `position`."""
+
+    def __init__(self, model: CausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(input_ids, position)
+
+
+class HeadForExport(nn.Module):
+    """A chunked model's last step: final norm and the vocabulary head's chunks, each (1, V_j, 1, S) (rule 7)."""
+
+    def __init__(self, model: CausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.lm_head.forward_chunks(self.model.final_norm(hidden)))
+
+
+class BlocksWithState(nn.Module):
+    """A chunked model's part: the blocks `blocks` over hidden states (1, C, 1, S), with their KV cache (only theirs)
+    as Core ML state (rule 8): one state KV_CACHE, (2 L, C_kv, 1, T), keys in rows [0, L), values in [L, 2 L).
+
+    One state rather than two: coremltools 9.0's `canonicalize_inplace_pattern` pass fails (a KeyError inside it)
+    when two state updates follow the ops that compute them with nothing in between, which is what a part ending in
+    its caches gives (a single package computes its logits after them)."""
+
+    kv_cache: torch.Tensor
+
+    def __init__(self, model: CausalLM, blocks: range, context: int):
+        super().__init__()
+        self.model, self.blocks = model, blocks
+        shape = (2 * len(blocks), model.cfg.kv_width, 1, context)  # rule 1: (2 L, C_kv, 1, T), sequence last
+        self.register_buffer(KV_CACHE, torch.zeros(shape, dtype=CACHE_DTYPE))
+
+    def forward(self, hidden: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        dtype, layers = _model_dtype(self.model), len(self.blocks)
+        both = self.kv_cache.to(dtype)
+        cache = StaticKVCache(both[:layers], both[layers:], position)
+        hidden = self.model.run_blocks(hidden, cache, position, self.blocks)
+        self.kv_cache.copy_(torch.cat([cache.new_keys, cache.new_values], dim=0).to(CACHE_DTYPE))
+        return hidden
 
 
 class Encoder(Protocol):

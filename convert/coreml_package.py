@@ -42,19 +42,12 @@ def plan_metadata(plan) -> dict[str, str]:
 
 def write_package_extras(package: Path, ckpt, plan, interface: dict) -> None:
     """Add tokenizer files and the `ondevice.*` metadata to a freshly saved package."""
-    import coremltools as ct
     from coremltools.libmodelpackage import ModelPackage
 
     tokenizer = [name for name in TOKENIZER_FILES if (ckpt.directory / name).is_file()]
     pkg = ModelPackage(str(package))
     for name in tokenizer:
         pkg.addItem(str(ckpt.directory / name), f"tokenizer/{name}", AUTHOR, "tokenizer file of the source checkpoint")
-    spec_path = root_model_path(package)
-    spec = ct.proto.Model_pb2.Model()
-    spec.ParseFromString(spec_path.read_bytes())
-    meta = spec.description.metadata
-    meta.author = AUTHOR
-    meta.shortDescription = f"{ckpt.model_type} converted for the Apple Neural Engine"
     weights = weights_path(package)
     fields = {
         "format_version": FORMAT_VERSION,
@@ -67,6 +60,19 @@ def write_package_extras(package: Path, ckpt, plan, interface: dict) -> None:
         "interface": json.dumps(interface),
         "tokenizer_files": json.dumps([str(TOKENIZER_DIR / n) for n in tokenizer]),
     }
+    write_metadata(package, ckpt, fields, f"{ckpt.model_type} converted for the Apple Neural Engine")
+
+
+def write_metadata(package: Path, ckpt, fields: dict[str, str], description: str) -> None:
+    """Write `fields` as the package's `ondevice.*` metadata (strings), with our author and `description`."""
+    import coremltools as ct
+
+    spec_path = root_model_path(package)
+    spec = ct.proto.Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    meta = spec.description.metadata
+    meta.author = AUTHOR
+    meta.shortDescription = description
     for key, value in fields.items():
         meta.userDefined[f"ondevice.{key}"] = value
     spec_path.write_bytes(spec.SerializeToString())

@@ -8,13 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from canonical.errors import ConversionError
+from coreml_runtime.chunked import MANIFEST, is_chunked_model, read_chunked_model
 from coreml_runtime.package import read_metadata, sha256_file, weights_path
 
 
 def check_package_weights(package: str | Path) -> str | None:
     """Raise `ConversionError` naming the weight file unless its sha256 is the one recorded at conversion.
-    Returns the digest checked, or None for a package that records none."""
+    Returns the digest checked, or None for a package that records none. A chunked model's parts are checked
+    against its manifest, and the manifest's own digest is returned."""
     package = Path(package)
+    if is_chunked_model(package):  # every part against the manifest's sha256s
+        read_chunked_model(package, check_weights=True)
+        return sha256_file(package / MANIFEST)
     if not package.is_dir():
         raise ConversionError(f"{package}: no such Core ML package")
     recorded = read_metadata(package).get("weights_sha256", "")

@@ -22,3 +22,10 @@ def logits_names(prefix: str, count: int) -> list[str]:
     """One output per vocabulary-head chunk (ANE rule 7): a concatenated (1, V, 1, S) would exceed the
     ANE's largest dimension."""
     return [f"{prefix}_{j}" for j in range(count)]
+
+
+# A chunked model (`coreml_runtime/chunked.py`): every step's hidden states go out as HIDDEN_OUT and into the next
+# step as HIDDEN_IN, (1, C, 1, S).
+HIDDEN_IN = "hidden_in"
+HIDDEN_OUT = "hidden_out"
+KV_CACHE = "kv_cache"  # a part's state: its layers' keys, then their values (2 L, C_kv, 1, T)

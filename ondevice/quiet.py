@@ -25,7 +25,7 @@ from typing import IO
 
 # Modules of ours that draw a progress bar with tqdm (module attribute `tqdm`): their bars stay visible when
 # a command names them (`captured(own_bars=...)`; importing them costs torch, so only conversions do).
-CONVERTER_BARS = ("convert.coreml",)
+CONVERTER_BARS = ("convert.coreml", "convert.coreml_chunks")
 LOGGERS = ("coremltools", "torch", "transformers", "huggingface_hub", "absl", "tensorflow")
 
 
@@ -33,6 +33,11 @@ LOGGERS = ("coremltools", "torch", "transformers", "huggingface_hub", "absl", "t
 class Captured:
     text: str = ""
     warnings: list[str] = field(default_factory=list)
+    terminal: object = None  # while capturing: where our own lines still reach the user (else sys.stderr)
+
+    def say(self, line: str) -> None:
+        """One line of ours on stderr, captured or not."""
+        print(line, file=self.terminal or sys.stderr, flush=True)  # type: ignore[arg-type]  # a text stream
 
     @property
     def lines(self) -> list[str]:
@@ -98,6 +103,7 @@ def captured(verbose: bool = False, own_bars: tuple[str, ...] = ()) -> Iterator[
     with _fd2_redirected(real) as (terminal, sink), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         own = terminal or real
+        result.terminal = own
         for name in own_bars:
             with contextlib.suppress(Exception):
                 module = importlib.import_module(name)

@@ -258,7 +258,7 @@ def verify_package(
         )
     seq_len = min(DEFAULT_SEQ_LEN, longest) if seq_len is None else seq_len
     check_seq_len(seq_len, longest, "the package's context minus greedy steps" if causal else "the package's seq_lens")
-    backend = f"coreml ({ours.runner.device})" + (f", {compression}" if compression != "none" else "")
+    backend = f"coreml ({ours.device})" + (f", {compression}" if compression != "none" else "")
     report = VerifyReport(
         str(ckpt.directory),
         ckpt.model_type,

@@ -15,9 +15,12 @@ import numpy as np
 
 from canonical.config import ModelConfig, config_from_json
 from canonical.errors import InputError, OndeviceError
+from coreml_runtime.chunked import LAYERS, ChunkedModel, is_chunked_model, read_chunked_model
 from coreml_runtime.interface import (
     ATTENTION_MASK,
     HIDDEN,
+    HIDDEN_IN,
+    HIDDEN_OUT,
     INPUT_IDS,
     KEY_CACHE,
     KEY_CACHE_OUT,
@@ -106,10 +109,23 @@ class CoreMLCausalLM:
         self.capacity = int(meta["context"])
         self.chunk = int(meta["seq_lens"])
         self.functions = meta["functions"].split(",")
-        self.runner = _runner(package, self.functions, use_coreml, compute_units)
+        self._open(package, use_coreml, compute_units)
         self.io_cache = meta["kv_cache"] == "io"
         self._length = 0
         self.trim(0)
+
+    def _open(self, package: Path, use_coreml: bool | None, compute_units: str) -> None:
+        self.runner = _runner(package, self.functions, use_coreml, compute_units)
+
+    @property
+    def device(self) -> str:
+        return self.runner.device
+
+    def _fresh_state(self):
+        return self.runner.make_state()
+
+    def _run(self, function: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner.predict(function, inputs, self.state)
 
     @property
     def length(self) -> int:
@@ -120,7 +136,7 @@ class CoreMLCausalLM:
         if not 0 <= length <= self._length:
             raise InputError(f"cannot trim a cache of {self._length} tokens to {length}")
         if length == 0:
-            self.state = None if self.io_cache else self.runner.make_state()
+            self.state = None if self.io_cache else self._fresh_state()
             if self.io_cache:
                 shape = (self.config.num_layers, self.config.kv_width, 1, self.capacity)
                 dtype = np.float16 if self.meta["precision"] == "fp16" else np.float32
@@ -131,7 +147,7 @@ class CoreMLCausalLM:
         inputs = {INPUT_IDS: np.array([ids], dtype=np.int32), POSITION: np.array([self._length], dtype=np.int32)}
         if self.io_cache:
             inputs |= self.caches
-        out = self.runner.predict(function, inputs, self.state)
+        out = self._run(function, inputs)
         if self.io_cache:
             self.caches = {KEY_CACHE: out[KEY_CACHE_OUT], VALUE_CACHE: out[VALUE_CACHE_OUT]}
         self._length += real
@@ -163,6 +179,38 @@ class CoreMLCausalLM:
         return self._call("decode" if "decode" in self.functions else "main", [token_id], 1)[0]
 
 
+class ChunkedCoreMLCausalLM(CoreMLCausalLM):
+    """A chunked model (`coreml_runtime/chunked.py`): each step runs the manifest's chain of functions across the
+    parts, the hidden states of one the input of the next, every part of layers with a state of its own."""
+
+    def __init__(self, model: ChunkedModel, use_coreml: bool | None = None, compute_units: str = "CPU_AND_NE"):
+        self.chunked = model
+        super().__init__(model.directory, model.metadata, use_coreml, compute_units)
+
+    def _open(self, package: Path, use_coreml: bool | None, compute_units: str) -> None:
+        parts = self.chunked.parts
+        self.runners = [_runner(p.path, p.metadata["functions"].split(","), use_coreml, compute_units) for p in parts]
+        self.inputs = [
+            {name: set(f["inputs"]) for name, f in json.loads(p.metadata["interface"]).items()} for p in parts
+        ]
+
+    @property
+    def device(self) -> str:
+        return f"{self.runners[0].device}, {len(self.runners)} parts"
+
+    def _fresh_state(self):
+        return [runner.make_state() if part.role == LAYERS else None
+                for runner, part in zip(self.runners, self.chunked.parts, strict=True)]  # fmt: skip
+
+    def _run(self, function: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for part, name in self.chunked.chain(function):
+            available = {**inputs, HIDDEN_IN: out.get(HIDDEN_OUT)}
+            feed = {key: value for key, value in available.items() if key in self.inputs[part][name]}
+            out = self.runners[part].predict(name, feed, self.state[part])  # type: ignore[index]  # a list per part
+        return out
+
+
 class CoreMLEncoder:
     backend = "coreml"
 
@@ -174,6 +222,7 @@ class CoreMLEncoder:
         self.lengths = sorted(int(n) for n in meta["seq_lens"].split(","))
         self.inputs = json.loads(meta["interface"])["main"]["inputs"]
         self.runner = _runner(package, ["main"], use_coreml, compute_units)
+        self.device = self.runner.device
 
     def encode(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
@@ -207,6 +256,8 @@ def load_package(package: str | Path, use_coreml: bool | None = None, compute_un
 
     compute_units (Core ML only): CPU_ONLY, CPU_AND_GPU, CPU_AND_NE (default) or ALL."""
     package = Path(package)
+    if is_chunked_model(package):
+        return ChunkedCoreMLCausalLM(read_chunked_model(package), use_coreml, compute_units)
     meta = read_metadata(package)
     cls = CoreMLCausalLM if _config(meta, package).is_causal else CoreMLEncoder
     return cls(package, meta, use_coreml, compute_units)

@@ -146,6 +146,24 @@ def finite(option: str, value: float | None) -> None:
         raise InputError(f"{option} {value}: must be a finite number")
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def byte_size(option: str, value: str | None) -> int | None:
+    """A size as typed: bytes, or a number with KB, MB, GB (powers of 1000) or KiB, MiB, GiB."""
+    import re
+
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*", value, re.IGNORECASE)
+    if match is None:
+        raise InputError(f"{option} {value!r}: a size such as 950MB, 1GB or 500000000 (bytes)")
+    size = int(float(match[1]) * _SIZE_UNITS[(match[2] or "").upper()])
+    if size < 1:
+        raise InputError(f"{option} {value!r}: must be at least one byte")
+    return size
+
+
 def one_of(option: str, value: object, choices: Iterable[object]) -> None:
     choices = tuple(choices)
     if value is not None and value not in choices:

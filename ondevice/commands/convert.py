@@ -11,6 +11,7 @@ import typer
 
 from ondevice.commands.common import (
     at_least,
+    byte_size,
     console,
     errors,
     not_applicable,
@@ -35,7 +36,14 @@ def convert(
     to: Annotated[
         OutputFormat, typer.Option("--to", help="coreml: an .mlpackage for the Neural Engine; mlx: MLX weights.")
     ],
-    out: Annotated[str, typer.Option("--out", help="Output path (PATH.mlpackage for coreml, a directory for mlx).")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="Output path: PATH.mlpackage (coreml, one package), a folder (coreml: a chunked model, causal LMs; "
+            "mlx: its directory).",
+        ),
+    ],
     overwrite: Annotated[
         bool, typer.Option(help="Replace an earlier output of this command (or an empty folder); never anything else.")
     ] = False,
@@ -73,6 +81,20 @@ def convert(
             help="Core ML, iOS targets: write a package whose weights exceed what an iOS app can load (~1 GB)."
         ),
     ] = False,
+    chunks: Annotated[
+        int | None,
+        typer.Option(
+            help="Core ML, causal LMs: split the layers into this many parts, each a package in the --out folder "
+            "(default for a folder: as few as keep each part under --chunk-size)."
+        ),
+    ] = None,
+    chunk_size: Annotated[
+        str | None,
+        typer.Option(
+            help="Core ML, causal LMs: the most weight bytes per part, e.g. 950MB (default for an iOS target: 950MB; "
+            "otherwise one part of layers)."
+        ),
+    ] = None,
     one_process: Annotated[
         bool,
         typer.Option(
@@ -83,7 +105,7 @@ def convert(
     ] = False,
     verbose: Annotated[bool, typer.Option(help="Show the converters' own warnings and progress bars.")] = False,
 ) -> None:
-    """Convert a checkpoint into a Core ML package or MLX weights."""
+    """Convert a checkpoint into a Core ML package, a chunked Core ML model (a folder of packages) or MLX weights."""
     from canonical.errors import InputError
     from convert.atomic import atomic_output
     from convert.checkpoint import is_mlx_directory, mlx_source, read_model_config
@@ -93,9 +115,17 @@ def convert(
     _check_options(to, dtype, seq_len, context, target, kv_cache, compress, calibration_text, quantize, group_size)
     if to is OutputFormat.mlx:
         not_applicable({"--allow-large": allow_large, "--one-process": one_process}, "to --to coreml only")
+    size_limit = byte_size("--chunk-size", chunk_size)
+    at_least("--chunks", chunks, 1)
+    if to is OutputFormat.mlx:
+        not_applicable({"--chunks": chunks, "--chunk-size": chunk_size}, "to --to coreml only")
+    not_applicable({"--chunk-size": chunk_size} if chunks else {}, "without --chunks (which sets the parts' count)")
     out_path = output_path("--out", out)
-    if to is OutputFormat.coreml and out_path.suffix != ".mlpackage":
-        raise InputError(f"{out_path}: a Core ML package path must end in .mlpackage")
+    chunked = to is OutputFormat.coreml and out_path.suffix != ".mlpackage"
+    if to is OutputFormat.coreml and not chunked and (chunks or size_limit):
+        raise InputError(
+            f"{out_path}: a chunked model is a folder of packages; give --out a folder name without .mlpackage"
+        )
     if to is OutputFormat.mlx and out_path.suffix == ".mlpackage":
         raise InputError(
             f"{out_path}: an MLX directory named like a Core ML package would be taken for one (by inspect, "
@@ -109,6 +139,15 @@ def convert(
             f"--backend mlx); convert from the checkpoint it came from" + (f" ({origin})" if origin else "")
         )
     model_type, config = read_model_config(source)
+    if chunked:
+        not_applicable(
+            {"--one-process": one_process}, "to one package (a chunked model's parts convert in one process)"
+        )
+    if chunked and not config.is_causal:
+        raise InputError(
+            f"{out_path}: a Core ML package path must end in .mlpackage (a folder holds a chunked causal LM; "
+            f"{model_type} is an encoder)"
+        )
     if not config.is_causal:
         not_applicable(
             {"--context": context, "--kv-cache": kv_cache},
@@ -133,7 +172,7 @@ def convert(
             )
             plan = plan_conversion(config, options)  # refuses what the target cannot hold before anything is written
             what = (
-                f"Core ML package ({options.dtype}, target {options.target}"
+                f"{'chunked Core ML model' if chunked else 'Core ML package'} ({options.dtype}, target {options.target}"
                 + (f", {options.compress}" if options.compress != "none" else "")
                 + (f", context {plan.context}, {plan.kv_cache} cache" if plan.context else "")
                 + f", seq_lens {','.join(map(str, plan.seq_lens))})"
@@ -146,7 +185,11 @@ def convert(
         ) as work:
             # `work` lies in a staging folder beside --out: everything the converter writes, its own temporary
             # folders included, stays in there until the output is complete, and is removed if it never is.
-            if to is OutputFormat.coreml:
+            if chunked:
+                from convert.coreml_chunks import convert_chunked
+
+                convert_chunked(source, work, options, chunks, size_limit, progress=bars["coreml"], say=noise.say)
+            elif to is OutputFormat.coreml:
                 convert_to_coreml(source, work, options, progress=bars["coreml"])
             else:
                 from convert.mlx_export import export_mlx

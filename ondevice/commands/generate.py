@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -92,7 +91,9 @@ def generate(
 
 
 def _is_package(spec: str) -> bool:
-    return spec.rstrip("/").endswith(".mlpackage")
+    from coreml_runtime.chunked import is_coreml_model
+
+    return is_coreml_model(spec)
 
 
 def _check_backend(spec: str, backend: str | None, dtype: str | None) -> str:
@@ -109,7 +110,7 @@ def _check_backend(spec: str, backend: str | None, dtype: str | None) -> str:
     if backend == "coreml":
         if not package:
             raise InputError(
-                f"--backend coreml runs a converted package: give a PATH.mlpackage "
+                f"--backend coreml runs a converted package: give a PATH.mlpackage or a chunked model's folder "
                 f"(ondevice convert {spec} --to coreml --out PATH.mlpackage)"
             )
         if dtype is not None:
@@ -130,13 +131,13 @@ def _load_causal_lm(spec: str, backend: str, dtype: str | None):
     from canonical.errors import InputError
 
     if backend == "coreml":
-        from coreml_runtime.package import TOKENIZER_DIR
+        from coreml_runtime.chunked import tokenizer_dir
         from ondevice.backends.coreml import load_package
 
         lm = load_package(spec)
         if not lm.config.is_causal:
             raise InputError(f"{spec}: a {lm.config.family} encoder's package cannot generate text (a causal LM can)")
-        return lm, Path(spec) / TOKENIZER_DIR
+        return lm, tokenizer_dir(spec)
 
     from convert.checkpoint import Checkpoint, load_checkpoint
     from convert.mlx_checkpoint import MLXCheckpoint, is_mlx_checkpoint, load_mlx_checkpoint

@@ -111,7 +111,10 @@ def _check_model(model: str, backend: str) -> None:
     """An MLX directory runs on the mlx backend only (with its own dtype and quantization)."""
     from canonical.errors import InputError
     from convert.checkpoint import is_mlx_directory
+    from coreml_runtime.chunked import is_coreml_model
 
+    if backend != "coreml" and is_coreml_model(model):
+        raise InputError(f"{model}: a Core ML model runs on --backend coreml (Core ML on a Mac), not {backend}")
     if backend != "mlx" and is_mlx_directory(model):
         raise InputError(
             f"{model}: an MLX directory written by 'ondevice convert --to mlx' runs on --backend mlx, not {backend}"

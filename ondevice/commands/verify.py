@@ -42,7 +42,9 @@ def verify(
 
     check_seed(seed)
     at_least("--seq-len", seq_len, 1)
-    is_package = checkpoint.rstrip("/").endswith(".mlpackage")
+    from coreml_runtime.chunked import is_coreml_model
+
+    is_package = is_coreml_model(checkpoint)
     is_mlx = not is_package and is_mlx_directory(checkpoint)
     if is_package:
         not_applicable(

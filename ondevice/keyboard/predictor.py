@@ -19,7 +19,7 @@ import torch
 from canonical.config import check_tokenizer_fits
 from canonical.errors import InputError
 from convert.checkpoint import load_checkpoint
-from coreml_runtime.package import TOKENIZER_DIR
+from coreml_runtime.chunked import is_coreml_model, tokenizer_dir
 from ondevice.backends import load_backend
 from ondevice.keyboard.beam import Suggestion, score_spellings, search_words
 from ondevice.keyboard.blend import Blend, blend
@@ -63,7 +63,7 @@ class Predictor:
         self.k, self.beam_width, self.max_word_tokens = k, beam_width, max_word_tokens
         if backend == "coreml":
             package = _coreml_package(model)
-            directory = Path(model) / TOKENIZER_DIR
+            directory = tokenizer_dir(model)
         else:
             checkpoint = load_checkpoint(model)
             if not checkpoint.config.is_causal:
@@ -188,10 +188,10 @@ def _coreml_package(package: str | Path):
     from ondevice.backends.coreml import load_package
 
     path = Path(package)
-    if path.suffix != ".mlpackage" or not path.is_dir():
+    if not (is_coreml_model(path) and path.is_dir()):
         raise InputError(
-            f"{package}: the coreml backend runs a converted package: pass --model PATH.mlpackage "
-            "(written by 'ondevice convert CHECKPOINT --to coreml')"
+            f"{package}: the coreml backend runs a converted package: pass --model PATH.mlpackage or a chunked "
+            "model's folder (written by 'ondevice convert CHECKPOINT --to coreml')"
         )
     lm = load_package(path)
     if not lm.config.is_causal:
