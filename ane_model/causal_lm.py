@@ -19,6 +19,9 @@ parts call `embed`, `run_blocks` over their own layers, and `final_norm` + `lm_h
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -34,13 +37,46 @@ class CausalLM(nn.Module):
     final_norm: nn.Module
     lm_head: ChunkedHead
 
+    # The modules outside the blocks that hold weights: a chunked model's embed/head part (a family adds its own,
+    # e.g. GPT-2's position table)
+    EMBED_AND_HEAD: tuple[str, ...] = ("tok_embed", "final_norm", "lm_head")
+
     @classmethod
-    def from_canonical(cls, cfg, weights: dict[str, torch.Tensor]) -> CausalLM:
+    def from_canonical(cls, cfg, weights: Mapping[str, torch.Tensor]) -> CausalLM:
         """Built from canonical weights, in eval mode. Tied (as transformers ties it): the head's chunks come from
         `tok_embed.weight`, whatever `lm_head.weight` holds, and serve as the token embedding."""
+        return load_causal_lm(cls.unloaded(cfg), weights)
+
+    @classmethod
+    def unloaded(cls, cfg) -> CausalLM:
+        """Built without its weights: parameters allocated and never written, so the memory of those not loaded later
+        (`load_part`) is never touched. Position tables are computed, as they come from the config."""
         with without_random_init():
-            model = cls(cfg)
-        return load_causal_lm(model, weights)
+            return cls(cfg).eval()
+
+    def load_part(self, weights: Mapping[str, torch.Tensor], modules: tuple[str, ...]) -> None:
+        """Load the weights of `modules` ("layers.3", "lm_head", ...) only, one tensor at a time."""
+        load_causal_lm(self, weights, within=modules)
+
+    def release_part(self, modules: tuple[str, ...]) -> None:
+        """Give back the memory of `modules`' weights (they are not used again)."""
+        for name in modules:
+            module = self.get_submodule(name) if name != "lm_head" else self.lm_head
+            for parameter in module.parameters():
+                parameter.data = torch.empty(0, dtype=parameter.dtype)
+
+    def part_view(self, blocks: range | None) -> CausalLM:
+        """What torch.export sees of a chunked model's part, so that only the part's weights enter its program: the
+        blocks `blocks` without the embed/head modules, or (None) the embed/head modules without any block. A shallow
+        copy: the modules themselves are shared with this model."""
+        view = copy.copy(self)
+        view._modules = dict(self._modules)  # its own children (the same modules)
+        view.layers = nn.ModuleList(self.layers[i] for i in blocks) if blocks is not None else nn.ModuleList()
+        if blocks is not None:
+            for name in self.EMBED_AND_HEAD:
+                if name in view._modules:
+                    view._modules[name] = None
+        return view
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, S, C): rows of the head's chunks when tied, of `tok_embed` otherwise."""

@@ -27,6 +27,7 @@ class Block(nn.Module):
 class GPT2Model(CausalLM):
     cfg: GPT2Config
     final_norm: LayerNormANE
+    EMBED_AND_HEAD = ("tok_embed", "pos_embed", "final_norm", "lm_head")
 
     def __init__(self, cfg: GPT2Config):
         super().__init__()

@@ -6,7 +6,7 @@ Each layout trick names the rule it serves (the numbered ANE rules of docs/ane-r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
 import torch
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from canonical.attention import AttentionShape
 from canonical.config import Activation
 from canonical.errors import CheckpointError
+from canonical.weights import Selected
 
 Rope = tuple[Tensor, Tensor]  # (cos, signed_sin) tables of `RotaryEmbedding`, as a block passes them to attention
 
@@ -371,14 +372,21 @@ def _keep(tensor: Tensor, *args, **kwargs) -> Tensor:
     return tensor
 
 
-def load_canonical(module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy canonical weights into `module`, whose parameter names mirror the canonical names.
+def load_canonical(module: nn.Module, weights: Mapping[str, torch.Tensor], within: tuple[str, ...] = ()) -> None:
+    """Copy canonical weights into `module`, whose parameter names mirror the canonical names, one tensor at a time
+    (lazy weights are read as they are copied). `within`: only the parameters under these submodules, from the
+    weights under them (a chunked conversion's part).
 
     Canonical tensors differ from ours only by singleton axes (rule 2: a linear `(out, in)` becomes a
     conv `(out, in, 1, 1)`; norms are stored `(1, C, 1, 1)`), so each is reshaped after a check."""
-    params = module.state_dict()
-    missing = sorted(set(params) - set(weights))
-    extra = sorted(set(weights) - set(params))
+
+    def inside(name: str) -> bool:
+        return not within or name.startswith(tuple(f"{prefix}." for prefix in within))
+
+    params = {name: t for name, t in module.state_dict().items() if inside(name)}
+    names = [name for name in weights if inside(name)]
+    missing = sorted(set(params) - set(names))
+    extra = sorted(set(names) - set(params))
     if missing or extra:
         raise CheckpointError(f"canonical weights do not fit the model: missing {missing[:3]}, extra {extra[:3]}")
     for name, target in params.items():
@@ -386,25 +394,40 @@ def load_canonical(module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
         if [d for d in source.shape if d != 1] != [d for d in target.shape if d != 1]:
             raise CheckpointError(f"weight '{name}': shape {list(source.shape)} cannot fill {list(target.shape)}")
         target.copy_(source.reshape(target.shape).to(target.dtype))
+        del source
 
 
 _Model = TypeVar("_Model", bound=nn.Module)
 
 
-def load_causal_lm(model: _Model, weights: dict[str, torch.Tensor]) -> _Model:
-    """Fill a causal LM (its config at `cfg`, a `ChunkedHead` at `lm_head`) from canonical weights, in eval mode.
-    Tied, as transformers ties it: the head's chunks come from `tok_embed.weight`, whatever `lm_head.weight`
-    holds, and serve as the token embedding too (stored once)."""
+def load_causal_lm(model: _Model, weights: Mapping[str, torch.Tensor], within: tuple[str, ...] = ()) -> _Model:
+    """Fill a causal LM (its config at `cfg`, a `ChunkedHead` at `lm_head`) from canonical weights, in eval mode, one
+    tensor at a time; `within` as for `load_canonical` ("lm_head" for the head's chunks). Tied, as transformers ties
+    it: the head's chunks come from `tok_embed.weight`, whatever `lm_head.weight` holds, and serve as the token
+    embedding too (stored once)."""
     cfg: Any = model.cfg  # the family's canonical config
     lm_head = model.lm_head
     if not isinstance(lm_head, ChunkedHead):
         raise TypeError(f"{type(model).__name__}.lm_head is not a ChunkedHead")
-    body = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
-    if cfg.tie_word_embeddings:
-        head = {"lm_head.weight": body.pop("tok_embed.weight")}
-    elif "lm_head.weight" in weights:
-        head = {"lm_head.weight": weights["lm_head.weight"]}
-    else:
+    tied = cfg.tie_word_embeddings
+    table = "tok_embed.weight" if tied else "lm_head.weight"
+    if table not in weights:
         raise CheckpointError("canonical weights lack lm_head.weight and the config does not tie it")
-    load_canonical(model, body | lm_head.canonical_to_chunks("lm_head", head))
+    body = Selected(weights, lambda name: not name.startswith("lm_head.") and not (tied and name == table))
+    if within:
+        parts = tuple(w for w in within if w != "lm_head")
+        if parts:
+            load_canonical(model, body, parts)
+    else:
+        unknown = [name for name in body if name.split(".")[0] not in dict(model.named_children())]
+        if unknown:
+            raise CheckpointError(f"canonical weights do not fit the model: extra {unknown[:3]}")
+        load_canonical(model, body, tuple(name for name, _ in model.named_children() if name != "lm_head"))
+    if not within or "lm_head" in within:
+        head = {"lm_head.weight": weights[table]}
+        if not tied and "lm_head.bias" in weights:
+            head["lm_head.bias"] = weights["lm_head.bias"]
+        chunks = lm_head.canonical_to_chunks("lm_head", head)
+        del head
+        load_canonical(lm_head, {name.removeprefix("lm_head."): t for name, t in chunks.items()})
     return model.eval()

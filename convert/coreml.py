@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from canonical.errors import ConversionError
+from canonical.weights import weight_numel
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
 from convert.coreml_compress import COMPRESSIONS, compress_functions
@@ -160,13 +161,13 @@ def stored_parameters(config, weights: dict[str, torch.Tensor]) -> tuple[int, in
 
     tied = getattr(config, "tie_word_embeddings", False)
     tables = other = 0
-    for name, tensor in weights.items():
+    for name in weights:
         if tied and name == "lm_head.weight":
             continue  # the same tensor as tok_embed.weight, one constant in the package
         if is_vocabulary_table(name):
-            tables += tensor.numel()
+            tables += weight_numel(weights, name)
         else:
-            other += tensor.numel()
+            other += weight_numel(weights, name)
     return tables, other
 
 

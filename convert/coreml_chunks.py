@@ -8,12 +8,14 @@ function has fixed shapes (rule 7) and the same prefill length as a single packa
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ane_model.causal_lm import CausalLM
 from canonical.errors import ConversionError
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
@@ -39,7 +42,7 @@ from convert.coreml_compress import compress_functions
 from convert.coreml_fast import faster_conversion
 from convert.coreml_modules import BlocksWithState, EmbedForExport, HeadForExport
 from convert.coreml_package import plan_metadata, source_weights_sha256, write_metadata
-from convert.registry import build_ane_model
+from convert.registry import build_ane_model, unloaded_ane_model
 from coreml_runtime.chunked import EMBED_HEAD, FORMAT, FORMAT_VERSION, LAYERS, MANIFEST, TOKENIZER_FOLDER
 from coreml_runtime.interface import HIDDEN_IN, HIDDEN_OUT, INPUT_IDS, LOGITS, POSITION, logits_names
 from coreml_runtime.package import FORMAT_VERSION as PACKAGE_FORMAT_VERSION
@@ -140,11 +143,17 @@ def convert_chunked(
 def _write_parts(ckpt: Checkpoint, plan: Plan, ranges: list[range], work: Path, bar) -> None:
     import coremltools as ct
 
-    model = build_ane_model(ckpt.config, ckpt.weights)
-    if plan.options.calibration_text is not None:
+    calibrate = plan.options.calibration_text is not None
+    # Bounded memory: the model is built without its weights, and each part loads its own, converts, and gives them
+    # back. GPTQ runs the whole model over its calibration text, so with it every weight is loaded up front.
+    model = build_ane_model(ckpt.config, ckpt.weights) if calibrate else unloaded_ane_model(ckpt.config)
+    if not isinstance(model, CausalLM):
+        raise ConversionError(f"{ckpt.model_type}: its ANE model is not a CausalLM, which chunking splits")
+    if calibrate:
         from convert.coreml_calibrate import calibrate_int4, calibration_windows, window_length
 
         bar.set_postfix_str("calibrate")
+        assert plan.options.calibration_text is not None
         windows = calibration_windows(
             plan.options.calibration_text, ckpt.directory, window_length(ckpt.config), vocab_size=ckpt.config.vocab_size
         )
@@ -169,7 +178,9 @@ def _write_parts(ckpt: Checkpoint, plan: Plan, ranges: list[range], work: Path, 
         return torch.zeros(1, seq, dtype=torch.long), positions, torch.zeros(1, hidden_size, 1, seq)
 
     parts: list[dict] = []
-    embed, head = EmbedForExport(model), HeadForExport(model)
+    outside = tuple(name for name in model.EMBED_AND_HEAD if getattr(model, name, None) is not None)
+    tables = model.part_view(None)
+    embed, head = EmbedForExport(tables), HeadForExport(tables)
     with faster_conversion() as fast, tempfile.TemporaryDirectory(dir=work.parent) as scratch:
         programs = fast and plan.options.compress == "none"
 
@@ -217,13 +228,31 @@ def _write_parts(ckpt: Checkpoint, plan: Plan, ranges: list[range], work: Path, 
 
         first = {f"{kind}_{step}": partial(make, seq) for kind, make in (("embed", embed_function),
                  ("head", head_function)) for step, seq in lengths.items()}  # fmt: skip
-        write(EMBED_HEAD, EMBED_HEAD, range(0), first)
+        with loaded(model, ckpt.weights, outside, not calibrate):
+            write(EMBED_HEAD, EMBED_HEAD, range(0), first)
         for k, blocks in enumerate(ranges):
-            module = BlocksWithState(model, blocks, plan.context)
+            view = model.part_view(blocks)
+            module = BlocksWithState(view, range(len(view.layers)), plan.context)
             functions = {step: partial(blocks_function, module, seq) for step, seq in lengths.items()}
-            write(f"{LAYERS}_{k}", LAYERS, blocks, functions)
+            with loaded(model, ckpt.weights, tuple(f"layers.{i}" for i in blocks), not calibrate):
+                write(f"{LAYERS}_{k}", LAYERS, blocks, functions)
     _write_manifest(ckpt, plan, model_id, parts, work)
     bar.update()
+
+
+@contextlib.contextmanager
+def loaded(
+    model: CausalLM, weights: Mapping[str, torch.Tensor], modules: tuple[str, ...], load: bool
+) -> Iterator[None]:
+    """`modules`' weights loaded while a part is converted, and given back after (`load`: not loaded already)."""
+    if load:
+        model.load_part(weights, modules)
+    try:
+        yield
+    finally:
+        if load:
+            model.release_part(modules)
+            gc.collect()
 
 
 def _write_manifest(ckpt: Checkpoint, plan: Plan, model_id: str, parts: list[dict], work: Path) -> None:

@@ -112,64 +112,71 @@ def check_heads(hidden: int, heads: int, hidden_key: str, heads_key: str) -> Non
 
 
 class CheckpointTensors:
-    """The checkpoint's tensors under dialect-neutral names (wrapper prefixes stripped)."""
+    """The checkpoint's tensors under dialect-neutral names (wrapper prefixes stripped), read when asked for."""
 
     def __init__(self, raw: RawWeights, prefixes: Iterable[str], config_summary: str):
         self.raw = raw
         self.summary = config_summary
-        self.tensors: dict[str, torch.Tensor] = {}
-        self.original: dict[str, str] = {}
-        for key, tensor in raw.tensors.items():
+        self.keys: dict[str, str] = {}  # name -> the checkpoint's key
+        self.original = self.keys
+        for key in raw.tensors:
             name = _strip_prefix(key, prefixes)
             # Old TF-ported BERT checkpoints name layer-norm parameters gamma/beta.
             name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
             name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
-            self.tensors[name] = tensor
-            self.original[name] = key
+            self.keys[name] = key
 
     def where(self, name: str) -> str:
-        return self.raw.where(self.original.get(name, name))
+        return self.raw.where(self.keys.get(name, name))
 
     def any_file(self) -> str:
         return next(iter(self.raw.origin.values()), "weights")
 
     def has(self, name: str) -> bool:
-        return name in self.tensors
+        return name in self.keys
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.raw.tensors.shapes[self.keys[name]]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.raw.tensors.dtypes[self.keys[name]]
 
     def check(self, expected: dict[str, tuple[int, ...]], optional: set[str], ignored: Iterable[str]) -> None:
-        """Raise on the first missing, unexpected or mis-shaped tensor."""
+        """Raise on the first missing, unexpected or mis-shaped tensor (from the files' headers), then on the first
+        holding NaN or inf (each tensor read once, and let go)."""
         ignore = [re.compile(pattern) for pattern in ignored]
-        missing = [n for n in expected if n not in self.tensors and n not in optional]
+        missing = [n for n in expected if n not in self.keys and n not in optional]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise CheckpointError(
                 f"{self.any_file()}: missing tensor '{missing[0]}'{more} for a model with {self.summary}"
             )
-        extra = [n for n in self.tensors if n not in expected and not any(p.fullmatch(n) for p in ignore)]
+        extra = [n for n in self.keys if n not in expected and not any(p.fullmatch(n) for p in ignore)]
         if extra:
             more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
             raise CheckpointError(
-                f"{self.where(extra[0])}: unexpected tensor '{self.original[extra[0]]}'{more} "
+                f"{self.where(extra[0])}: unexpected tensor '{self.keys[extra[0]]}'{more} "
                 f"for a model with {self.summary}"
             )
         for name, shape in expected.items():
-            tensor = self.tensors.get(name)
-            if tensor is not None and tuple(tensor.shape) != shape:
+            if name in self.keys and self.shape(name) != shape:
                 raise CheckpointError(
-                    f"{self.where(name)}: tensor '{self.original[name]}' has shape {list(tensor.shape)}, "
+                    f"{self.where(name)}: tensor '{self.keys[name]}' has shape {list(self.shape(name))}, "
                     f"but config.json ({self.summary}) implies {list(shape)}"
                 )
         for name in expected:
-            tensor = self.tensors.get(name)
-            if tensor is not None and tensor.is_floating_point() and not _all_finite(tensor):
+            if name not in self.keys or not self.dtype(name).is_floating_point:
+                continue
+            tensor = self[name]
+            if not _all_finite(tensor):
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise CheckpointError(
-                    f"{self.where(name)}: tensor '{self.original[name]}' holds {bad:,} NaN or inf "
+                    f"{self.where(name)}: tensor '{self.keys[name]}' holds {bad:,} NaN or inf "
                     "values: the checkpoint is damaged"
                 )
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
+        return self.raw.tensors[self.keys[name]]
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:

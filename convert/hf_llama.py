@@ -11,6 +11,7 @@ prefix; `lm_head.weight` is absent when tied to the token embedding. Weights com
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from canonical.errors import CheckpointError
 from canonical.llama import Dialect, LlamaConfig
+from canonical.weights import LazyWeights
 from convert.activations import canonical_activation
 from convert.hf_common import (
     CheckpointTensors,
@@ -123,7 +125,7 @@ def read_config(config: dict, model_type: str, directory: Path) -> LlamaConfig:
     )
 
 
-def read_weights(cfg: LlamaConfig, raw: RawWeights) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+def read_weights(cfg: LlamaConfig, raw: RawWeights) -> tuple[LlamaConfig, LazyWeights]:
     summary = (
         f"model_type={cfg.dialect}, num_hidden_layers={cfg.num_layers}, hidden_size={cfg.hidden_size}, "
         f"num_attention_heads={cfg.num_heads}, num_key_value_heads={cfg.num_kv_heads}, head_dim={cfg.head_dim}, "
@@ -135,18 +137,24 @@ def read_weights(cfg: LlamaConfig, raw: RawWeights) -> tuple[LlamaConfig, dict[s
     optional = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     ckpt.check({hf: shape for hf, shape in names.values()}, optional, _IGNORED)
 
-    def f32(hf: str) -> torch.Tensor:
-        tensor = ckpt[hf]
-        if not tensor.is_floating_point():
+    for hf, _ in names.values():
+        if ckpt.has(hf) and not ckpt.dtype(hf).is_floating_point:
             raise CheckpointError(
-                f"{ckpt.where(hf)}: tensor '{ckpt.original[hf]}' has dtype {tensor.dtype}, "
+                f"{ckpt.where(hf)}: tensor '{ckpt.original[hf]}' has dtype {ckpt.dtype(hf)}, "
                 "but only unquantized floating-point weights are supported"
             )
-        return tensor.to(torch.float32)
 
-    w = {canon: f32(hf) for canon, (hf, _) in names.items() if canon != "lm_head.weight"}
+    def f32(hf: str) -> torch.Tensor:
+        return ckpt[hf].to(torch.float32).contiguous()
+
+    # Read when asked for, in fp32 (a bf16 checkpoint stays bf16 on disk until a tensor is taken): a model's builder
+    # holds one tensor at a time beside what it built, and a chunked conversion only its part's.
+    w = LazyWeights()
+    for canon, (hf, shape) in names.items():
+        if canon != "lm_head.weight":
+            w.add(canon, shape, functools.partial(f32, hf))
     if not cfg.tie_word_embeddings:
-        w["lm_head.weight"] = f32("lm_head.weight")
+        w.add("lm_head.weight", names["lm_head.weight"][1], functools.partial(f32, "lm_head.weight"))
     else:
         if ckpt.has("lm_head.weight") and not torch.equal(f32("lm_head.weight"), w["tok_embed.weight"]):
             # transformers 5 would then use the stored head, transformers 4 the embedding: refuse to guess.
@@ -154,8 +162,8 @@ def read_weights(cfg: LlamaConfig, raw: RawWeights) -> tuple[LlamaConfig, dict[s
                 f"{ckpt.where('lm_head.weight')}: tensor 'lm_head.weight' differs from "
                 f"'{ckpt.original['embed_tokens.weight']}', but config.json has tie_word_embeddings=true"
             )
-        w["lm_head.weight"] = w["tok_embed.weight"]
-    return cfg, {name: t.contiguous() for name, t in w.items()}
+        w.alias("lm_head.weight", "tok_embed.weight")
+    return cfg, w
 
 
 # The family's one name map: canonical module -> Hugging Face module, inside layer {i} (`layers.{i}.` on both sides)

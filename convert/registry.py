@@ -184,6 +184,14 @@ def build_ane_model(config: ModelConfig, weights: dict):
     return model_cls.from_canonical(config, weights)
 
 
+def unloaded_ane_model(config: ModelConfig):
+    """The family's ANE-layout torch model without its weights (`CausalLM.unloaded`): a chunked conversion loads one
+    part's at a time."""
+    family = family_of(config)
+    model_cls = require(family, "ane_model", "the torch-ane backend and Core ML conversion")
+    return model_cls.unloaded(config)
+
+
 def build_mlx_model(
     config: ModelConfig, weights: dict, dtype=None, bits: int | None = None, group_size: int = 64, packed: bool = False
 ):

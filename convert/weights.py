@@ -1,11 +1,13 @@
 """Read the raw tensors of a Hugging Face checkpoint directory, whatever file layout it uses.
 
-Safetensors first (single file or sharded with its index); `pytorch_model.bin` only through
-`torch.load(weights_only=True)`, which refuses arbitrary pickled objects."""
+Safetensors first (single file or sharded with its index), each tensor read when asked for (so that a conversion
+holds one part of a large model at a time); `pytorch_model.bin` only through `torch.load(weights_only=True)`, which
+refuses arbitrary pickled objects."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +23,70 @@ _LAYOUTS = (
 )
 
 
+class TensorFiles(Mapping[str, torch.Tensor]):
+    """A checkpoint's tensors by key, read from their file each time one is asked for, and kept by no one here:
+    safetensors files are opened for each read (`safe_open`), so no mapping of the file stays resident after it.
+    Shapes and dtypes come from the files' headers without reading any tensor. `torch.load` files (the legacy
+    format) are read whole, once."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
+        self.loaded: dict[str, torch.Tensor] = {}  # torch.load files: already in memory
+
+    def add_safetensors(self, path: Path) -> list[str]:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                keys = list(f.keys())
+                for key in keys:
+                    piece = f.get_slice(key)
+                    self.files[key], self.shapes[key] = path, tuple(piece.get_shape())
+                    self.dtypes[key] = _SAFETENSORS_DTYPES.get(piece.get_dtype(), torch.uint8)
+        except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from exc
+        return keys
+
+    def add_loaded(self, path: Path, tensors: dict[str, torch.Tensor]) -> list[str]:
+        for key, tensor in tensors.items():
+            self.files[key], self.shapes[key], self.dtypes[key] = path, tuple(tensor.shape), tensor.dtype
+            self.loaded[key] = tensor
+        return list(tensors)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key in self.loaded:
+            return self.loaded[key]
+        path = self.files[key]
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                return f.get_tensor(key)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: tensor '{key}' cannot be read ({_first_line(exc)})") from exc
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+# safetensors' dtype names (the header's) -> torch dtypes
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
 @dataclass
 class RawWeights:
-    """Tensors by their checkpoint key, and the file each came from (for error messages)."""
+    """Tensors by their checkpoint key (read when asked for), and the file each came from (for error messages)."""
 
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    tensors: TensorFiles = field(default_factory=TensorFiles)
     origin: dict[str, str] = field(default_factory=dict)
 
     def where(self, key: str) -> str:
@@ -48,10 +109,12 @@ def read_raw_weights(directory: Path) -> RawWeights:
         files = _shard_files(path) if name.endswith(".index.json") else [path]
         raw = RawWeights()
         for file in files:
-            tensors = _read_safetensors(file) if kind == "safetensors" else _read_torch_bin(file)
-            for key, tensor in tensors.items():
-                raw.tensors[key] = tensor
-                raw.origin[key] = file.name
+            keys = (
+                raw.tensors.add_safetensors(file)
+                if kind == "safetensors"
+                else raw.tensors.add_loaded(file, _read_torch_bin(file))
+            )
+            raw.origin |= dict.fromkeys(keys, file.name)
         return raw
     expected = ", ".join(name for name, _ in _LAYOUTS)
     raise CheckpointError(f"{directory}: no weights found (expected one of {expected})")
@@ -69,15 +132,6 @@ def _shard_files(index_path: Path) -> list[Path]:
             raise CheckpointError(f"{index_path}: names shard '{shard}', which does not exist")
         files.append(path)
     return files
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path, device="cpu")
-    except Exception as exc:  # safetensors raises its own error type for truncated or corrupt files
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from exc
 
 
 def _read_torch_bin(path: Path) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from canonical.attention import AttentionShape
 from canonical.cache import KVCacheProtocol
 from canonical.config import Activation, ModelConfig
 from canonical.errors import CheckpointError
+from canonical.weights import Selected
 
 ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {
     "gelu": nn.gelu,  # the exact, erf-based GELU
@@ -192,7 +193,7 @@ def without_tied_head(cfg: ModelConfig, weights: Mapping[str, object]) -> Mappin
     """A tied model's head is its token embedding (`nn.Embedding.as_linear`), stored once: `lm_head.*` dropped."""
     if not getattr(cfg, "tie_word_embeddings", False):
         return weights
-    return {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
+    return Selected(weights, lambda name: not name.startswith("lm_head."))
 
 
 def _flat(tree) -> list[tuple[str, mx.array]]:

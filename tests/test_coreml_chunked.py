@@ -33,6 +33,7 @@ CASES = {  # name: (checkpoint, parts of layers); three layers in two parts: an 
     "qwen3-tied-two-head-chunks": (QWEN3, 2),
     "gpt2": (GPT2, 2),
 }
+ALSO = {"mistral-one-kv-head, again": CASES["mistral-one-kv-head"]}
 STEPS = 24  # greedy steps through the parts' caches: past QWEN3's measured near-tie at step 17
 
 
@@ -43,9 +44,10 @@ def chunked(tmp_path_factory, family_root):
 
     def get(name: str):
         if name not in built:
-            case, parts = CASES[name]
+            case, parts = (CASES | ALSO)[name]
             checkpoint = make(case, family_root)
-            built[name] = (convert_chunked(checkpoint, root / name, STATE, chunks=parts, progress=False), checkpoint)
+            out = root / name.replace(", ", "-")
+            built[name] = (convert_chunked(checkpoint, out, STATE, chunks=parts, progress=False), checkpoint)
         return built[name]
 
     return get
@@ -178,8 +180,8 @@ def test_a_broken_chunked_model_is_refused_in_one_line(chunked, tmp_path, damage
     if damage == "missing part":
         shutil.rmtree(broken / "layers_1.mlpackage")
         expected = "part 2 (layers_1.mlpackage) is missing"
-    elif damage == "part of another model":
-        other = convert_chunked(checkpoint, tmp_path / "other", STATE, chunks=2, progress=False)
+    elif damage == "part of another model":  # the same checkpoint converted again: another model's id
+        other, _ = chunked("mistral-one-kv-head, again")
         shutil.rmtree(broken / "layers_1.mlpackage")
         shutil.copytree(other / "layers_1.mlpackage", broken / "layers_1.mlpackage")
         expected = "part 2 (layers_1.mlpackage) belongs to another model"

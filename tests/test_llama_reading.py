@@ -184,7 +184,8 @@ def test_weights_equal_transformers_state_dict(built, case):
     for name, tensor in b.weights.items():
         assert tensor.dtype == torch.float32 and tensor.is_contiguous(), name
         assert torch.equal(tensor, state[_hf_key(name)]), name
-    assert (b.weights["lm_head.weight"] is b.weights["tok_embed.weight"]) == b.cfg.tie_word_embeddings
+    # tied: the head reads as the token table (one tensor on disk, read lazily: canonical/weights.py)
+    assert (b.weights.alias_of("lm_head.weight") == "tok_embed.weight") == b.cfg.tie_word_embeddings
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -335,7 +336,7 @@ def test_bare_base_model_without_prefix_and_head_reads_the_same(built, tmp_path)
     assert cfg == tied.cfg
     assert weights.keys() == tied.weights.keys()
     assert all(torch.equal(weights[name], tied.weights[name]) for name in weights)
-    assert weights["lm_head.weight"] is weights["tok_embed.weight"]
+    assert weights.alias_of("lm_head.weight") == "tok_embed.weight"  # the table, read from one tensor
 
 
 def test_bare_base_model_of_an_untied_config_lacks_its_head(built, tmp_path):
@@ -370,7 +371,7 @@ def test_tied_config_with_a_stored_head(built, tmp_path):
     state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()  # a tied head saved as a copy
     save_file(state, directory / "model.safetensors")
     _, weights = _read(directory)
-    assert weights["lm_head.weight"] is weights["tok_embed.weight"]
+    assert weights.alias_of("lm_head.weight") == "tok_embed.weight"  # the table, read from one tensor
 
 
 # ---- Bad input: one line naming the field or key ----------------------------------------------------------------
