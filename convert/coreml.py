@@ -280,21 +280,28 @@ def package_interface(package: Path) -> dict[str, dict[str, list[str]]]:
 
 
 def save_package(functions: dict, work: Path, tmp: Path, target, fast: bool = False) -> None:
-    import coremltools as ct
-
     if list(functions) == ["main"]:
         functions["main"].save(str(work))
         return
     if fast:  # the programs merged in memory (convert/coreml_fast.py)
         save_functions(functions, work, target)
         return
-    desc = ct.utils.MultiFunctionDescriptor()
+    saved = {}
     for name, model in functions.items():
-        path = tmp / f"{name}.mlpackage"
-        model.save(str(path))
+        saved[name] = tmp / f"{name}.mlpackage"
+        model.save(str(saved[name]))
+    merge_saved_functions(saved, work)
+
+
+def merge_saved_functions(saved: dict[str, Path], work: Path) -> None:
+    """One multifunction package at `work` from one-function packages saved on disk (name -> path), the first the
+    default; identical weight constants of the functions are stored once (coremltools deduplicates by content)."""
+    import coremltools as ct
+
+    desc = ct.utils.MultiFunctionDescriptor()
+    for name, path in saved.items():
         desc.add_function(str(path), src_function_name="main", target_function_name=name)
-    desc.default_function_name = next(iter(functions))
-    # Identical weight constants of the functions are stored once (deduplicated by content).
+    desc.default_function_name = next(iter(saved))
     ct.utils.save_multifunction(desc, str(work))
 
 

@@ -8,14 +8,13 @@ function has fixed shapes (rule 7) and the same prefill length as a single packa
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import math
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -33,12 +32,13 @@ from convert.coreml import (
     Plan,
     bytes_per_weight,
     convert_function,
+    merge_saved_functions,
     package_interface,
     plan_conversion,
     save_package,
     stored_parameters,
 )
-from convert.coreml_compress import compress_functions
+from convert.coreml_compress import KMeansOnce, compress
 from convert.coreml_fast import faster_conversion
 from convert.coreml_modules import BlocksWithState, EmbedForExport, HeadForExport
 from convert.coreml_package import plan_metadata, source_weights_sha256, write_metadata
@@ -49,10 +49,14 @@ from coreml_runtime.package import FORMAT_VERSION as PACKAGE_FORMAT_VERSION
 from coreml_runtime.package import TOKENIZER_FILES, sha256_file, weights_path
 
 PART_LIMIT = 950_000_000  # bytes of weights per part when chunking for iOS: under IOS_WEIGHT_LIMIT, with room
+# Parameters per part of layers at most, unless --chunks says otherwise: converting a part holds it in fp32 beside
+# its converted functions (~8-10 bytes a parameter, measured in docs/measurements.md), so this bounds a conversion's
+# memory at a few GB whatever the model's size (int4 parts of a 3B model would otherwise be 1.4B parameters each)
+PART_PARAMETERS = 500_000_000
 
 
 def _mb(size: int) -> str:
-    return f"{size / 1e6:.3g} MB"
+    return f"{size / 1e6:,.0f} MB" if size >= 1e6 else f"{size / 1e3:,.0f} kB"
 
 
 def split_layers(num_layers: int, parts: int) -> list[range]:
@@ -74,14 +78,17 @@ def part_bytes(config, weights: dict[str, torch.Tensor], options: CoreMLOptions)
 def chunk_count(config, weights: dict[str, torch.Tensor], options: CoreMLOptions, chunks: int | None,
                 chunk_size: int | None) -> int:  # fmt: skip
     """How many parts of layers: `chunks` as asked, or as few as keep each part under `chunk_size` bytes (by default
-    PART_LIMIT for an iOS target, one part otherwise)."""
+    PART_LIMIT for an iOS target, no limit otherwise) and under PART_PARAMETERS parameters."""
     if chunks is not None:
         return len(split_layers(config.num_layers, chunks))
     ios = options.target.lower().startswith("ios")
     limit = chunk_size or (PART_LIMIT if ios and not options.allow_large else None)
-    if limit is None:
-        return 1
     table, layer = part_bytes(config, weights, options)
+    # Conversion memory: a part is held in fp32 beside its converted functions, ~8-10 bytes a parameter
+    per_layer = stored_parameters(config, weights)[1] / config.num_layers
+    by_memory = math.ceil(config.num_layers / max(1, PART_PARAMETERS // max(int(per_layer), 1)))
+    if limit is None:
+        return by_memory
     if ios and not options.allow_large and table > IOS_WEIGHT_LIMIT:
         raise ConversionError(
             f"the token table and head alone come to about {_mb(table)}, above the ~1 GB an iOS app can load "
@@ -90,7 +97,7 @@ def chunk_count(config, weights: dict[str, torch.Tensor], options: CoreMLOptions
     per_part = max(1, limit // max(layer, 1))
     if layer > limit:
         raise ConversionError(f"one layer comes to about {_mb(layer)}, above the chunk size of {_mb(limit)}")
-    return math.ceil(config.num_layers / per_part)
+    return max(math.ceil(config.num_layers / per_part), by_memory)
 
 
 def convert_chunked(
@@ -184,14 +191,28 @@ def _write_parts(ckpt: Checkpoint, plan: Plan, ranges: list[range], work: Path, 
     with faster_conversion() as fast, tempfile.TemporaryDirectory(dir=work.parent) as scratch:
         programs = fast and plan.options.compress == "none"
 
-        def write(name: str, role: str, blocks: range, convert: Mapping[str, Callable[[], object]]) -> None:
+        def write(name: str, role: str, blocks: range, convert: Mapping[str, Callable[[], object]],
+                  modules: tuple[str, ...]) -> None:  # fmt: skip
+            """Load the part's weights, convert its functions, give the weights back (the functions hold their own
+            constants by then), compress and save."""
             bar.set_postfix_str(name)
-            functions = {fn: make() for fn, make in convert.items()}
-            if plan.options.compress != "none":
-                functions = compress_functions(functions, plan.options.compress, plan.target)
             path = work / f"{name}.mlpackage"
-            save_package(functions, path, Path(scratch), plan.target, fast)
-            del functions
+            if not calibrate:  # else all loaded already
+                model.load_part(ckpt.weights, modules)
+            try:
+                if programs:  # uncompressed programs, merged in memory (convert/coreml_fast.py)
+                    functions = {fn: make() for fn, make in convert.items()}
+                else:
+                    saved = _functions_to_disk(convert, plan, Path(scratch) / name)
+            finally:
+                if not calibrate:
+                    model.release_part(modules)
+                    gc.collect()
+            if programs:
+                save_package(functions, path, Path(scratch), plan.target, fast)
+                del functions
+            else:
+                merge_saved_functions(saved, path)
             interface = package_interface(path)
             write_metadata(path, ckpt, {
                 "format_version": PACKAGE_FORMAT_VERSION,
@@ -228,31 +249,30 @@ def _write_parts(ckpt: Checkpoint, plan: Plan, ranges: list[range], work: Path, 
 
         first = {f"{kind}_{step}": partial(make, seq) for kind, make in (("embed", embed_function),
                  ("head", head_function)) for step, seq in lengths.items()}  # fmt: skip
-        with loaded(model, ckpt.weights, outside, not calibrate):
-            write(EMBED_HEAD, EMBED_HEAD, range(0), first)
+        write(EMBED_HEAD, EMBED_HEAD, range(0), first, outside)
         for k, blocks in enumerate(ranges):
             view = model.part_view(blocks)
             module = BlocksWithState(view, range(len(view.layers)), plan.context)
             functions = {step: partial(blocks_function, module, seq) for step, seq in lengths.items()}
-            with loaded(model, ckpt.weights, tuple(f"layers.{i}" for i in blocks), not calibrate):
-                write(f"{LAYERS}_{k}", LAYERS, blocks, functions)
+            write(f"{LAYERS}_{k}", LAYERS, blocks, functions, tuple(f"layers.{i}" for i in blocks))
     _write_manifest(ckpt, plan, model_id, parts, work)
     bar.update()
 
 
-@contextlib.contextmanager
-def loaded(
-    model: CausalLM, weights: Mapping[str, torch.Tensor], modules: tuple[str, ...], load: bool
-) -> Iterator[None]:
-    """`modules`' weights loaded while a part is converted, and given back after (`load`: not loaded already)."""
-    if load:
-        model.load_part(weights, modules)
-    try:
-        yield
-    finally:
-        if load:
-            model.release_part(modules)
-            gc.collect()
+def _functions_to_disk(convert: Mapping[str, Callable[[], object]], plan: Plan, scratch: Path) -> dict[str, Path]:
+    """Each function converted, compressed and saved under `scratch` before the next one is converted (name -> path):
+    one function's program in memory at a time, where holding all four of the embed/head part's (a 3B model's table is
+    394M parameters, each function's program its own copy until they are merged) took GBs more."""
+    kmeans = KMeansOnce()  # palettization tables shared by the functions, as compress_functions shares them
+    scratch.mkdir()
+    saved = {}
+    for name, make in convert.items():
+        converted = compress(make(), plan.options.compress, plan.target, kmeans)
+        saved[name] = scratch / f"{name}.mlpackage"
+        converted.save(str(saved[name]))
+        del converted
+        gc.collect()
+    return saved
 
 
 def _write_manifest(ckpt: Checkpoint, plan: Plan, model_id: str, parts: list[dict], work: Path) -> None:

@@ -96,6 +96,7 @@ def make_llama(
     dtype: torch.dtype = torch.float32,
     config_style: str = "v5",
     shard_size: str | None = None,
+    build_in_dtype: bool = False,
     **overrides,
 ) -> Path:
     """A Llama-family checkpoint (`dialect`: llama, mistral, qwen2, qwen3), saved with `save_pretrained`.
@@ -104,7 +105,8 @@ def make_llama(
     initializer_range 0.2 (spread-out random logits, as for GPT-2). `rope_parameters` in the overrides
     sets the RoPE (transformers 5 style). `config_style="v4"` rewrites the saved config.json the way the
     hub's transformers-4 checkpoints spell it (`rope_theta` + `rope_scaling`, `torch_dtype`). `dtype`
-    saves the weights in bf16/fp16; `shard_size` (e.g. "20KB") writes sharded safetensors."""
+    saves the weights in bf16/fp16 (`build_in_dtype`: initialised in it, for the billion-parameter shapes);
+    `shard_size` (e.g. "20KB") writes sharded safetensors."""
     import json
 
     import transformers
@@ -130,7 +132,11 @@ def make_llama(
     kwargs.update(overrides)
     torch.manual_seed(seed)
     config = getattr(transformers, config_name)(**kwargs)
-    model = getattr(transformers, model_name)(config).eval().to(dtype)
+    model_class = getattr(transformers, model_name)
+    if build_in_dtype:  # billions of parameters: never held in fp32 (a 3B model would take 13 GB before the cast)
+        model = model_class._from_config(config, dtype=dtype).eval()
+    else:
+        model = model_class(config).eval().to(dtype)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, **({"max_shard_size": shard_size} if shard_size else {}))
     if config_style == "v4":
@@ -193,3 +199,40 @@ def make_qwen3_06b(directory: Path) -> Path:
         eos_token_id=151645,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
     )
+
+
+# Llama 3.2's RoPE: llama3 scaling of a 8,192-token original context to 131,072
+_LLAMA32_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
+
+
+def make_llama32_1b(directory: Path) -> Path:
+    """Llama 3.2 1B's shapes (16 layers, width 2,048, 32 heads of 64 sharing 8 key/value heads, MLP 8,192, vocabulary
+    128,256, tied head, llama3 RoPE), bf16 as published, random init; reused when already there."""
+    return _big_llama(directory, "llama", num_hidden_layers=16, hidden_size=2048, num_attention_heads=32, head_dim=64,
+                      intermediate_size=8192, vocab_size=128256, bos_token_id=128000, eos_token_id=128001,
+                      max_position_embeddings=131072, rope_parameters=_LLAMA32_ROPE)  # fmt: skip
+
+
+def make_llama32_3b(directory: Path) -> Path:
+    """Llama 3.2 3B's shapes (28 layers, width 3,072, 24 heads of 128 sharing 8, MLP 8,192, vocabulary 128,256, tied,
+    llama3 RoPE), bf16, random init; reused when already there."""
+    return _big_llama(directory, "llama", num_hidden_layers=28, hidden_size=3072, num_attention_heads=24, head_dim=128,
+                      intermediate_size=8192, vocab_size=128256, bos_token_id=128000, eos_token_id=128001,
+                      max_position_embeddings=131072, rope_parameters=_LLAMA32_ROPE)  # fmt: skip
+
+
+def make_qwen3_17b(directory: Path) -> Path:
+    """Qwen3-1.7B's shapes (28 layers, width 2,048, 16 heads of 128 sharing 8, MLP 6,144, vocabulary 151,936, tied,
+    q/k norm), bf16, random init; reused when already there."""
+    return _big_llama(directory, "qwen3", num_hidden_layers=28, hidden_size=2048, num_attention_heads=16, head_dim=128,
+                      intermediate_size=6144, vocab_size=151936, bos_token_id=151643, eos_token_id=151645,
+                      max_position_embeddings=40960,
+                      rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})  # fmt: skip
+
+
+def _big_llama(directory: Path, dialect: str, **shape) -> Path:
+    if (directory / "config.json").is_file():
+        return directory
+    return make_llama(directory, dialect, dtype=torch.bfloat16, build_in_dtype=True, shard_size="2GB",
+                      num_key_value_heads=8, initializer_range=0.02, tie_word_embeddings=True, **shape)  # fmt: skip

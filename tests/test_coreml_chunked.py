@@ -99,6 +99,27 @@ def test_chunked_model_gives_the_single_packages_logits(chunked, name, tmp_path)
     assert cosine > 0.9999  # the outputs compared are the model's, not some shared error
 
 
+def test_a_compressed_chunked_model_gives_the_single_packages_logits(family_root, tmp_path):
+    """int4: each part converts, compresses and saves its functions one at a time before merging them (bounded
+    memory), and still gives the single int4 package's logits bit for bit, its prefill and decode sharing one copy
+    of their compressed weights (the parts' weights add up to the single package's, give or take the RoPE tables)."""
+    case, _ = CASES["qwen2-tied-biases"]
+    checkpoint = make(case, family_root)
+    options = CoreMLOptions(context=CONTEXT, seq_lens=(PREFILL,), compress="int4")
+    single = convert_to_coreml(checkpoint, tmp_path / "single.mlpackage", options, progress=False)
+    model = convert_chunked(checkpoint, tmp_path / "parts", options, chunks=2, progress=False)
+    prompt = np.random.default_rng(2).integers(0, load_checkpoint(checkpoint).config.vocab_size, 19).tolist()
+    outputs = []
+    for lm in (load_package(single), load_package(model)):
+        outputs.append([lm.prefill(prompt), *(lm.decode(t)[None] for t in (3, 9))])
+    for a, b in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    cfg = load_checkpoint(checkpoint).config
+    sizes = [weights_path(model / p["file"]).stat().st_size for p in read_chunked_model(model).manifest["parts"]]
+    rope = 2 * 2 * CONTEXT * cfg.num_heads * cfg.head_dim * (len(sizes) - 1)
+    assert sum(sizes) <= weights_path(single).stat().st_size + rope * 1.01, (sizes, rope)
+
+
 @pytest.mark.parametrize("name", ["qwen3-tied-two-head-chunks", "qwen2-tied-biases", "llama-untied"])
 def test_parts_store_each_weight_once(chunked, name):
     """The parts' weight files add up to the fp16 parameters (a tied table counted once) and what each part repeats:

@@ -91,8 +91,8 @@ def convert(
     chunk_size: Annotated[
         str | None,
         typer.Option(
-            help="Core ML, causal LMs: the most weight bytes per part, e.g. 950MB (default for an iOS target: 950MB; "
-            "otherwise one part of layers)."
+            help="Core ML, causal LMs: the most weight bytes per part, e.g. 950MB (default for an iOS target: 950MB). "
+            "Without --chunks, parts also stay under 500M parameters, which bounds the conversion's memory."
         ),
     ] = None,
     one_process: Annotated[
