@@ -4,12 +4,22 @@ parity with the transformers reference, per model and compression. Prints a mark
     python -m benchmarks.coreml_conversion --models gpt2-124m minilm --compress none int8 int4
     python -m benchmarks.coreml_conversion --models smollm2-135m --compress none int8 int4 --json smollm.json
     python -m benchmarks.coreml_conversion --models qwen3-0.6b --compress none --max-rss-gb 20
+    python -m benchmarks.coreml_conversion --models llama3.2-1b --compress none int4 --checkpoints ~/ckpts
+    python -m benchmarks.coreml_conversion --models smollm2-135m qwen3-0.6b --compress none --chunked --no-eval
 
 Models: `gpt2-124m` (GPT-2 small's shapes), `smollm2-135m` (30 layers, width 576, 9 heads sharing 3 key/value
 heads, 49,152 tokens, tied), `qwen3-0.6b` (28 layers, width 1,024, 16 heads of 128 sharing 8, q/k norm, 151,936
-tokens, tied): random-init checkpoints with the real models' shapes (`convert.random_checkpoints`), written to a
-temporary directory (or `--checkpoints DIR`, reused between runs); `minilm` is the real all-MiniLM-L6-v2. Timing
-and sizes are those of the real models; parity on random weights checks the conversion, not real text.
+tokens, tied), `llama3.2-1b`, `llama3.2-3b` and `qwen3-1.7b` (bf16 like the published checkpoints, tied,
+vocabularies of 128,256 and 151,936): random-init checkpoints with the real models' shapes
+(`convert.random_checkpoints`), written to a temporary directory (or `--checkpoints DIR`, reused between runs);
+`minilm` is the real all-MiniLM-L6-v2. Timing and sizes are those of the real models; parity on random weights
+checks the conversion, not real text.
+
+The billion-parameter shapes are converted into chunked models (a folder of parts, `convert.coreml_chunks`), as
+`--chunked` does for the others: the rows then give the parts, the largest part's weight.bin, and peak RSS as a
+ratio to it (the bound of a chunked conversion is its largest part, not the model). `s / B params` is the
+conversion time per billion stored parameters (a tied head counted once), the figure that should not grow with
+the model.
 
 Each conversion and each verification runs in a child process of its own, so that `peak RSS` is that step's
 high-water mark (the resident memory of the process; `--max-rss-gb` stops a step that grows past it and records
@@ -36,8 +46,9 @@ import numpy as np
 
 from ondevice.bench.conversion import package_bytes
 
-MODELS = ("minilm", "gpt2-124m", "smollm2-135m", "qwen3-0.6b")
-LLAMA_SHAPES = ("smollm2-135m", "qwen3-0.6b")
+CHUNKED_SHAPES = ("llama3.2-1b", "qwen3-1.7b", "llama3.2-3b")  # always converted into chunked models
+MODELS = ("minilm", "gpt2-124m", "smollm2-135m", "qwen3-0.6b", *CHUNKED_SHAPES)
+LLAMA_SHAPES = ("smollm2-135m", "qwen3-0.6b", *CHUNKED_SHAPES)
 
 
 def _checkpoint(name: str, root: Path) -> Path:
@@ -51,6 +62,9 @@ def _checkpoint(name: str, root: Path) -> Path:
         "gpt2-124m": random_checkpoints.make_gpt2_124m,
         "smollm2-135m": random_checkpoints.make_smollm2_135m,
         "qwen3-0.6b": random_checkpoints.make_qwen3_06b,
+        "llama3.2-1b": random_checkpoints.make_llama32_1b,
+        "llama3.2-3b": random_checkpoints.make_llama32_3b,
+        "qwen3-1.7b": random_checkpoints.make_qwen3_17b,
     }[name]
     return make(root / name)
 
@@ -60,18 +74,40 @@ def _peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
+def _stored_parameters(checkpoint: str) -> int:
+    from convert.checkpoint import load_checkpoint
+    from convert.coreml import stored_parameters
+
+    ckpt = load_checkpoint(checkpoint)  # lazy: reads the headers, not the tensors
+    return sum(stored_parameters(ckpt.config, ckpt.weights))
+
+
 def _convert_step(checkpoint: str, out: str, options: dict) -> dict:
     from convert.coreml import CoreMLOptions, convert_to_coreml
+    from convert.coreml_chunks import convert_chunked
     from coreml_runtime.package import weights_path
 
+    chunked = not out.endswith(".mlpackage")
     start = time.perf_counter()
-    convert_to_coreml(checkpoint, out, CoreMLOptions(**options), overwrite=True, progress=False)
+    if chunked:
+        convert_chunked(checkpoint, out, CoreMLOptions(**options), overwrite=True, progress=False)
+    else:
+        convert_to_coreml(checkpoint, out, CoreMLOptions(**options), overwrite=True, progress=False)
     seconds = time.perf_counter() - start
+    packages = sorted(Path(out).glob("*.mlpackage")) if chunked else [Path(out)]
+    parts_mib = [weights_path(p).stat().st_size / 2**20 for p in packages]
+    params = _stored_parameters(checkpoint)
+    peak = _peak_rss_bytes() / 2**30
     return {
         "convert_s": seconds,
-        "convert_peak_rss_gib": _peak_rss_bytes() / 2**30,
+        "convert_peak_rss_gib": peak,
         "size_mib": package_bytes(Path(out)) / 2**20,
-        "weight_bin_mib": weights_path(Path(out)).stat().st_size / 2**20,
+        "weight_bin_mib": sum(parts_mib),
+        "parts": len(packages),
+        "largest_part_mib": max(parts_mib),
+        "rss_per_largest_part": peak * 1024 / max(parts_mib),
+        "params_b": params / 1e9,
+        "s_per_b_params": seconds / (params / 1e9),
     }
 
 
@@ -156,10 +192,12 @@ def measure(name: str, checkpoint: Path, compress: str, out_dir: Path, args) -> 
         "seq_lens": (args.prefill if causal else args.seq_len,),
         "context": args.context if causal else None,
     }
-    allow_large = name == "qwen3-0.6b" and compress == "none"  # ~1.19 GB of fp16 weights, above the iOS limit
+    # ~1.19 GB of fp16 weights, above the iOS limit of one package (a chunked model splits instead)
+    allow_large = name == "qwen3-0.6b" and compress == "none" and not (args.chunked and causal)
     if allow_large:
         options["allow_large"] = True
-    out = out_dir / f"{name}-{compress}.mlpackage"
+    chunked = name in CHUNKED_SHAPES or (args.chunked and causal)
+    out = out_dir / (f"{name}-{compress}" if chunked else f"{name}-{compress}.mlpackage")
     max_rss = None if args.max_rss_gb is None else args.max_rss_gb * 2**30
     row = {
         "model": name,
@@ -179,9 +217,10 @@ def measure(name: str, checkpoint: Path, compress: str, out_dir: Path, args) -> 
 
 
 HEADER = (
-    "| model | compression | convert (s) | peak RSS convert (GiB) | package (MiB) | weight.bin (MiB) | cosine | "
-    "max err / scale | greedy | evaluator (s) | peak RSS evaluator (GiB) |\n"
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| model | compression | params (B) | convert (s) | s / B params | peak RSS convert (GiB) | package (MiB) | "
+    "weight.bin (MiB) | parts | largest part (MiB) | peak RSS / largest part | cosine | max err / scale | greedy | "
+    "evaluator (s) | peak RSS evaluator (GiB) |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -192,8 +231,10 @@ def _row(r: dict) -> str:
     tail = f" ({r['error']})" if "error" in r else f" ({r['eval_error']})" if "eval_error" in r else ""
     return (
         f"| {r['model']}{' (allow_large)' if r.get('allow_large') else ''} | {r['compress']} | "
-        f"{f('convert_s', '.1f')} | {f('convert_peak_rss_gib', '.2f')} | {f('size_mib', '.1f')} | "
-        f"{f('weight_bin_mib', '.1f')} | {f('cosine', '.6f')} | {f('rel_err', '.2e')} | {r.get('greedy', '-')} | "
+        f"{f('params_b', '.2f')} | {f('convert_s', '.1f')} | {f('s_per_b_params', '.0f')} | "
+        f"{f('convert_peak_rss_gib', '.2f')} | {f('size_mib', '.1f')} | {f('weight_bin_mib', '.1f')} | "
+        f"{r.get('parts', '-')} | {f('largest_part_mib', '.1f')} | {f('rss_per_largest_part', '.1f')} | "
+        f"{f('cosine', '.6f')} | {f('rel_err', '.2e')} | {r.get('greedy', '-')} | "
         f"{f('eval_s', '.1f')} | {f('eval_peak_rss_gib', '.2f')} |{tail}"
     )
 
@@ -210,6 +251,7 @@ def main() -> None:
     parser.add_argument("--target", default="iOS18")
     parser.add_argument("--max-rss-gb", type=float, default=None, help="stop a step past this resident memory")
     parser.add_argument("--no-eval", action="store_true", help="convert only")
+    parser.add_argument("--chunked", action="store_true", help="convert causal LMs into chunked models (a folder)")
     parser.add_argument("--checkpoints", type=Path, default=None, help="keep the random checkpoints here")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
@@ -225,7 +267,7 @@ def main() -> None:
             print(f"<!-- {name}: checkpoint ready in {time.perf_counter() - start:.0f} s -->", flush=True)
             for compress in args.compress:
                 rows.append(measure(name, checkpoint, compress, tmp, args))
-                for leftover in tmp.glob("*.mlpackage"):  # keep the disk use to one package at a time
+                for leftover in tmp.glob(f"{name}-*"):  # keep the disk use to one model at a time
                     shutil.rmtree(leftover)
                 if args.json:
                     args.json.write_text(json.dumps(rows, indent=1))

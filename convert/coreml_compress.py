@@ -95,8 +95,22 @@ def is_vocabulary_table(name: str) -> bool:
     return any(part in name for part in _TABLE_NAMES)
 
 
-def vocabulary_tables(model) -> list[str]:
-    """Names of the embedding and vocabulary-head weight constants of a converted model."""
-    from coremltools.optimize import coreml as cto
+WEIGHT_THRESHOLD = 2048  # coremltools compresses constants of more elements than this (its default)
 
-    return [name for name in cto.get_weights_metadata(model) if is_vocabulary_table(name)]
+
+def vocabulary_tables(model) -> list[str]:
+    """Names of the embedding and vocabulary-head weight constants of a converted model, read from the MIL program
+    it holds (ct.convert's models do). coremltools' `get_weights_metadata` gives the same names but rebuilds the
+    program from the saved spec and computes every weight's sparsity and unique values first: seconds per large
+    constant, for every function of every part (docs/measurements.md)."""
+    program = getattr(model, "_mil_program", None)
+    if program is None:  # a model loaded from disk
+        from coremltools.optimize import coreml as cto
+
+        return [name for name in cto.get_weights_metadata(model, WEIGHT_THRESHOLD) if is_vocabulary_table(name)]
+    names: dict[str, None] = {}
+    for function in program.functions.values():
+        for op in function.find_ops(op_type="const"):
+            if is_vocabulary_table(op.name) and np.size(op.val.val) > WEIGHT_THRESHOLD:
+                names[op.name] = None
+    return list(names)

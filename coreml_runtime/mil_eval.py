@@ -14,12 +14,22 @@ hardware's internal order of operations."""
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from canonical.errors import ConversionError
+
+# Memory at billions of parameters. Constants of at least SHARED_CONSTANT elements are kept once per program by content
+# (a package's prefill and decode each load their own copy of every weight); float32 copies of float16 constants
+# are kept, to save upcasting them on every call, while all programs' copies come to at most FLOAT32_CACHE_BYTES,
+# and made on each call past it (docs/measurements.md: a 1B-parameter chunked model held 22.9 GiB before).
+SHARED_CONSTANT = 1 << 16
+FLOAT32_CACHE_BYTES = 4 << 30
+_float32_cached = [0]  # bytes of float32 copies held by every live program
 
 # Ops with no `value_inference` in coremltools, or whose reference implementation is too slow.
 _KERNELS: dict[str, Callable] = {}
@@ -187,9 +197,12 @@ class MilProgram:
         self.spec = spec
         self.functions = self.program.functions
         self._consts: dict[int, np.ndarray] = {}
+        self._by_content: dict[tuple, np.ndarray] = {}
         # float32 copies of float16 constants, made on first use, keyed by the id of the cached constant (alive as
         # long as this program, so no other array can share its id): a weight is upcast once, not on every call.
         self._float32: dict[int, np.ndarray | None] = {}
+        self._float32_bytes = [0]
+        weakref.finalize(self, _give_back, self._float32_bytes)
 
     def state_names(self, function: str) -> list[str]:
         from coremltools.converters.mil.mil import types
@@ -239,9 +252,10 @@ class MilProgram:
             # Cached per op (not per name: two functions may use one name for different constants).
             if id(op) not in self._consts:
                 value = op.outputs[0].val if kind == "const" else op.materialized_val_inference()
-                self._consts[id(op)] = _as_declared(value, op.outputs[0])
-                if self._consts[id(op)].dtype == np.float16:
-                    self._float32[id(self._consts[id(op)])] = None  # upcast on first use
+                value = self._shared(_as_declared(value, op.outputs[0]), op if kind == "const" else None)
+                self._consts[id(op)] = value
+                if value.dtype == np.float16 and id(value) not in self._float32:
+                    self._float32[id(value)] = None  # upcast on first use
             env[op.outputs[0].name] = self._consts[id(op)]
             return
         if kind == "read_state":
@@ -262,8 +276,22 @@ class MilProgram:
         for var, value in zip(op.outputs, results, strict=True):
             env[var.name] = _as_declared(value, var)
 
+    def _shared(self, value: np.ndarray, const) -> np.ndarray:
+        """One array per distinct large constant of the program: another function's identical constant is this one
+        (and a `const` op's own loaded copy is let go in its favour)."""
+        if value.size < SHARED_CONSTANT:
+            return value
+        key = (value.dtype.str, value.shape, hashlib.blake2b(np.ascontiguousarray(value).data, digest_size=16).digest())
+        shared = self._by_content.setdefault(key, value)
+        if const is not None and shared is not value:
+            loaded = getattr(const.outputs[0], "_sym_val", None)
+            if loaded is not None and hasattr(loaded, "_val"):
+                loaded._val = shared  # the loader's copy of the same bytes: freed
+        return shared
+
     def _upcast(self, value: np.ndarray) -> np.ndarray:
-        """float16 values as float32 (a constant's copy made once); anything else as it is."""
+        """float16 values as float32 (a constant's copy made once, within FLOAT32_CACHE_BYTES); anything else as it
+        is."""
         value = np.asarray(value)
         if value.dtype != np.float16:
             return value
@@ -271,7 +299,11 @@ class MilProgram:
             return value.astype(np.float32)
         upcast = self._float32[id(value)]
         if upcast is None:
-            upcast = self._float32[id(value)] = value.astype(np.float32)
+            upcast = value.astype(np.float32)
+            if _float32_cached[0] + upcast.nbytes <= FLOAT32_CACHE_BYTES:
+                self._float32[id(value)] = upcast
+                self._float32_bytes[0] += upcast.nbytes
+                _float32_cached[0] += upcast.nbytes
         return upcast
 
     def _float32_view(self, op, env: dict) -> dict:
@@ -315,10 +347,16 @@ def _has_value_inference(op) -> bool:
     return type(op).value_inference is not Operation.value_inference
 
 
+def _give_back(held: list[int]) -> None:
+    """A program's float32 copies are gone with it: their bytes return to the shared budget."""
+    _float32_cached[0] -= held[0]
+
+
 def _as_declared(value, var) -> np.ndarray:
-    """Round/cast an op's output to the dtype the program declares for it (fp16 rounding)."""
+    """Round/cast an op's output to the dtype the program declares for it (fp16 rounding); a value already of that
+    dtype is returned as it is, not copied."""
     from coremltools.converters.mil.mil import types
 
     sym_type = var.sym_type.wrapped_type() if types.is_state(var.sym_type) else var.sym_type
     dtype = types.nptype_from_builtin(sym_type.get_primitive() if types.is_tensor(sym_type) else sym_type)
-    return np.asarray(value).astype(dtype)
+    return np.asarray(value, dtype=dtype)

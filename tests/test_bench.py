@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -133,6 +134,27 @@ def test_generated_models_are_made_by_their_factories(tmp_path, monkeypatch):
     assert resolve_model("smollm2-135m-random", tmp_path) == ("smollm2-135m-random", tmp_path / "smollm2-135m-random")
     assert resolve_model("qwen3-0.6b-random", tmp_path)[1] == tmp_path / "qwen3-0.6b-random"
     assert [f for f, _ in made] == ["make_smollm2_135m", "make_qwen3_06b"]
+
+
+def test_a_causal_lm_above_one_ios_package_is_benchmarked_as_a_chunked_model(family_root, minilm_dir, tmp_path):
+    """Core ML jobs convert what `ondevice convert` would: one package where it fits an iOS app, else (a causal LM)
+    a chunked model, which the Core ML runner loads like a package. Here the limit is lowered to a tiny model's size;
+    the real one is IOS_WEIGHT_LIMIT (~1 GB)."""
+    from coreml_runtime.chunked import read_chunked_model
+    from ondevice.backends.coreml import load_package
+    from ondevice.bench.runners import convert_package, package_path
+    from tests.families import make
+    from tests.packages import MISTRAL
+
+    checkpoint = make(MISTRAL, family_root)
+    assert package_path(tmp_path, "m", "none", checkpoint) == tmp_path / "coreml" / "m-none.mlpackage"
+    assert package_path(tmp_path, "e", "none", minilm_dir, limit=1000).suffix == ".mlpackage"  # encoders: one
+    folder = package_path(tmp_path, "m", "int8", checkpoint, limit=1000)
+    assert folder == tmp_path / "coreml" / "m-int8"
+    convert_package(str(checkpoint), folder, "int8", [16, 32], True, 64)
+    assert len(read_chunked_model(folder).parts) >= 2
+    logits = load_package(folder, use_coreml=False).prefill([1, 2, 3])
+    assert logits.shape[0] == 3 and np.isfinite(logits).all()
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="on a Mac Core ML runs")

@@ -55,6 +55,36 @@ def test_gptq_calibration_changes_the_blocks_only(packages):
     assert weights.get("uint4", 0) > 0 and weights.get("int8", 0) > 0
 
 
+def test_vocabulary_tables_are_those_coremltools_metadata_names(gpt2_dir):
+    """The tables kept at 8 or 6 bits are found in the converted program, without coremltools'
+    `get_weights_metadata` (slow at billions of parameters); both give the same names, which are the token
+    embedding's and the head chunks' constants."""
+    import coremltools as ct
+    import numpy as np
+    import torch
+    from coremltools.optimize import coreml as cto
+
+    from convert.checkpoint import load_checkpoint
+    from convert.coreml import CoreMLOptions, convert_function, plan_conversion
+    from convert.coreml_compress import WEIGHT_THRESHOLD, is_vocabulary_table, vocabulary_tables
+    from convert.coreml_modules import EmbedForExport
+    from convert.registry import build_ane_model
+
+    ckpt = load_checkpoint(gpt2_dir)
+    plan = plan_conversion(ckpt.config, CoreMLOptions(context=32, seq_lens=(8,)))
+    model = build_ane_model(ckpt.config, ckpt.weights)
+    example = (torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    inputs = [
+        ct.TensorType("input_ids", shape=(1, 8), dtype=np.int32),
+        ct.TensorType("position", shape=(1,), dtype=np.int32),
+    ]
+    converted = convert_function(EmbedForExport(model.part_view(None)), example, inputs, ["hidden_out"], plan, False)
+    found = vocabulary_tables(converted)
+    assert found and all(is_vocabulary_table(name) for name in found)
+    by_metadata = [n for n in cto.get_weights_metadata(converted, WEIGHT_THRESHOLD) if is_vocabulary_table(n)]
+    assert sorted(found) == sorted(by_metadata)
+
+
 @pytest.mark.parametrize("target", ["iOS18", "iOS16"])
 def test_kmeans_once_gives_the_tables_of_coremltools_kmeans(tmp_path, target):
     """The palettized packages cluster each weight group once for all their functions (KMeansOnce, through

@@ -270,3 +270,37 @@ def test_prefill_near_the_end_of_the_context_stays_in_the_tables(packages):
     assert got.shape == want.shape
     cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
     assert cos >= 0.999
+
+
+def test_the_evaluator_holds_each_weight_once_and_within_its_float32_budget(packages, monkeypatch):
+    """At billions of parameters the evaluator must not hold a copy of every weight per function plus a float32 copy
+    of each: identical constants of prefill and decode are one array (the loader's second copy let go), and float32
+    copies are kept only within FLOAT32_CACHE_BYTES. Neither changes an output: the logits with every constant shared
+    and no float32 cache at all are those of the default, bit for bit, through prefill and decode."""
+    from coreml_runtime import mil_eval
+
+    package, _ = packages("qwen2-tied-state-fp16")
+    prompt = {"input_ids": np.arange(3, 3 + PREFILL, dtype=np.int32)[None], "position": np.array([0], np.int32)}
+    step = {"input_ids": np.array([[7]], np.int32), "position": np.array([PREFILL], np.int32)}
+
+    def run() -> tuple[mil_eval.MilProgram, list[np.ndarray]]:
+        program = mil_eval.MilProgram(package)
+        state = program.make_state("prefill")
+        first = program.predict(prompt, "prefill", state)
+        second = program.predict(step, "decode", state)
+        return program, [first[k] for k in sorted(first)] + [second[k] for k in sorted(second)]
+
+    _, expected = run()
+    monkeypatch.setattr(mil_eval, "SHARED_CONSTANT", 1024)
+    monkeypatch.setattr(mil_eval, "FLOAT32_CACHE_BYTES", 0)
+    program, got = run()
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    large = [v for v in program._consts.values() if v.size >= 1024]
+    distinct = {id(v) for v in large}
+    assert len(large) > len(distinct) > 0  # prefill's and decode's weights: one array each
+    assert not any(program._float32.values()) and program._float32_bytes == [0]
+    for function in ("prefill", "decode"):  # the loader's own copies are the shared arrays now
+        for op in program.functions[function].find_ops(op_type="const"):
+            if id(op) in program._consts and program._consts[id(op)].size >= 1024:
+                assert op.outputs[0].val is program._consts[id(op)]

@@ -31,6 +31,10 @@ GENERATED_MODELS = {
     GENERATED: "make_gpt2_124m",
     "smollm2-135m-random": "make_smollm2_135m",  # SmolLM2-135M: Llama, GQA 3:1, tied head
     "qwen3-0.6b-random": "make_qwen3_06b",  # Qwen3-0.6B: q/k norm, head_dim 128, tied head
+    # billions of parameters, bf16: Core ML gets a chunked model (ondevice.bench.runners.package_path)
+    "llama3.2-1b-random": "make_llama32_1b",
+    "qwen3-1.7b-random": "make_qwen3_17b",
+    "llama3.2-3b-random": "make_llama32_3b",
 }
 FULL_MODELS = ("keyboard-gpt2", GENERATED, "all-MiniLM-L6-v2")
 QUICK_MODELS = ("keyboard-gpt2", "all-MiniLM-L6-v2")
@@ -115,7 +119,7 @@ def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
     from canonical.errors import InputError
     from convert.checkpoint import read_model_config
     from ondevice.bench.peers import ANE_TRANSFORMERS, MLX_LM, peer_unavailable
-    from ondevice.bench.runners import COMPUTE_UNITS, clip_seq_lens, coreml_unavailable
+    from ondevice.bench.runners import COMPUTE_UNITS, clip_seq_lens, coreml_unavailable, package_path
 
     models, backends, seq_lens = _resolved(options)
     unknown = [b for b in backends if b not in (*BACKENDS, *PEERS)]
@@ -176,7 +180,7 @@ def plan_jobs(options: BenchOptions) -> tuple[list[dict], list[dict]]:
                     )
                     continue
                 for compression in COREML_COMPRESSIONS:
-                    package = options.cache_dir / "coreml" / f"{name}-{compression}.mlpackage"
+                    package = package_path(options.cache_dir, name, compression, directory)
                     jobs.append(
                         base
                         | {"job": "convert", "compression": compression, "package": str(package), "precision": "fp16"}

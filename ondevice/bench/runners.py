@@ -168,12 +168,31 @@ def clip_seq_lens(seq_lens: list[int], max_positions: int) -> list[int]:
     return sorted({min(n, max_positions) for n in seq_lens})
 
 
+def package_path(cache_dir: Path, name: str, compression: str, checkpoint: Path, limit: int | None = None) -> Path:
+    """Where the benchmark's Core ML conversion of a model goes: `NAME-COMPRESSION.mlpackage`, or for a causal LM
+    whose weights are above what one iOS package holds (`limit`, IOS_WEIGHT_LIMIT by default) a chunked model, the
+    folder `NAME-COMPRESSION`, as `ondevice convert` would need."""
+    from canonical.errors import ConversionError
+    from convert.checkpoint import load_checkpoint
+    from convert.coreml import CoreMLOptions, check_size
+
+    stem = Path(cache_dir) / "coreml" / f"{name}-{compression}"
+    ckpt = load_checkpoint(checkpoint)  # lazy: the headers give the sizes
+    if not ckpt.config.is_causal:
+        return stem.with_name(stem.name + ".mlpackage")
+    try:
+        check_size(ckpt.config, ckpt.weights, CoreMLOptions(compress=compression), limit)
+    except ConversionError:
+        return stem
+    return stem.with_name(stem.name + ".mlpackage")
+
+
 def convert_package(
     checkpoint: str, out: Path, compression: str, seq_lens: list[int], is_causal: bool, max_positions: int
 ) -> Path:
     """`ondevice convert --to coreml` as a library call: fp16, the given compression; GPT-2 with a
     context long enough for the longest prefill and a 64-token prefill chunk, encoders with every
-    benchmarked length enumerated."""
+    benchmarked length enumerated. An `out` without `.mlpackage` gets a chunked model (`package_path`)."""
     from convert.coreml import CoreMLOptions, convert_to_coreml
 
     if is_causal:
@@ -181,4 +200,8 @@ def convert_package(
         options = CoreMLOptions(dtype="fp16", seq_lens=(min(64, context),), context=context, compress=compression)
     else:
         options = CoreMLOptions(dtype="fp16", seq_lens=tuple(seq_lens), compress=compression)
+    if Path(out).suffix != ".mlpackage":
+        from convert.coreml_chunks import convert_chunked
+
+        return convert_chunked(checkpoint, out, options, overwrite=True, progress=False)
     return convert_to_coreml(checkpoint, out, options, overwrite=True, progress=False)

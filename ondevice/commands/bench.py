@@ -22,9 +22,10 @@ def bench(
         list[str] | None,
         typer.Option(
             "--model",
-            help="keyboard-gpt2, all-MiniLM-L6-v2, gpt2-124m-random, smollm2-135m-random, "
-            "qwen3-0.6b-random (made locally), a checkpoint directory or an MLX directory (--backends mlx); "
-            "repeatable.",
+            help="keyboard-gpt2, all-MiniLM-L6-v2, gpt2-124m-random, smollm2-135m-random, qwen3-0.6b-random, "
+            "llama3.2-1b-random, qwen3-1.7b-random, llama3.2-3b-random (made locally), a checkpoint directory or an "
+            "MLX directory (--backends mlx); repeatable. Core ML gets a chunked model where one package would exceed "
+            "~1 GB.",
         ),
     ] = None,
     backends: Annotated[
