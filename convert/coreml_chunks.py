@@ -50,8 +50,8 @@ from coreml_runtime.package import TOKENIZER_FILES, sha256_file, weights_path
 
 PART_LIMIT = 950_000_000  # bytes of weights per part when chunking for iOS: under IOS_WEIGHT_LIMIT, with room
 # Parameters per part of layers at most, unless --chunks says otherwise: converting a part holds it in fp32 beside
-# its converted functions (~8-10 bytes a parameter, measured in docs/measurements.md), so this bounds a conversion's
-# memory at a few GB whatever the model's size (int4 parts of a 3B model would otherwise be 1.4B parameters each)
+# its converted functions (peak RSS 5-7x the largest fp16 part's bytes, docs/measurements.md), so this bounds a
+# conversion's memory at a few GB whatever the model's size (an int4 part under 950 MB would hold ~1.7B parameters)
 PART_PARAMETERS = 500_000_000
 
 
