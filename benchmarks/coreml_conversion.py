@@ -75,11 +75,14 @@ def _peak_rss_bytes() -> int:
 
 
 def _stored_parameters(checkpoint: str) -> int:
-    from convert.checkpoint import load_checkpoint
+    from convert.checkpoint import Checkpoint, load_checkpoint
     from convert.coreml import stored_parameters
 
     ckpt = load_checkpoint(checkpoint)  # lazy: reads the headers, not the tensors
-    return sum(stored_parameters(ckpt.config, ckpt.weights))
+    if not isinstance(ckpt, Checkpoint):
+        raise SystemExit(f"{checkpoint}: an MLX directory; the conversion benchmark converts Hugging Face checkpoints")
+    tables, other = stored_parameters(ckpt.config, ckpt.weights)
+    return tables + other
 
 
 def _convert_step(checkpoint: str, out: str, options: dict) -> dict:

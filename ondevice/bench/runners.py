@@ -173,12 +173,12 @@ def package_path(cache_dir: Path, name: str, compression: str, checkpoint: Path,
     whose weights are above what one iOS package holds (`limit`, IOS_WEIGHT_LIMIT by default) a chunked model, the
     folder `NAME-COMPRESSION`, as `ondevice convert` would need."""
     from canonical.errors import ConversionError
-    from convert.checkpoint import load_checkpoint
+    from convert.checkpoint import Checkpoint, load_checkpoint
     from convert.coreml import CoreMLOptions, check_size
 
     stem = Path(cache_dir) / "coreml" / f"{name}-{compression}"
     ckpt = load_checkpoint(checkpoint)  # lazy: the headers give the sizes
-    if not ckpt.config.is_causal:
+    if not isinstance(ckpt, Checkpoint) or not ckpt.config.is_causal:  # an MLX directory: conversion refuses it
         return stem.with_name(stem.name + ".mlpackage")
     try:
         check_size(ckpt.config, ckpt.weights, CoreMLOptions(compress=compression), limit)
