@@ -200,6 +200,7 @@ def convert_package(
         options = CoreMLOptions(dtype="fp16", seq_lens=(min(64, context),), context=context, compress=compression)
     else:
         options = CoreMLOptions(dtype="fp16", seq_lens=tuple(seq_lens), compress=compression)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)  # the benchmark's cache folder, made on first use
     if Path(out).suffix != ".mlpackage":
         from convert.coreml_chunks import convert_chunked
 

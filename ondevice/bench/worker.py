@@ -175,7 +175,6 @@ def run_convert(job: dict) -> list[dict]:
     subject = Subject(job["model"], "coreml", "conversion", "fp16", job["compression"], "checkpoint")
     try:
         _, config = read_model_config(resolve_checkpoint(job["checkpoint"]))
-        Path(job["package"]).parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         convert_package(
             job["checkpoint"],
