@@ -183,14 +183,24 @@ def estimated_weight_bytes(config, weights: dict[str, torch.Tensor], dtype: str,
     return int(tables * per_table + other * per_other)
 
 
+def ios_oversize(
+    config, weights: dict[str, torch.Tensor], options: CoreMLOptions, limit: int | None = None
+) -> int | None:
+    """The estimated weight bytes of one package when they exceed what an iOS app loads (`limit`, IOS_WEIGHT_LIMIT by
+    default) and nothing allows it (allow_large, a macOS target); None when one package is fine."""
+    limit = IOS_WEIGHT_LIMIT if limit is None else limit
+    if options.allow_large or not options.target.lower().startswith("ios"):
+        return None
+    size = estimated_weight_bytes(config, weights, options.dtype, options.compress)
+    return size if size > limit else None
+
+
 def check_size(config, weights: dict[str, torch.Tensor], options: CoreMLOptions, limit: int | None = None) -> None:
     """Refuse an iOS package whose weights would exceed `limit` (IOS_WEIGHT_LIMIT by default) unless allow_large,
     naming the size and the least lossy compression that would fit."""
     limit = IOS_WEIGHT_LIMIT if limit is None else limit
-    if options.allow_large or not options.target.lower().startswith("ios"):
-        return
-    size = estimated_weight_bytes(config, weights, options.dtype, options.compress)
-    if size <= limit:
+    size = ios_oversize(config, weights, options, limit)
+    if size is None:
         return
     scheme = options.dtype if options.compress == "none" else options.compress
     candidates = (

@@ -219,6 +219,29 @@ def test_a_broken_chunked_model_is_refused_in_one_line(chunked, tmp_path, damage
     assert_one_line_error(run_cli(command, *args[command]), expected)
 
 
+def test_an_ios_package_above_the_limit_becomes_a_chunked_model(family_root, tmp_path, monkeypatch):
+    """`--out NAME.mlpackage` for weights above what one iOS package holds writes a chunked model in the folder NAME,
+    said in one line; `--chunks 1 --allow-large` keeps one file, and `--chunks 1` alone is refused naming the size.
+    The limit is lowered to the tiny model's scale here (the real one is IOS_WEIGHT_LIMIT, 1 GB)."""
+    import convert.coreml as coreml
+
+    checkpoint = make(QWEN2, family_root)
+    monkeypatch.setattr(coreml, "IOS_WEIGHT_LIMIT", 10_000)
+    small = ["--to", "coreml", "--context", 48, "--seq-len", 8]
+    done = run_cli("convert", checkpoint, *small, "--out", tmp_path / "big.mlpackage")
+    assert done.exit_code == 0, done.output
+    (said,) = [line for line in done.stderr.splitlines() if "instead" in line]
+    assert "above the ~0 GB one iOS package holds" in said and f"chunked model to {tmp_path / 'big'}" in said
+    assert f"wrote {tmp_path / 'big'}: chunked Core ML model" in " ".join(done.stdout.split())
+    assert len(read_chunked_model(tmp_path / "big").parts) >= 2
+    assert not (tmp_path / "big.mlpackage").exists()
+    refused = run_cli("convert", checkpoint, *small, "--out", tmp_path / "one.mlpackage", "--chunks", 1)
+    assert_one_line_error(refused, "--allow-large")
+    kept = run_cli("convert", checkpoint, *small, "--out", tmp_path / "one.mlpackage", "--chunks", 1, "--allow-large")
+    assert kept.exit_code == 0, kept.output
+    assert (tmp_path / "one.mlpackage" / "Manifest.json").is_file() and not (tmp_path / "one").exists()
+
+
 def test_convert_cli_writes_a_chunked_model_and_says_how(family_root, tmp_path):
     """A folder --out is a chunked model; the plan is one line on stderr; the result runs through generate and
     inspect; a chunked --out with a .mlpackage name, an encoder, an io cache or a count past the layers is refused."""

@@ -122,7 +122,7 @@ def convert(
     not_applicable({"--chunk-size": chunk_size} if chunks else {}, "without --chunks (which sets the parts' count)")
     out_path = output_path("--out", out)
     chunked = to is OutputFormat.coreml and out_path.suffix != ".mlpackage"
-    if to is OutputFormat.coreml and not chunked and (chunks or size_limit):
+    if to is OutputFormat.coreml and not chunked and ((chunks or 1) > 1 or size_limit):
         raise InputError(
             f"{out_path}: a chunked model is a folder of packages; give --out a folder name without .mlpackage"
         )
@@ -171,6 +171,8 @@ def convert(
                 parallel=not one_process,
             )
             plan = plan_conversion(config, options)  # refuses what the target cannot hold before anything is written
+            if not chunked and chunks is None and config.is_causal:
+                out_path, chunked = _chunked_when_too_large(source, out_path, options, noise.say)
             what = (
                 f"{'chunked Core ML model' if chunked else 'Core ML package'} ({options.dtype}, target {options.target}"
                 + (f", {options.compress}" if options.compress != "none" else "")
@@ -214,6 +216,24 @@ def convert(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _chunked_when_too_large(source: Path, out_path: Path, options, say) -> tuple[Path, bool]:
+    """An iOS package above what an app loads becomes a chunked model in the folder of the same name, said in one
+    line; `--chunks 1 --allow-large` keeps one file. Returns the output path and whether it is chunked."""
+    from convert.checkpoint import Checkpoint, load_checkpoint
+    from convert.coreml import IOS_WEIGHT_LIMIT, ios_oversize
+
+    ckpt = load_checkpoint(source)  # lazy: the headers give the sizes
+    size = ios_oversize(ckpt.config, ckpt.weights, options) if isinstance(ckpt, Checkpoint) else None
+    if size is None:
+        return out_path, False
+    folder = out_path.with_suffix("")
+    say(
+        f"{out_path.name}: the weights come to about {size / 1e9:.2f} GB, above the ~{IOS_WEIGHT_LIMIT / 1e9:.0f} GB "
+        f"one iOS package holds: writing a chunked model to {folder} instead (--chunks 1 --allow-large keeps one file)"
+    )
+    return folder, True
 
 
 def _check_options(
