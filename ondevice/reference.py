@@ -31,10 +31,30 @@ def _quiet_from_pretrained(model_cls, directory):
     hf_logging.disable_progress_bar()
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            return model_cls.from_pretrained(directory, dtype=torch.float32).eval()
+            model = model_cls.from_pretrained(directory, dtype=_stored_dtype(directory)).eval()
+            return model.float()  # one tensor at a time; exact from bf16 and fp16
     except (ValueError, KeyError, OSError) as exc:  # e.g. a model_type transformers does not know
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{directory}: transformers cannot load the reference model ({reason})") from None
+
+
+def _stored_dtype(directory) -> torch.dtype:
+    """The dtype the reference is loaded in before its upcast to fp32: the checkpoint's own where every floating
+    tensor of its safetensors files is stored in one 16-bit dtype (the upcast is exact, and the whole model is never
+    held in both dtypes at once: loaded straight into fp32, a 3B bf16 checkpoint peaked at 18.4 GiB,
+    docs/measurements.md), fp32 otherwise (fp32 weights, mixed dtypes, torch.load files)."""
+    from pathlib import Path
+
+    from convert.weights import TensorFiles
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        return torch.float32
+    headers = TensorFiles()
+    for path in files:
+        headers.add_safetensors(path)  # headers only: no tensor is read
+    stored = {dtype for dtype in headers.dtypes.values() if dtype.is_floating_point}
+    return stored.pop() if stored in ({torch.bfloat16}, {torch.float16}) else torch.float32
 
 
 class ReferenceCausalLM:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -298,3 +299,25 @@ def test_our_model_is_freed_before_the_reference_loads(which, gpt2_dir, bert_dir
         report = ondevice.verify.verify(str(gpt2_dir if which == "causal" else bert_dir), seq_len=8)
     assert report.passed, report
     assert (report.greedy_match is True) == (which != "encoder")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_the_reference_loads_in_the_stored_dtype_and_runs_in_fp32(dtype, tmp_path):
+    """A 16-bit checkpoint's reference is loaded in its own dtype and upcast (so a 3B model is never held in bf16
+    and fp32 at once): its parameters are fp32 and its logits are those of a model loaded straight into fp32, bit
+    for bit; an fp32 checkpoint is loaded in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    from convert.random_checkpoints import make_llama
+    from ondevice.reference import _stored_dtype, load_reference
+
+    directory = make_llama(tmp_path / "m", tie_word_embeddings=True, dtype=dtype)
+    assert _stored_dtype(directory) == dtype
+    reference = load_reference(load_checkpoint(directory))
+    assert {p.dtype for p in reference.model.parameters()} == {torch.float32}
+    assert reference.model.lm_head.weight is reference.model.model.embed_tokens.weight  # still tied
+    straight = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    ids = list(range(5, 37))
+    with torch.inference_mode():
+        want = straight(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_array_equal(reference.prefill(ids), want)
