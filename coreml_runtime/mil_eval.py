@@ -23,13 +23,16 @@ import numpy as np
 
 from canonical.errors import ConversionError
 
-# Memory at billions of parameters. Constants of at least SHARED_CONSTANT elements are kept once per program by content
-# (a package's prefill and decode each load their own copy of every weight); float32 copies of float16 constants
-# are kept, to save upcasting them on every call, while all programs' copies come to at most FLOAT32_CACHE_BYTES,
-# and made on each call past it (docs/measurements.md: a 1B-parameter chunked model held 22.9 GiB before).
+# Memory at billions of parameters (docs/measurements.md). Constants of at least SHARED_CONSTANT elements are kept
+# once per program by content: a package's prefill and decode each load their own copy of every weight, and the
+# second is let go as the package loads. The float32 copies every op computes on are kept, to save making them on
+# every call, while all live programs' copies come to at most FLOAT32_CACHE_BYTES, and made afresh on each call past
+# it: copies of float16 constants, and of the weights a compressed package's `constexpr_*` ops decompress to (kept
+# in float32 only: a 3B model at int4 is 12.8 GB of float32 weights, and its evaluator held 17 GiB with the float16
+# copies too). The budget leaves room for the reference, which runs after ours is freed (13.2 GiB at 3B).
 SHARED_CONSTANT = 1 << 16
-FLOAT32_CACHE_BYTES = 4 << 30
-_float32_cached = [0]  # bytes of float32 copies held by every live program
+FLOAT32_CACHE_BYTES = 8 << 30
+_cached_bytes = [0]  # bytes of float32 copies held by every live program
 
 # Ops with no `value_inference` in coremltools, or whose reference implementation is too slow.
 _KERNELS: dict[str, Callable] = {}
@@ -201,8 +204,15 @@ class MilProgram:
         # float32 copies of float16 constants, made on first use, keyed by the id of the cached constant (alive as
         # long as this program, so no other array can share its id): a weight is upcast once, not on every call.
         self._float32: dict[int, np.ndarray | None] = {}
-        self._float32_bytes = [0]
-        weakref.finalize(self, _give_back, self._float32_bytes)
+        # Decompressed weights in float32, keyed by the op and the ids of its (shared) inputs: prefill's and decode's
+        # ops decompressing the same constants find one array.
+        self._decompressed: dict[tuple, np.ndarray] = {}
+        self._held = [0]  # this program's share of the budget
+        self._dead_after: dict[str, list[list[str]]] = {}
+        weakref.finalize(self, _give_back, self._held)
+        for function in self.functions.values():  # the loader's copy per function of each weight: one kept, now
+            for op in function.find_ops(op_type="const"):
+                self._keep(op, self._shared(_as_declared(op.outputs[0].val, op.outputs[0]), op))
 
     def state_names(self, function: str) -> list[str]:
         from coremltools.converters.mil.mil import types
@@ -242,21 +252,40 @@ class MilProgram:
                 raise ConversionError(f"function {function!r} needs input {name!r}")
             else:
                 env[name] = np.asarray(inputs[name]).astype(types.nptype_from_builtin(var.dtype))
-        for op in fn.operations:
+        for op, done in zip(fn.operations, self._last_uses(function), strict=True):
             self._run(op, env, state)
+            for name in done:  # a value no later op reads: freed now, not when the function returns
+                env.pop(name, None)
         return {var.name: np.asarray(env[var.name]) for var in fn.outputs}
+
+    def _last_uses(self, function: str) -> list[list[str]]:
+        """For each op of `function`, the values it is the last to read (the function's outputs never)."""
+        if function not in self._dead_after:
+            fn = self.functions[function]
+            last: dict[str, int] = {}
+            for i, op in enumerate(fn.operations):
+                for var in op.get_flattened_inputs():
+                    last[var.name] = i
+            for var in fn.outputs:
+                last.pop(var.name, None)
+            for name in fn.inputs:  # inputs and states belong to the caller
+                last.pop(name, None)
+            dead: list[list[str]] = [[] for _ in fn.operations]
+            for name, i in last.items():
+                dead[i].append(name)
+            self._dead_after[function] = dead
+        return self._dead_after[function]
 
     def _run(self, op, env: dict, state: dict | None) -> None:
         kind = op.op_type
-        if kind == "const" or kind.startswith("constexpr_"):
+        if kind == "const":
             # Cached per op (not per name: two functions may use one name for different constants).
             if id(op) not in self._consts:
-                value = op.outputs[0].val if kind == "const" else op.materialized_val_inference()
-                value = self._shared(_as_declared(value, op.outputs[0]), op if kind == "const" else None)
-                self._consts[id(op)] = value
-                if value.dtype == np.float16 and id(value) not in self._float32:
-                    self._float32[id(value)] = None  # upcast on first use
+                self._keep(op, self._shared(_as_declared(op.outputs[0].val, op.outputs[0]), op))
             env[op.outputs[0].name] = self._consts[id(op)]
+            return
+        if kind.startswith("constexpr_"):
+            env[op.outputs[0].name] = self._decompress(op, env)
             return
         if kind == "read_state":
             assert state is not None  # its input is a state input of the function: `predict` refused None
@@ -275,6 +304,11 @@ class MilProgram:
         results = results if isinstance(results, tuple | list) and len(op.outputs) > 1 else (results,)
         for var, value in zip(op.outputs, results, strict=True):
             env[var.name] = _as_declared(value, var)
+
+    def _keep(self, op, value: np.ndarray) -> None:
+        self._consts[id(op)] = value
+        if value.dtype == np.float16 and id(value) not in self._float32:
+            self._float32[id(value)] = None  # upcast on first use
 
     def _shared(self, value: np.ndarray, const) -> np.ndarray:
         """One array per distinct large constant of the program: another function's identical constant is this one
@@ -300,11 +334,39 @@ class MilProgram:
         upcast = self._float32[id(value)]
         if upcast is None:
             upcast = value.astype(np.float32)
-            if _float32_cached[0] + upcast.nbytes <= FLOAT32_CACHE_BYTES:
+            if self._reserve(upcast.nbytes):
                 self._float32[id(value)] = upcast
-                self._float32_bytes[0] += upcast.nbytes
-                _float32_cached[0] += upcast.nbytes
         return upcast
+
+    def _decompress(self, op, env: dict) -> np.ndarray:
+        """A `constexpr_*` op's weight as the program declares it (float16 rounding), held in float32, the form every
+        op computes on (the same values: `_upcast` passes float32 through); kept within the budget."""
+        key = (op.op_type, *(id(env[var.name]) for var in op.get_flattened_inputs() if var.name in env))
+        if key in self._decompressed:
+            return self._decompressed[key]
+        if op.op_type == "constexpr_blockwise_shift_scale" and all(
+            op.inputs[name].op.op_type == "const" for name in op.inputs
+        ):
+            offset = op.inputs.get("offset")
+            value = _blockwise_shift_scale(
+                self._consts[id(op.inputs["data"].op)],
+                self._consts[id(op.inputs["scale"].op)],
+                None if offset is None else self._consts[id(offset.op)],
+            )
+        else:
+            value = op.materialized_val_inference()
+        value = self._upcast(_as_declared(value, op.outputs[0]))
+        if self._reserve(value.nbytes):
+            self._decompressed[key] = value
+        return value
+
+    def _reserve(self, nbytes: int) -> bool:
+        """Whether a float32 copy of `nbytes` may be kept within the budget (and if so, counted against it)."""
+        if _cached_bytes[0] + nbytes > FLOAT32_CACHE_BYTES:
+            return False
+        _cached_bytes[0] += nbytes
+        self._held[0] += nbytes
+        return True
 
     def _float32_view(self, op, env: dict) -> dict:
         """Inputs of `op` upcast to float32: each op computes in float32 and rounds only its output."""
@@ -332,6 +394,24 @@ class MilProgram:
                 var._sym_val, var._sym_type = val, sym_type
 
 
+def _blockwise_shift_scale(data: np.ndarray, scale: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+    """`constexpr_blockwise_shift_scale` as coremltools' `decompress` computes it, `scale * (data - offset)` in the
+    scale's dtype, to the bit, without its full-size repeats of scale and offset or float16 arithmetic (which numpy
+    runs element by element): each block broadcasts against its scale, and the float32 results are rounded to the
+    scale's dtype wherever coremltools rounds. The product of two float16 values is exact in float32, so rounding it
+    once gives the float16 product."""
+    blocks = [d // s for d, s in zip(data.shape, scale.shape, strict=True)]
+    split = [n for s, b in zip(scale.shape, blocks, strict=True) for n in (s, b)]  # (s0, b0, s1, b1, ...)
+    x = data.astype(np.float32).reshape(split)
+
+    def spread(v: np.ndarray) -> np.ndarray:
+        return v.astype(np.float32).reshape([n for s in v.shape for n in (s, 1)])
+
+    if offset is not None:
+        x = (x - spread(offset)).astype(scale.dtype).astype(np.float32)
+    return (x * spread(scale)).astype(scale.dtype).reshape(data.shape)
+
+
 class _Boxed:
     """Stands in for a builtin value instance: `Var.val` reads `_sym_val.val`."""
 
@@ -349,7 +429,7 @@ def _has_value_inference(op) -> bool:
 
 def _give_back(held: list[int]) -> None:
     """A program's float32 copies are gone with it: their bytes return to the shared budget."""
-    _float32_cached[0] -= held[0]
+    _cached_bytes[0] -= held[0]
 
 
 def _as_declared(value, var) -> np.ndarray:

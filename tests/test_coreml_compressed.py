@@ -4,6 +4,7 @@ compression, emitting its compression op, and within the ANE rules; k-means once
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from coreml_runtime.ane_rules import inspect_package
@@ -122,3 +123,60 @@ def test_kmeans_once_gives_the_tables_of_coremltools_kmeans(tmp_path, target):
     assert kmeans._tables  # the custom hook ran
     assert written["once"][0] == written["kmeans"][0] and "constexpr_lut_to_dense" in str(written["once"][0])
     assert written["once"][1] == written["kmeans"][1]
+
+
+def test_decompressed_weights_are_kept_once_and_only_within_the_budget(packages, monkeypatch):
+    """A 3B model at int4 decompresses to 12.8 GB of float32 weights: the evaluator decompresses each weight once for
+    prefill and decode together, keeps it only within FLOAT32_CACHE_BYTES and decompresses it again on each call past
+    it, which changes no output: with no budget at all the logits are those of the default, bit for bit, through
+    prefill and decode, and nothing is held."""
+    from coreml_runtime import mil_eval
+    from tests.packages import PREFILL
+
+    package, _ = packages("qwen2-tied-int4")
+    prompt = {"input_ids": np.arange(3, 3 + PREFILL, dtype=np.int32)[None], "position": np.array([0], np.int32)}
+    step = {"input_ids": np.array([[7]], np.int32), "position": np.array([PREFILL], np.int32)}
+
+    def run() -> tuple[mil_eval.MilProgram, list[np.ndarray]]:
+        program = mil_eval.MilProgram(package)
+        state = program.make_state("prefill")
+        first = program.predict(prompt, "prefill", state)
+        second = program.predict(step, "decode", state)
+        return program, [first[k] for k in sorted(first)] + [second[k] for k in sorted(second)]
+
+    monkeypatch.setattr(mil_eval, "SHARED_CONSTANT", 16)  # a tiny model's weights shared as a large one's are
+    default, expected = run()
+    per_function = {f: len(default.functions[f].find_ops(op_type="constexpr_blockwise_shift_scale"))
+                    for f in ("prefill", "decode")}  # fmt: skip
+    assert per_function["prefill"] == per_function["decode"] == len(default._decompressed) > 0  # one per weight
+    assert all(value.dtype == np.float32 for value in default._decompressed.values()) and default._held[0] > 0
+    monkeypatch.setattr(mil_eval, "FLOAT32_CACHE_BYTES", 0)
+    program, got = run()
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert program._decompressed == {} and program._held == [0]
+
+
+@pytest.mark.parametrize("offset", [None, "integer", "fractional"])
+def test_blockwise_decompression_is_coremltools_to_the_bit(offset):
+    """The evaluator's own `constexpr_blockwise_shift_scale` (broadcast per block, float32 rounded where coremltools'
+    float16 arithmetic rounds) gives coremltools' `decompress` bit for bit: int4 and int8 data, blocks of 32 along the
+    input axis and per output channel, float16 and float32 scales, offsets integer-valued or not."""
+    from coremltools.converters.mil.mil.ops.defs.iOS18.compression import constexpr_blockwise_shift_scale as op
+
+    from coreml_runtime.mil_eval import _blockwise_shift_scale
+
+    rng = np.random.default_rng(0)
+    for low, high, dtype in [(-8, 8, np.int8), (0, 16, np.uint8), (-128, 128, np.int8)]:
+        for scale_dtype in (np.float16, np.float32):
+            data = rng.integers(low, high, size=(96, 128)).astype(dtype)
+            scale = (rng.standard_normal((96, 4)) * 0.02).astype(scale_dtype)
+            shift = None
+            if offset == "integer":
+                shift = rng.integers(low, high, size=(96, 4)).astype(scale_dtype)
+            elif offset == "fractional":
+                shift = (rng.standard_normal((96, 4)) * 3.7).astype(scale_dtype)
+            got = _blockwise_shift_scale(data, scale, shift)
+            want = op.decompress(data, scale, shift)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)

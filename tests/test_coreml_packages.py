@@ -299,7 +299,7 @@ def test_the_evaluator_holds_each_weight_once_and_within_its_float32_budget(pack
     large = [v for v in program._consts.values() if v.size >= 1024]
     distinct = {id(v) for v in large}
     assert len(large) > len(distinct) > 0  # prefill's and decode's weights: one array each
-    assert not any(program._float32.values()) and program._float32_bytes == [0]
+    assert not any(program._float32.values()) and program._held == [0]
     for function in ("prefill", "decode"):  # the loader's own copies are the shared arrays now
         for op in program.functions[function].find_ops(op_type="const"):
             if id(op) in program._consts and program._consts[id(op)].size >= 1024:
