@@ -210,8 +210,10 @@ class MilProgram:
         self._held = [0]  # this program's share of the budget
         self._dead_after: dict[str, list[list[str]]] = {}
         weakref.finalize(self, _give_back, self._held)
-        for function in self.functions.values():  # the loader's copy per function of each weight: one kept, now
-            for op in function.find_ops(op_type="const"):
+        # Kept per op (not per name: two functions may use one name for different constants); the loader's copy per
+        # function of each weight: one kept, now.
+        for function in self.functions.values():
+            for op in function.find_ops(op_type="const"):  # nested blocks too
                 self._keep(op, self._shared(_as_declared(op.outputs[0].val, op.outputs[0]), op))
 
     def state_names(self, function: str) -> list[str]:
@@ -278,10 +280,7 @@ class MilProgram:
 
     def _run(self, op, env: dict, state: dict | None) -> None:
         kind = op.op_type
-        if kind == "const":
-            # Cached per op (not per name: two functions may use one name for different constants).
-            if id(op) not in self._consts:
-                self._keep(op, self._shared(_as_declared(op.outputs[0].val, op.outputs[0]), op))
+        if kind == "const":  # every const op, nested ones included, was kept as the program loaded
             env[op.outputs[0].name] = self._consts[id(op)]
             return
         if kind.startswith("constexpr_"):
@@ -347,12 +346,7 @@ class MilProgram:
         if op.op_type == "constexpr_blockwise_shift_scale" and all(
             op.inputs[name].op.op_type == "const" for name in op.inputs
         ):
-            offset = op.inputs.get("offset")
-            value = _blockwise_shift_scale(
-                self._consts[id(op.inputs["data"].op)],
-                self._consts[id(op.inputs["scale"].op)],
-                None if offset is None else self._consts[id(offset.op)],
-            )
+            value = _blockwise_shift_scale(_v(op, "data", env), _v(op, "scale", env), _v(op, "offset", env))
         else:
             value = op.materialized_val_inference()
         value = self._upcast(_as_declared(value, op.outputs[0]))

@@ -287,6 +287,18 @@ def check_same_package(ours: Path, theirs: Path) -> None:
             assert np.array_equal(state_a[key], state_b[key]), (name, key)
 
 
+def prefill_then_decode(package: Path) -> tuple[MilProgram, list[np.ndarray]]:
+    """A freshly loaded evaluator of `package` run through a PREFILL-token prompt and one decode step: the program
+    (for what it holds afterwards) and every output of both calls, in a fixed order."""
+    prompt = {"input_ids": np.arange(3, 3 + PREFILL, dtype=np.int32)[None], "position": np.array([0], np.int32)}
+    step = {"input_ids": np.array([[7]], np.int32), "position": np.array([PREFILL], np.int32)}
+    program = MilProgram(package)
+    state = program.make_state("prefill")
+    first = program.predict(prompt, "prefill", state)
+    second = program.predict(step, "decode", state)
+    return program, [first[k] for k in sorted(first)] + [second[k] for k in sorted(second)]
+
+
 def check_fast_path_writes_the_plain_package(packages, name: str, tmp_path: Path) -> None:
     """convert/coreml_fast.py's paths (with the pinned coremltools) change how long a conversion takes, not what it
     writes: the variant converted on coremltools' own path is the same package."""

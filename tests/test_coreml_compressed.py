@@ -131,27 +131,17 @@ def test_decompressed_weights_are_kept_once_and_only_within_the_budget(packages,
     it, which changes no output: with no budget at all the logits are those of the default, bit for bit, through
     prefill and decode, and nothing is held."""
     from coreml_runtime import mil_eval
-    from tests.packages import PREFILL
+    from tests.packages import prefill_then_decode
 
     package, _ = packages("qwen2-tied-int4")
-    prompt = {"input_ids": np.arange(3, 3 + PREFILL, dtype=np.int32)[None], "position": np.array([0], np.int32)}
-    step = {"input_ids": np.array([[7]], np.int32), "position": np.array([PREFILL], np.int32)}
-
-    def run() -> tuple[mil_eval.MilProgram, list[np.ndarray]]:
-        program = mil_eval.MilProgram(package)
-        state = program.make_state("prefill")
-        first = program.predict(prompt, "prefill", state)
-        second = program.predict(step, "decode", state)
-        return program, [first[k] for k in sorted(first)] + [second[k] for k in sorted(second)]
-
     monkeypatch.setattr(mil_eval, "SHARED_CONSTANT", 16)  # a tiny model's weights shared as a large one's are
-    default, expected = run()
+    default, expected = prefill_then_decode(package)
     per_function = {f: len(default.functions[f].find_ops(op_type="constexpr_blockwise_shift_scale"))
                     for f in ("prefill", "decode")}  # fmt: skip
     assert per_function["prefill"] == per_function["decode"] == len(default._decompressed) > 0  # one per weight
     assert all(value.dtype == np.float32 for value in default._decompressed.values()) and default._held[0] > 0
     monkeypatch.setattr(mil_eval, "FLOAT32_CACHE_BYTES", 0)
-    program, got = run()
+    program, got = prefill_then_decode(package)
     for a, b in zip(expected, got, strict=True):
         np.testing.assert_array_equal(a, b)
     assert program._decompressed == {} and program._held == [0]

@@ -278,22 +278,13 @@ def test_the_evaluator_holds_each_weight_once_and_within_its_float32_budget(pack
     copies are kept only within FLOAT32_CACHE_BYTES. Neither changes an output: the logits with every constant shared
     and no float32 cache at all are those of the default, bit for bit, through prefill and decode."""
     from coreml_runtime import mil_eval
+    from tests.packages import prefill_then_decode
 
     package, _ = packages("qwen2-tied-state-fp16")
-    prompt = {"input_ids": np.arange(3, 3 + PREFILL, dtype=np.int32)[None], "position": np.array([0], np.int32)}
-    step = {"input_ids": np.array([[7]], np.int32), "position": np.array([PREFILL], np.int32)}
-
-    def run() -> tuple[mil_eval.MilProgram, list[np.ndarray]]:
-        program = mil_eval.MilProgram(package)
-        state = program.make_state("prefill")
-        first = program.predict(prompt, "prefill", state)
-        second = program.predict(step, "decode", state)
-        return program, [first[k] for k in sorted(first)] + [second[k] for k in sorted(second)]
-
-    _, expected = run()
+    _, expected = prefill_then_decode(package)
     monkeypatch.setattr(mil_eval, "SHARED_CONSTANT", 1024)
     monkeypatch.setattr(mil_eval, "FLOAT32_CACHE_BYTES", 0)
-    program, got = run()
+    program, got = prefill_then_decode(package)
     for a, b in zip(expected, got, strict=True):
         np.testing.assert_array_equal(a, b)
     large = [v for v in program._consts.values() if v.size >= 1024]
