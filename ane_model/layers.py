@@ -60,7 +60,7 @@ class LayerNormANE(nn.Module):
         scale = centred.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)  # (B, 1, 1, S)
         unit = centred / scale
         variance = (unit * unit).mean(dim=1, keepdim=True)
-        x_hat = unit * torch.rsqrt(variance + self.eps / (scale * scale))
+        x_hat = unit * torch.rsqrt(variance + eps_over_square(self.eps, scale))
         return x_hat * self.weight + self.bias
 
 
@@ -81,7 +81,17 @@ class RMSNormANE(nn.Module):
         scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)  # (B, 1, 1, S)
         unit = x / scale
         mean_square = (unit * unit).mean(dim=1, keepdim=True)
-        return unit * torch.rsqrt(mean_square + self.eps / (scale * scale)) * self.weight
+        return unit * torch.rsqrt(mean_square + eps_over_square(self.eps, scale)) * self.weight
+
+
+def eps_over_square(eps: float, scale: torch.Tensor) -> torch.Tensor:
+    """eps / scale^2, the norms' eps term (rule 6), as a division of two tensors.
+
+    Written `eps / (scale * scale)`, torch records a reciprocal times eps, which coremltools converts to MIL's
+    `inverse`, and `inverse` computes 1 / (x + 1e-4): at a position whose max-abs is below ~0.1 the term, and with
+    it the norm, comes out wrong on Core ML (a 1e-3 activation's norm by a factor of ~3). A tensor numerator
+    converts to `real_div`, which is exact."""
+    return torch.full_like(scale, eps) / (scale * scale)
 
 
 class HeadChunk(nn.Module):

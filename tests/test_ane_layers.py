@@ -108,6 +108,29 @@ def test_rms_norm_equals_torch_and_survives_fp16_activations_in_the_thousands():
     assert torch.isfinite(got).all() and (got - want).abs().max() < 2e-2 * want.abs().max()
 
 
+@pytest.mark.parametrize("norm", [LayerNormANE(64, eps=1e-5), RMSNormANE(64, eps=1e-6)], ids=["layer", "rms"])
+def test_norms_of_small_activations_convert_to_core_ml_exactly(norm, tmp_path):
+    """Activations of max-abs 1e-3 .. 1 (Gemma's post-norms see 5e-3) through a converted norm, in the evaluator,
+    against the torch module: MIL's `inverse` adds 1e-4 to what it inverts, so the eps term must not be one."""
+    import coremltools as ct
+    import numpy as np
+
+    from coreml_runtime.mil_eval import MilProgram
+
+    gen = torch.Generator().manual_seed(0)
+    norm.weight.data = torch.randn(norm.weight.shape, generator=gen)
+    x = torch.randn(1, 64, 1, 4, generator=gen) * torch.tensor([1e-3, 1e-2, 1e-1, 1.0])
+    exported = torch.export.export(norm.eval(), (x,)).run_decompositions({})
+    ops = {node.target for node in exported.graph.nodes}
+    assert torch.ops.aten.reciprocal.default not in ops
+    model = ct.convert(exported, inputs=[ct.TensorType("x", shape=x.shape)], outputs=[ct.TensorType("y")],
+                       convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
+                       minimum_deployment_target=ct.target.iOS18)  # fmt: skip
+    model.save(str(tmp_path / "norm.mlpackage"))
+    ours = MilProgram(tmp_path / "norm.mlpackage").predict({"x": x.numpy()})["y"]
+    np.testing.assert_allclose(ours, norm(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_grouped_query_split_einsum_equals_sdpa_without_repeating_keys():
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(2, 6 * 8, 1, 11, generator=gen)
