@@ -11,6 +11,8 @@ A family gives, in its `__init__` (module order there is the order of the packag
 and overrides, where its positions need them:
     embed(ids, offset)           token (and position) embeddings as (B, C, 1, S)
     layer_inputs(seq, offset)    what every block takes besides (x, mask, cache, layer): RoPE tables, ...
+    mask_inputs(seq, key_len, offset)   masks besides the causal one, after the layer inputs (Gemma 3's sliding
+                                 window)
     limit_positions(positions)   export for a context of `positions` tokens: position tables cut to it
 
 The steps every forward shares (offset -> position check -> embed -> key length -> mask -> blocks -> cache advance
@@ -91,6 +93,11 @@ class CausalLM(nn.Module):
         """What a block takes besides (x, mask, cache, layer), once per forward: nothing by default."""
         return ()
 
+    def mask_inputs(self, seq: int, key_len, offset, dtype: torch.dtype) -> tuple:
+        """Additive masks (1, Sk, 1, Sq) a block takes after `layer_inputs`, once per forward, for attention other than
+        causal over every key (a sliding window): none by default."""
+        return ()
+
     def limit_positions(self, positions: int) -> None:
         """Export for a context of `positions` tokens: nothing to cut by default."""
 
@@ -111,7 +118,7 @@ class CausalLM(nn.Module):
         seq = x.shape[-1]
         key_len = seq if cache is None else cache.key_length(seq)
         mask = causal_mask(seq, key_len, offset, x.dtype)
-        extras = self.layer_inputs(seq, offset, x.dtype)
+        extras = self.layer_inputs(seq, offset, x.dtype) + self.mask_inputs(seq, key_len, offset, x.dtype)
         for slot, i in enumerate(blocks):
             x = self.layers[i](x, mask, cache, slot, *extras)
         return x

@@ -69,7 +69,8 @@ class FusedRMSNorm(RMSNormANE):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
-        y = F.rms_norm(x.permute(0, 2, 3, 1), (channels,), self.weight.view(channels), self.eps)
+        eps = self.eps if self.input_scale == 1.0 else self.eps / self.input_scale**2  # see RMSNormANE
+        y = F.rms_norm(x.permute(0, 2, 3, 1), (channels,), self.weight.view(channels), eps)
         return y.permute(0, 3, 1, 2)
 
 

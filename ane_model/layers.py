@@ -70,17 +70,26 @@ class RMSNormANE(nn.Module):
     Rule 6 (fp16 overflow): as in `LayerNormANE`, the input is divided by its per-position max-abs before
     the mean of squares (which then stays <= 1), and eps by the square of the same scale, so the result
     is mathematically unchanged: x / rms(x) = (x/s) / sqrt(mean((x/s)^2) + eps/s^2). Also serves a
-    per-head norm (Qwen3's q/k norm) applied to one head's (B, D, 1, S) slice."""
+    per-head norm (Qwen3's q/k norm) applied to one head's (B, D, 1, S) slice.
 
-    def __init__(self, channels: int, eps: float):
+    `input_scale` k (rule 6, Gemma 3's scaled residual stream): the input is the true activation divided by k, and
+    the output is the norm of the true activation: x/rms(x) = (x/k) / sqrt(mean((x/k)^2) + eps/k^2), so eps is
+    divided by k^2, as (s*k)^2 in the term above (eps/k^2 alone would underflow fp16, (s*k)^2 only where the
+    term is negligible)."""
+
+    def __init__(self, channels: int, eps: float, input_scale: float = 1.0):
         super().__init__()
         self.eps = eps
+        self.input_scale = input_scale
         self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))  # stored broadcast-ready: no reshape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, S)
         scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)  # (B, 1, 1, S)
         unit = x / scale
         mean_square = (unit * unit).mean(dim=1, keepdim=True)
+        if self.input_scale != 1.0:
+            true_scale = scale * self.input_scale  # the max-abs of the activation the input stands for
+            return unit * torch.rsqrt(mean_square + eps_over_square(self.eps, true_scale)) * self.weight
         return unit * torch.rsqrt(mean_square + eps_over_square(self.eps, scale)) * self.weight
 
 
@@ -337,15 +346,18 @@ class SwiGLU(nn.Module):
         return self.down(self.act(self.gate(x)) * self.up(x))
 
 
-def causal_mask(query_len: int, key_len, offset, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask (1, Sk, 1, Sq): query i (at position offset + i) sees keys 0..offset + i.
+def causal_mask(query_len: int, key_len, offset, dtype: torch.dtype, window: int | None = None) -> torch.Tensor:
+    """Additive mask (1, Sk, 1, Sq): query i (at position offset + i) sees keys 0..offset + i; with a `window`
+    (sliding-window attention), only the last `window` of them, offset + i - window + 1 .. offset + i.
 
     Built from comparisons of `arange` with `unsqueeze`, which converts to Core ML on every path
     (static or dynamic shapes); `offset` may be an int or a 0-d tensor."""
     keys = torch.arange(key_len).unsqueeze(1).unsqueeze(2)  # (Sk, 1, 1)
     queries = (torch.arange(query_len) + offset).unsqueeze(0).unsqueeze(0)  # (1, 1, Sq)
-    blocked = (keys > queries).unsqueeze(0)  # (1, Sk, 1, Sq)
-    return blocked.to(dtype) * MASK_VALUE
+    blocked = (keys > queries).to(dtype)
+    if window is not None:  # `maximum` of 0/1 masks is their union (the torch frontend has no bool `|`)
+        blocked = torch.maximum(blocked, (keys <= queries - window).to(dtype))
+    return blocked.unsqueeze(0) * MASK_VALUE  # (1, Sk, 1, Sq)
 
 
 def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -10,10 +10,11 @@ parity with the transformers reference, per model and compression. Prints a mark
 Models: `gpt2-124m` (GPT-2 small's shapes), `smollm2-135m` (30 layers, width 576, 9 heads sharing 3 key/value
 heads, 49,152 tokens, tied), `qwen3-0.6b` (28 layers, width 1,024, 16 heads of 128 sharing 8, q/k norm, 151,936
 tokens, tied), `llama3.2-1b`, `llama3.2-3b` and `qwen3-1.7b` (bf16 like the published checkpoints, tied,
-vocabularies of 128,256 and 151,936): random-init checkpoints with the real models' shapes
-(`convert.random_checkpoints`), written to a temporary directory (or `--checkpoints DIR`, reused between runs);
-`minilm` is the real all-MiniLM-L6-v2. Timing and sizes are those of the real models; parity on random weights
-checks the conversion, not real text.
+vocabularies of 128,256 and 151,936), `gemma3-270m` (18 layers, width 640, 4 heads of 256 sharing one, a
+512-token window on five layers of six, 262,144 tokens in 16 head chunks, tied, bf16): random-init checkpoints with
+the real models' shapes (`convert.random_checkpoints`), written to a temporary directory (or `--checkpoints DIR`,
+reused between runs); `minilm` is the real all-MiniLM-L6-v2. Timing and sizes are those of the real models; parity
+on random weights checks the conversion, not real text.
 
 The billion-parameter shapes are converted into chunked models (a folder of parts, `convert.coreml_chunks`), as
 `--chunked` does for the others: the rows then give the parts, the largest part's weight.bin, and peak RSS as a
@@ -47,8 +48,8 @@ import numpy as np
 from ondevice.bench.conversion import package_bytes
 
 CHUNKED_SHAPES = ("llama3.2-1b", "qwen3-1.7b", "llama3.2-3b")  # always converted into chunked models
-MODELS = ("minilm", "gpt2-124m", "smollm2-135m", "qwen3-0.6b", *CHUNKED_SHAPES)
-LLAMA_SHAPES = ("smollm2-135m", "qwen3-0.6b", *CHUNKED_SHAPES)
+MODELS = ("minilm", "gpt2-124m", "smollm2-135m", "qwen3-0.6b", "gemma3-270m", *CHUNKED_SHAPES)
+DECODER_SHAPES = ("smollm2-135m", "qwen3-0.6b", "gemma3-270m", *CHUNKED_SHAPES)  # evaluated on a prompt + greedy
 
 
 def _checkpoint(name: str, root: Path) -> Path:
@@ -65,6 +66,7 @@ def _checkpoint(name: str, root: Path) -> Path:
         "llama3.2-1b": random_checkpoints.make_llama32_1b,
         "llama3.2-3b": random_checkpoints.make_llama32_3b,
         "qwen3-1.7b": random_checkpoints.make_qwen3_17b,
+        "gemma3-270m": random_checkpoints.make_gemma3_270m,
     }[name]
     return make(root / name)
 
@@ -187,7 +189,7 @@ def run_in_child(step, args: tuple, max_rss: float | None) -> dict:
 
 
 def measure(name: str, checkpoint: Path, compress: str, out_dir: Path, args) -> dict:
-    llama = name in LLAMA_SHAPES
+    llama = name in DECODER_SHAPES
     causal = name != "minilm"
     options = {
         "compress": compress,

@@ -1,6 +1,7 @@
 """The attention a config implies, written once for both backends' `Attention` (`ane_model/layers.py`,
 `mlx_model/layers.py`): H query heads of width D sharing G key/value heads (grouped-query attention when G < H),
-which projections carry biases, and whether each head's queries and keys are RMS-normalised first (Qwen3)."""
+which projections carry biases, whether each head's queries and keys are RMS-normalised first (Qwen3, Gemma 3),
+and the query scale where it is not 1/sqrt(head width) (Gemma 3)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class AttentionShape:
     qkv_bias: bool = True
     out_bias: bool = True
     qk_norm_eps: float | None = None  # an RMSNorm of each head's queries and keys, with this epsilon
+    query_scale: float | None = None  # what queries are multiplied by before the product; None: head_dim ** -0.5
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -36,4 +38,5 @@ class AttentionShape:
 
     @property
     def scale(self) -> float:
-        return self.head_dim**-0.5
+        """The query scale: 1/sqrt(head_dim), unless the family sets its own (Gemma 3: query_pre_attn_scalar)."""
+        return self.head_dim**-0.5 if self.query_scale is None else self.query_scale

@@ -114,7 +114,7 @@ def calibrate_int4(model: CausalLM, windows: list[torch.Tensor], block_size: int
     )
     config = LayerwiseCompressorConfig(global_config=layer_config, calibration_nsamples=len(windows))
     # LayerwiseCompressor runs a sequence of layers that each take the previous output alone.
-    stages = nn.Sequential(*(_Stage(block, model.layer_inputs) for block in model.layers))
+    stages = nn.Sequential(*(_Stage(block, model.layer_inputs, model.mask_inputs) for block in model.layers))
     with torch.no_grad():
         LayerwiseCompressor(stages, config).compress(_block_inputs(model, windows), device="cpu", inplace=True)
     return model.eval()
@@ -122,16 +122,19 @@ def calibrate_int4(model: CausalLM, windows: list[torch.Tensor], block_size: int
 
 class _Stage(nn.Module):
     """A block as a one-input layer: no cache, the causal mask made from the input's length, and whatever else
-    the family's blocks take for positions 0 .. S-1 (`layer_inputs`: RoPE tables for the Llama family)."""
+    the family's blocks take for positions 0 .. S-1 (`layer_inputs`: RoPE tables for the Llama family;
+    `mask_inputs`: Gemma 3's sliding-window mask)."""
 
-    def __init__(self, block: nn.Module, layer_inputs):
+    def __init__(self, block: nn.Module, layer_inputs, mask_inputs):
         super().__init__()
         self.block = block
-        self.layer_inputs = layer_inputs  # a bound method of the model, not a submodule (GPTQ must not see it)
+        # bound methods of the model, not a submodule (GPTQ must not see it)
+        self.layer_inputs, self.mask_inputs = layer_inputs, mask_inputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, S)
         seq = x.shape[-1]
-        return self.block(x, causal_mask(seq, seq, 0, x.dtype), None, 0, *self.layer_inputs(seq, 0, x.dtype))
+        extras = self.layer_inputs(seq, 0, x.dtype) + self.mask_inputs(seq, seq, 0, x.dtype)
+        return self.block(x, causal_mask(seq, seq, 0, x.dtype), None, 0, *extras)
 
 
 class _Stop(Exception):

@@ -31,6 +31,23 @@ def read_config_json(directory: Path) -> dict:
     return config
 
 
+def read_generation_config(directory: Path) -> dict:
+    """generation_config.json beside the weights (more end-of-sequence ids: Llama 3's, Gemma's `<end_of_turn>`), or
+    an empty dict where there is none."""
+    import json
+
+    path = directory / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        generation = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(generation, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return generation
+
+
 # The largest count (positions, vocabulary, width, layers) a config may state: positions are int32 in a package
 # and float32 in RoPE's angles (exact up to 2^24), and every table this package builds is sized by such counts.
 MAX_COUNT = 1 << 24

@@ -12,7 +12,6 @@ prefix; `lm_head.weight` is absent when tied to the token embedding. Weights com
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from convert.hf_common import (
     config_float,
     config_int,
     norm_eps,
+    read_generation_config,
     token_ids,
 )
 from convert.weights import RawWeights
@@ -96,7 +96,7 @@ def read_config(config: dict, model_type: str, directory: Path) -> LlamaConfig:
     else:
         attention_bias = out_bias = config_bool(config, "attention_bias", False)
 
-    generation = _read_generation_config(directory)
+    generation = read_generation_config(directory)
     eos = token_ids(config.get("eos_token_id", defaults["eos_token_id"]), "config.json", "eos_token_id")
     eos += token_ids(generation.get("eos_token_id"), "generation_config.json", "eos_token_id")
     bos = token_ids(config.get("bos_token_id", defaults["bos_token_id"]), "config.json", "bos_token_id")
@@ -289,16 +289,3 @@ def _check_sliding_window(config: dict, model_type: str, max_positions: int, lay
             f"config.json: sliding_window={window} is shorter than max_position_embeddings={max_positions} "
             "(sliding-window attention is not supported)"
         )
-
-
-def _read_generation_config(directory: Path) -> dict:
-    path = directory / "generation_config.json"
-    if not path.is_file():
-        return {}
-    try:
-        generation = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(generation, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return generation

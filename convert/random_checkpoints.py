@@ -236,3 +236,91 @@ def _big_llama(directory: Path, dialect: str, **shape) -> Path:
         return directory
     return make_llama(directory, dialect, dtype=torch.bfloat16, build_in_dtype=True, shard_size="2GB",
                       num_key_value_heads=8, initializer_range=0.02, tie_word_embeddings=True, **shape)  # fmt: skip
+
+
+def make_gemma3(
+    directory: Path,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    config_style: str = "v5",
+    **overrides,
+) -> Path:
+    """A Gemma 3 text checkpoint (`Gemma3ForCausalLM`, model_type gemma3_text), shaped like Gemma 3 270M with fewer
+    layers and a narrower width: 4 query heads of width 256 sharing one key/value head, query_pre_attn_scalar 256,
+    a tied head, five sliding layers then a global one (and one more sliding), RoPE bases 1e4 (local) and 1e6
+    (global), but a window of 16 positions (the real one is 512) so that a prompt longer than the window is cheap,
+    and a vocabulary of 256 (the real one is 262,144). initializer_range 0.02, the published models' (at 0.2 the
+    tied table, times sqrt(hidden), outweighs what the sandwich-normed layers add, and greedy decoding repeats its
+    input token). `config_style="v4"` rewrites config.json as the hub's transformers-4 configs spell it
+    (`sliding_window_pattern` instead of `layer_types`, `rope_theta` + `rope_local_base_freq` + `rope_scaling`)."""
+    import json
+
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    defaults: dict[str, Any] = dict(
+        num_hidden_layers=7,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=16,
+        vocab_size=256,
+        max_position_embeddings=160,
+        initializer_range=0.02,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                         "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0}},
+    )  # fmt: skip
+    config = _random(Gemma3TextConfig, defaults, overrides, seed)
+    model = Gemma3ForCausalLM(config).eval().to(dtype)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    if config_style == "v4":
+        path = directory / "config.json"
+        raw = json.loads(path.read_text())
+        layer_types = raw.pop("layer_types")
+        pattern = layer_types.index("full_attention") + 1 if "full_attention" in layer_types else len(layer_types) + 1
+        kinds = ("sliding_attention", "full_attention")
+        every_nth = [kinds[(i + 1) % pattern == 0] for i in range(len(layer_types))]
+        assert layer_types == every_nth, "a v4 config says only that every n-th layer is global"
+        raw["sliding_window_pattern"] = pattern
+        rope = raw.pop("rope_parameters")
+        raw["rope_theta"] = rope["full_attention"].get("rope_theta", 1_000_000.0)
+        raw["rope_local_base_freq"] = rope["sliding_attention"].get("rope_theta", 10_000.0)
+        scaling = {k: v for k, v in rope["full_attention"].items() if k != "rope_theta"}
+        raw["rope_scaling"] = scaling if scaling.get("rope_type", "default") != "default" else None
+        raw["torch_dtype"] = raw.pop("dtype", "float32")
+        raw["transformers_version"] = "4.50.0"
+        path.write_text(json.dumps(raw, indent=2))
+    return directory
+
+
+def make_gemma3_270m(directory: Path) -> Path:
+    """Gemma 3 270M's shapes (18 layers, width 640, 4 heads of 256 sharing one key/value head, MLP 2,048, vocabulary
+    262,144, tied, a 512-token window on five layers of every six), bf16 as published, random init (std 0.02);
+    reused when already there."""
+    if (directory / "config.json").is_file():
+        return directory
+    kinds = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)]
+    shape: dict[str, Any] = dict(
+        num_hidden_layers=18,
+        hidden_size=640,
+        intermediate_size=2048,
+        vocab_size=262144,
+        sliding_window=512,
+        max_position_embeddings=32768,
+        layer_types=kinds,
+    )
+    return make_gemma3(directory, dtype=torch.bfloat16, **shape)
+
+
+def make_gemma3_1b_shaped(directory: Path, seed: int = 0, **overrides) -> Path:
+    """Gemma 3 1B's structure (4 heads of 256 sharing one key/value head, every sixth layer global, tied), reduced:
+    8 layers of width 96 (the real model: 26 of 1,152), MLP 192, a window of 8."""
+    shape: dict[str, Any] = dict(num_hidden_layers=8, hidden_size=96, intermediate_size=192, sliding_window=8)
+    return make_gemma3(directory, seed=seed, **{**shape, **overrides})

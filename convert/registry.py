@@ -1,6 +1,6 @@
 """The family registry: everything the rest of the code needs to know about a model family, in one entry.
 
-A family is one architecture as this package implements it (GPT-2, the BERT family, the Llama family),
+A family is one architecture as this package implements it (GPT-2, the BERT family, the Llama family, Gemma 3),
 whatever Hugging Face `model_type` names its checkpoints carry. Code that must treat families differently
 asks the registry (or `config.is_causal`), never "is it GPT-2": adding a family is its own files plus one
 `register(...)` call below. CONTRIBUTING.md walks through it.
@@ -18,6 +18,7 @@ from pathlib import Path
 from canonical.bert import BertConfig
 from canonical.config import ModelConfig, allow_config_class
 from canonical.errors import CheckpointError
+from canonical.gemma3 import Gemma3Config
 from canonical.gpt2 import GPT2Config
 from canonical.llama import LlamaConfig
 
@@ -173,6 +174,18 @@ register(
         ane_model="ane_model.llama:LlamaModel",
         mlx_model="mlx_model.llama:LlamaModel",
         mlx_lm="convert.mlx_lm_llama",
+    )
+)
+register(
+    Family(
+        name="gemma3",
+        model_types=("gemma3_text", "gemma3"),
+        config_class=Gemma3Config,
+        reader="convert.hf_gemma3",
+        random_checkpoint="convert.random_checkpoints:make_gemma3",
+        ane_model="ane_model.gemma3:Gemma3Model",
+        mlx_model="mlx_model.gemma3:Gemma3Model",
+        mlx_lm="convert.mlx_lm_gemma3",
     )
 )
 

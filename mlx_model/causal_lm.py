@@ -3,8 +3,9 @@
 A family subclasses `CausalLM` and gives, in its `__init__`: `cfg`, `tok_embed` (always: a tied head is
 `tok_embed.as_linear`, stored once), `layers` (blocks called as `block(x, mask, cache, i)` on (B, S, C)),
 `final_norm`, and `lm_head` unless the config ties it; and overrides `embed(ids, offset)` where positions enter
-with the tokens (GPT-2). The shared steps (key length checked before any layer writes -> position check ->
-embed -> mask -> blocks -> cache advance -> final norm) live in `hidden_states` alone."""
+with the tokens (GPT-2; Gemma 3 scales them) and `layer_inputs(seq, offset)` where its blocks take more than
+`(x, mask, cache, i)` (Gemma 3's sliding-window mask). The shared steps (key length checked before any layer
+writes -> position check -> embed -> mask -> blocks -> cache advance -> final norm) live in `hidden_states` alone."""
 
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ class CausalLM(nn.Module):
         family adds them here."""
         return self.tok_embed(input_ids)
 
+    def layer_inputs(self, seq: int, offset: int) -> tuple:
+        """What every block takes after (x, mask, cache, i), once per forward: nothing by default."""
+        return ()
+
     def hidden_states(self, input_ids: mx.array, cache: KVCacheProtocol | None = None) -> mx.array:
         """input_ids (B, S) -> final-norm hidden states (B, S, C); appends to `cache` if given."""
         seq = input_ids.shape[1]
@@ -50,8 +55,9 @@ class CausalLM(nn.Module):
         check_positions(self.cfg, offset + seq)
         x = self.embed(input_ids, offset)
         mask = causal_mask(seq, offset)  # (S, Sk) or None for one token
+        extras = self.layer_inputs(seq, offset)
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, cache, i)
+            x = layer(x, mask, cache, i, *extras)
         if cache is not None:
             cache.advance(seq)
         return self.final_norm(x)

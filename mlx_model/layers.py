@@ -46,8 +46,8 @@ class Attention(nn.Module):
         self.v = nn.Linear(shape.hidden, shape.kv_width, bias=shape.qkv_bias)
         self.o = nn.Linear(shape.q_width, shape.hidden, bias=shape.out_bias)
         if shape.qk_norm_eps is not None:
-            self.q_norm = nn.RMSNorm(self.head_dim, eps=shape.qk_norm_eps)
-            self.k_norm = nn.RMSNorm(self.head_dim, eps=shape.qk_norm_eps)
+            self.q_norm: nn.Module = nn.RMSNorm(self.head_dim, eps=shape.qk_norm_eps)  # a family may swap it
+            self.k_norm: nn.Module = nn.RMSNorm(self.head_dim, eps=shape.qk_norm_eps)
         # mx.fast.rope's `freqs` are the reciprocals (positions per radian); the leading underscore keeps
         # them out of the parameters, so they are neither loaded nor cast nor quantized.
         self._rope_freqs = None if rope_inv_freq is None else mx.array([1.0 / f for f in rope_inv_freq])
@@ -106,15 +106,18 @@ class GatedMLP(nn.Module):
         return self.down(self.act(self.gate(x)) * self.up(x))
 
 
-def causal_mask(query_len: int, offset: int) -> mx.array | None:
-    """Boolean (Sq, Sk) mask, True where query i (at position offset + i) may see key j <= offset + i.
+def causal_mask(query_len: int, offset: int, window: int | None = None) -> mx.array | None:
+    """Boolean (Sq, Sk) mask, True where query i (at position offset + i) may see key j <= offset + i; with a
+    `window` (sliding-window attention), only the last `window` of them, j > offset + i - window.
 
-    None for a single query: it sees the whole cache, and the kernel takes its fastest path."""
-    if query_len == 1:
+    None for a single query that sees the whole cache: the kernel then takes its fastest path."""
+    if query_len == 1 and (window is None or offset < window):
         return None
     queries = mx.arange(offset, offset + query_len)[:, None]
     keys = mx.arange(offset + query_len)[None, :]
-    return keys <= queries
+    if window is None:
+        return keys <= queries
+    return (keys <= queries) & (keys > queries - window)
 
 
 def padding_mask(attention_mask: mx.array) -> mx.array:

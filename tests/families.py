@@ -98,6 +98,20 @@ TORCH_ANE = {
              dict(dialect="qwen3", num_attention_heads=16, num_key_value_heads=8, head_dim=8, hidden_size=64,
                   tie_word_embeddings=True), seed=3),
     ],
+    # Defaults of make_gemma3: Gemma 3 270M's structure reduced (7 layers of width 64, 4 heads of 256 sharing one
+    # key/value head, layers 0-4 and 6 sliding over a window of 16, layer 5 global, tied). Every prompt of the "long"
+    # cases (150 tokens) and the 40-token decode run far past the window, so local and global layers both matter.
+    "gemma3": [
+        Case("gemma3", "270M-shaped, window 16", seed=5, randomise_norms=True),
+        Case("gemma3", "1B-shaped, width 96, 8 layers, window 8, v4 config",
+             dict(num_hidden_layers=8, hidden_size=96, intermediate_size=192, sliding_window=8, config_style="v4"),
+             seed=5, randomise_norms=True),
+        Case("gemma3", "untied, biases, linear rope x4 on global layers, 40,000 tokens (3 head chunks), bf16",
+             dict(tie_word_embeddings=False, attention_bias=True, vocab_size=40000, dtype=torch.bfloat16,
+                  rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                                   "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 4.0}}),
+             seed=5),
+    ],
 }  # fmt: skip
 
 # MLX parity (tests/test_parity_mlx.py). MLX's CPU matmul is ~25x slower than torch's here: the models stay small.
@@ -141,6 +155,16 @@ MLX = {
                   intermediate_size=64, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
              seed=7, randomise_norms=True),
     ],
+    # Gemma 3's shapes as in TORCH_ANE (every width a multiple of 32): 270M- and 1B-shaped, the second with a linear
+    # RoPE scaling of its global layers and a v4 config.
+    "gemma3": [
+        Case("gemma3", "270M-shaped, window 16", seed=7, randomise_norms=True),
+        Case("gemma3", "1B-shaped, width 96, window 8, linear rope x4 on global layers, v4 config",
+             dict(num_hidden_layers=8, hidden_size=96, intermediate_size=192, sliding_window=8, config_style="v4",
+                  rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                                   "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 4.0}}),
+             seed=7, randomise_norms=True),
+    ],
 }  # fmt: skip
 
 # MLX exports read by mlx-lm (tests/test_mlx_export.py): a tokenizer beside the weights (mlx_lm.load needs one).
@@ -165,6 +189,16 @@ MLX_EXPORT = {
              tokenizer=True),
         Case("llama", "qwen3, q/k norm", dict(dialect="qwen3", hidden_size=64, num_attention_heads=4,
                                               num_key_value_heads=2, head_dim=32, intermediate_size=64),
+             seed=3, randomise_norms=True, tokenizer=True),
+    ],
+    # 270M-shaped (width 64: mlx-lm's bfloat16 embedding scale, 8, is exact) and 1B-shaped with a linear RoPE
+    # scaling of the global layers (width 96 would round sqrt(96) differently in mlx-lm: 64 again, 8 layers).
+    "gemma3": [
+        Case("gemma3", "270M-shaped, window 16", seed=3, randomise_norms=True, tokenizer=True),
+        Case("gemma3", "8 layers, window 8, linear rope x4 on global layers, v4 config",
+             dict(num_hidden_layers=8, sliding_window=8, config_style="v4",
+                  rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                                   "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 4.0}}),
              seed=3, randomise_norms=True, tokenizer=True),
     ],
 }  # fmt: skip
