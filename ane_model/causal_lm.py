@@ -11,8 +11,10 @@ A family gives, in its `__init__` (module order there is the order of the packag
 and overrides, where its positions need them:
     embed(ids, offset)           token (and position) embeddings as (B, C, 1, S)
     layer_inputs(seq, offset)    what every block takes besides (x, mask, cache, layer): RoPE tables, ...
-    mask_inputs(seq, key_len, offset)   masks besides the causal one, after the layer inputs (Gemma 3's sliding
-                                 window)
+    mask_inputs(seq, key_len, offset, dtype, cache)   masks besides the causal one, after the layer inputs
+                                 (Gemma 3's sliding window)
+    static_cache_shapes(context, S), static_cache(tensors, position)   a Core ML package's caches, where they are
+                                 more than every layer's keys and values over the context (Gemma 3's ring)
     limit_positions(positions)   export for a context of `positions` tokens: position tables cut to it
 
 The steps every forward shares (offset -> position check -> embed -> key length -> mask -> blocks -> cache advance
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from ane_model.layers import ChunkedHead, causal_mask, load_causal_lm, without_random_init
+from ane_model.static_cache import StaticKVCache
 from canonical.cache import KVCacheProtocol
 from canonical.config import ModelConfig, check_positions
 
@@ -93,10 +96,21 @@ class CausalLM(nn.Module):
         """What a block takes besides (x, mask, cache, layer), once per forward: nothing by default."""
         return ()
 
-    def mask_inputs(self, seq: int, key_len, offset, dtype: torch.dtype) -> tuple:
+    def mask_inputs(self, seq: int, key_len, offset, dtype: torch.dtype, cache: KVCacheProtocol | None = None) -> tuple:
         """Additive masks (1, Sk, 1, Sq) a block takes after `layer_inputs`, once per forward, for attention other than
         causal over every key (a sliding window): none by default."""
         return ()
+
+    def static_cache_shapes(self, context: int, longest_call: int) -> dict[str, tuple[int, ...]]:
+        """A Core ML package's cache tensors, by role: keys and values of every layer over the whole context (rule 1:
+        (L, C_kv, 1, T), sequence last) by default; a family with sliding-window layers adds their ring (Gemma 3)."""
+        shape = (self.cfg.num_layers, self.cfg.kv_width, 1, context)
+        return {"keys": shape, "values": shape}
+
+    def static_cache(self, tensors: dict[str, torch.Tensor], position: torch.Tensor) -> StaticKVCache:
+        """The export-time cache over `tensors` (by role, shaped as `static_cache_shapes` says); its `new_tensors()`
+        after a forward are what the package writes back (state) or returns (io)."""
+        return StaticKVCache(tensors["keys"], tensors["values"], position)
 
     def limit_positions(self, positions: int) -> None:
         """Export for a context of `positions` tokens: nothing to cut by default."""
@@ -118,7 +132,7 @@ class CausalLM(nn.Module):
         seq = x.shape[-1]
         key_len = seq if cache is None else cache.key_length(seq)
         mask = causal_mask(seq, key_len, offset, x.dtype)
-        extras = self.layer_inputs(seq, offset, x.dtype) + self.mask_inputs(seq, key_len, offset, x.dtype)
+        extras = self.layer_inputs(seq, offset, x.dtype) + self.mask_inputs(seq, key_len, offset, x.dtype, cache)
         for slot, i in enumerate(blocks):
             x = self.layers[i](x, mask, cache, slot, *extras)
         return x

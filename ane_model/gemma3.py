@@ -34,6 +34,7 @@ from ane_model.layers import (
     causal_mask,
     load_causal_lm,
 )
+from ane_model.static_cache import StaticKVCache, WindowStaticKVCache
 from canonical.cache import KVCacheProtocol
 from canonical.gemma3 import Gemma3Config
 
@@ -116,10 +117,40 @@ class Gemma3Model(CausalLM):
             tables.append((cos.to(dtype), sin.to(dtype)))
         return tuple(tables)
 
-    def mask_inputs(self, seq: int, key_len, offset, dtype: torch.dtype) -> tuple:
-        """The sliding layers' mask: causal, and no further back than the window. The cache keeps every position
-        (a window-sized rotating cache is for later); the mask alone makes the window."""
+    def mask_inputs(self, seq: int, key_len, offset, dtype: torch.dtype, cache: KVCacheProtocol | None = None) -> tuple:
+        """The sliding layers' mask: causal, and no further back than the window; over the ring of a Core ML
+        package's window cache (`WindowStaticKVCache`) where there is one, over every position otherwise."""
+        if isinstance(cache, WindowStaticKVCache):
+            return (cache.window_mask(seq, dtype),)
         return (causal_mask(seq, key_len, offset, dtype, window=self.cfg.sliding_window),)
+
+    def _window_slots(self, context: int, longest_call: int) -> int | None:
+        """The sliding layers' ring: window + the longest call (`WindowStaticKVCache`), where that is shorter than the
+        context and both kinds of layer are there; None: every layer keeps the whole context."""
+        slots = self.cfg.sliding_window + longest_call
+        if slots >= context or all(self.cfg.sliding_layers) or not any(self.cfg.sliding_layers):
+            return None
+        return slots
+
+    def static_cache_shapes(self, context: int, longest_call: int) -> dict[str, tuple[int, ...]]:
+        """The global layers' keys and values over the context, the sliding layers' over their ring of slots: at Gemma
+        3 270M's 5 sliding layers of 6 and a 512-token window, a 4,096-token context's cache is ~3.5x smaller."""
+        slots = self._window_slots(context, longest_call)
+        if slots is None:
+            return super().static_cache_shapes(context, longest_call)
+        sliding, width = sum(self.cfg.sliding_layers), self.cfg.kv_width
+        full, ring = (self.cfg.num_layers - sliding, width, 1, context), (sliding, width, 1, slots)
+        return {"keys": full, "values": full, "window_keys": ring, "window_values": ring}
+
+    def static_cache(self, tensors: dict[str, torch.Tensor], position: torch.Tensor):
+        if "window_keys" not in tensors:
+            return super().static_cache(tensors, position)
+        return WindowStaticKVCache(
+            StaticKVCache(tensors["keys"], tensors["values"], position),
+            StaticKVCache(tensors["window_keys"], tensors["window_values"], position, ring=True),
+            self.cfg.sliding_layers,
+            self.cfg.sliding_window,
+        )
 
     def limit_positions(self, positions: int) -> None:
         """Export for a context of `positions` tokens: both RoPE tables keep those rows only."""

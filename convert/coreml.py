@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,20 +24,18 @@ from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, load_checkpoint
 from convert.coreml_compress import COMPRESSIONS, compress_functions
 from convert.coreml_fast import faster_conversion, finish_program, save_functions, save_program
-from convert.coreml_modules import CausalLMWithIOCache, CausalLMWithState, EncoderForExport, cache_shape
+from convert.coreml_modules import CausalLMWithIOCache, CausalLMWithState, EncoderForExport, cache_shapes
 from convert.coreml_package import write_package_extras
 from convert.coreml_parallel import ForkedConversion, save_and_discard, why_not_parallel
 from convert.registry import build_ane_model
 from coreml_runtime.interface import (
     ATTENTION_MASK,
+    CACHE_NAMES,
     INPUT_IDS,
-    KEY_CACHE,
-    KEY_CACHE_OUT,
     LOGITS,
     POSITION,
     TOKEN_TYPE_IDS,
-    VALUE_CACHE,
-    VALUE_CACHE_OUT,
+    cache_output,
     logits_names,
 )
 
@@ -273,17 +272,21 @@ def convert_to_coreml(
     return out
 
 
-def package_interface(package: Path) -> dict[str, dict[str, list[str]]]:
+def package_interface(package: Path) -> dict[str, dict[str, Any]]:
     """Each function's input, output and state names, as the written package describes them."""
     from coremltools.models.utils import load_spec
 
     description = load_spec(str(package)).description
+    caches = set(CACHE_NAMES.values())
     functions = description.functions or [description]  # a one-function package describes `main` at the top
     return {
         getattr(function, "name", "") or "main": {
             "inputs": [f.name for f in function.input],
             "outputs": [f.name for f in function.output],
             "states": [f.name for f in function.state],
+            # what a runtime allocates: each cache's shape, an input (io) or a state
+            "cache_shapes": {f.name: list(f.type.multiArrayType.shape) for f in function.input if f.name in caches}
+            | {f.name: list(f.type.stateType.arrayType.shape) for f in function.state if f.name in caches},
         }
         for function in functions
     }
@@ -389,20 +392,20 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar, scratch: Path, fast: bool
     out_dtype = output_float(plan.options.dtype)
     position = ct.TensorType(POSITION, shape=(1,), dtype=np.int32)
     prefill = plan.seq_lens[0]
+    shapes = cache_shapes(model, context, prefill)
     module: CausalLMWithState | CausalLMWithIOCache
     if plan.kv_cache == "state":
-        module = CausalLMWithState(model, context)
+        module = CausalLMWithState(model, context, prefill)
     else:
-        module = CausalLMWithIOCache(model)
-        shape = cache_shape(model, context)
-        caches = [ct.TensorType(n, shape=shape, dtype=out_dtype) for n in (KEY_CACHE, VALUE_CACHE)]
-        names = [*names, KEY_CACHE_OUT, VALUE_CACHE_OUT]
-        # Two distinct tensors: torch.export treats one tensor passed twice as one aliased input.
-        empty_keys, empty_values = torch.zeros(shape), torch.zeros(shape)
+        module = CausalLMWithIOCache(model, list(shapes))
+        caches = [ct.TensorType(n, shape=shape, dtype=out_dtype) for n, shape in shapes.items()]
+        names = [*names, *map(cache_output, shapes)]
+        # Distinct tensors: torch.export treats one tensor passed twice as one aliased input.
+        empty = [torch.zeros(shape) for shape in shapes.values()]
 
     def example(seq: int) -> tuple:
         ids, pos = torch.zeros(1, seq, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-        return (ids, pos) if plan.kv_cache == "state" else (ids, pos, empty_keys, empty_values)
+        return (ids, pos) if plan.kv_cache == "state" else (ids, pos, *empty)
 
     def extra_inputs() -> list:
         return [position] if plan.kv_cache == "state" else [position, *caches]
@@ -410,7 +413,7 @@ def _convert_causal(ckpt: Checkpoint, plan: Plan, bar, scratch: Path, fast: bool
     if not plan.multifunction:  # iOS 16/17: one function, enumerated lengths {1, S}
         bar.set_postfix_str("export + convert")
         seq_dim = torch.export.Dim("seq", min=1, max=max(prefill, 2))
-        dynamic = ({1: seq_dim}, None, None, None)
+        dynamic = ({1: seq_dim}, None, (None,) * len(shapes))  # the caches: one varargs entry
         lengths = sorted({1, prefill})
         ids = ct.TensorType(
             INPUT_IDS, shape=ct.EnumeratedShapes([(1, n) for n in lengths], default=(1, prefill)), dtype=np.int32

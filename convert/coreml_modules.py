@@ -17,13 +17,12 @@ from torch import nn
 from ane_model.causal_lm import CausalLM
 from ane_model.static_cache import StaticKVCache
 from coreml_runtime.interface import (
+    CACHE_NAMES,
     HIDDEN,
-    KEY_CACHE,
     KV_CACHE,
     MLM_LOGITS,
     POOLED,
     SENTENCE_EMBEDDING,
-    VALUE_CACHE,
     logits_names,
 )
 
@@ -31,49 +30,56 @@ from coreml_runtime.interface import (
 CACHE_DTYPE = torch.float16
 
 
-def cache_shape(model: CausalLM, context: int) -> tuple[int, int, int, int]:
-    cfg = model.cfg
-    return (cfg.num_layers, cfg.kv_width, 1, context)  # rule 1: (L, C_kv, 1, T), sequence last
+def cache_shapes(model: CausalLM, context: int, longest_call: int) -> dict[str, tuple[int, ...]]:
+    """The package's cache tensors by name (interface.CACHE_NAMES), as the model lays them out (rule 1: (L, C_kv, 1,
+    T), sequence last; Gemma 3 adds its sliding layers' ring)."""
+    return {CACHE_NAMES[role]: shape for role, shape in model.static_cache_shapes(context, longest_call).items()}
+
+
+def _by_role(model: CausalLM, tensors: dict[str, torch.Tensor], position: torch.Tensor):
+    roles = {name: role for role, name in CACHE_NAMES.items()}
+    return model.static_cache({roles[name]: tensor for name, tensor in tensors.items()}, position)
 
 
 class CausalLMWithState(nn.Module):
     """Causal LM whose KV cache is Core ML state (iOS 18+): every registered buffer of an exported
-    program becomes a `ct.StateType`, read at the start and written back in place (rule 8)."""
+    program becomes a `ct.StateType`, read at the start and written back in place (rule 8). The buffers are the
+    model's cache tensors (`cache_shapes`): keys and values, and Gemma 3's ring of window slots."""
 
-    key_cache: torch.Tensor  # the buffers named KEY_CACHE and VALUE_CACHE
-    value_cache: torch.Tensor
-
-    def __init__(self, model: CausalLM, context: int):
+    def __init__(self, model: CausalLM, context: int, longest_call: int):
         super().__init__()
         self.model = model
-        self.register_buffer(KEY_CACHE, torch.zeros(cache_shape(model, context), dtype=CACHE_DTYPE))
-        self.register_buffer(VALUE_CACHE, torch.zeros(cache_shape(model, context), dtype=CACHE_DTYPE))
+        self.names = list(cache_shapes(model, context, longest_call))
+        for name, shape in cache_shapes(model, context, longest_call).items():
+            self.register_buffer(name, torch.zeros(shape, dtype=CACHE_DTYPE))
 
     def forward(self, input_ids: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, ...]:
         dtype = _model_dtype(self.model)
-        cache = StaticKVCache(self.key_cache.to(dtype), self.value_cache.to(dtype), position)
+        cache = _by_role(self.model, {name: getattr(self, name).to(dtype) for name in self.names}, position)
         hidden = self.model.hidden_states(input_ids, cache)  # (1, C, 1, S)
-        self.key_cache.copy_(cache.new_keys.to(CACHE_DTYPE))
-        self.value_cache.copy_(cache.new_values.to(CACHE_DTYPE))
+        for role, tensor in cache.new_tensors().items():
+            getattr(self, CACHE_NAMES[role]).copy_(tensor.to(CACHE_DTYPE))
         return tuple(self.model.lm_head.forward_chunks(hidden))  # each (1, V_j, 1, S)
 
 
 class CausalLMWithIOCache(nn.Module):
     """Causal LM whose KV cache is passed in and returned (iOS 16/17): the app feeds the returned
-    caches back on the next call (rule 8)."""
+    caches back on the next call (rule 8). Inputs after (input_ids, position): the caches of `names`, in order;
+    outputs after the logits: the same caches updated."""
 
-    def __init__(self, model: CausalLM):
+    def __init__(self, model: CausalLM, names: list[str]):
         super().__init__()
-        self.model = model
+        self.model, self.names = model, names
 
     def forward(
-        self, input_ids: torch.Tensor, position: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor
+        self, input_ids: torch.Tensor, position: torch.Tensor, *caches: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         # Unlike state, an io cache may be fp32: it keeps the package's precision.
-        cache = StaticKVCache(key_cache, value_cache, position)
+        cache = _by_role(self.model, dict(zip(self.names, caches, strict=True)), position)
         hidden = self.model.hidden_states(input_ids, cache)
         logits = self.model.lm_head.forward_chunks(hidden)
-        return (*logits, cache.new_keys, cache.new_values)
+        updated = {CACHE_NAMES[role]: tensor for role, tensor in cache.new_tensors().items()}
+        return (*logits, *(updated[name] for name in self.names))
 
 
 def _model_dtype(model: CausalLM) -> torch.dtype:

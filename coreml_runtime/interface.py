@@ -11,6 +11,19 @@ KEY_CACHE = "key_cache"
 VALUE_CACHE = "value_cache"
 KEY_CACHE_OUT = "key_cache_out"
 VALUE_CACHE_OUT = "value_cache_out"
+# Gemma 3's sliding-window layers: keys and values in a ring of window + prefill slots (ane_model/static_cache.py)
+KEY_WINDOW_CACHE = "key_window_cache"
+VALUE_WINDOW_CACHE = "value_window_cache"
+# A causal LM's cache tensors, by the role the model gives them (`CausalLM.static_cache_shapes`), in this order
+CACHE_NAMES = {"keys": KEY_CACHE, "values": VALUE_CACHE, "window_keys": KEY_WINDOW_CACHE,
+               "window_values": VALUE_WINDOW_CACHE}  # fmt: skip
+
+
+def cache_output(name: str) -> str:
+    """The output an io-cache package returns an updated cache under (`key_cache` -> `key_cache_out`)."""
+    return f"{name}_out"
+
+
 HIDDEN = "last_hidden_state"
 POOLED = "pooler_output"
 SENTENCE_EMBEDDING = "sentence_embedding"

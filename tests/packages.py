@@ -79,6 +79,8 @@ QWEN3 = Case("llama", "qwen3, q/k norm, head_dim 16 of width 48, tied, 20,000 to
 LLAMA3 = Case("llama", "llama3 rope, original context 16 x8", dict(rope_parameters=TORCH_ANE["llama"][2].overrides[
     "rope_parameters"]), seed=3, tokenizer=True)  # fmt: skip
 
+GEMMA3 = Case("gemma3", "270M-shaped, window 16", seed=3, randomise_norms=True, tokenizer=True)
+
 # Measured: on QWEN3 (20,000 random logits per step) free-running greedy departs at step 17 of 24, where the
 # reference's top two differ by 0.0043 logits, 1.1 fp16 spacings at that magnitude; transformers' own ranking there
 # is below fp16 resolution, and our torch-ane backend in fp16 on the CPU departs at the same step. On another
@@ -120,6 +122,12 @@ VARIANTS: dict[str, dict[str, Variant]] = {
         "qwen2-tied-palettize4": Variant(QWEN2, _compressed("palettize4"), steps=24),
         "mistral-palettize6": Variant(MISTRAL, _compressed("palettize6"), steps=24),
         "llama-int4-gptq": Variant(LLAMA, _compressed("int4"), calibrate=True, steps=24),
+    },
+    # Gemma 3, window 16: the sliding layers keep a ring of 16 + PREFILL = 32 slots; the prompt (32) and 40 greedy
+    # steps run 72 tokens through it (it wraps twice), the global layer keeps all 96.
+    "gemma3": {
+        "gemma3-state-fp16": Variant(GEMMA3, STATE, steps=40),
+        "gemma3-io-ios17": Variant(GEMMA3, _io(target="iOS17"), steps=40),
     },
 }  # fmt: skip
 

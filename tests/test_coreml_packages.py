@@ -80,16 +80,18 @@ def test_interface_and_metadata_say_what_the_package_is(packages, name):
         assert meta["kv_cache"] == options.kv_cache and meta["context"] == str(CONTEXT)
         function = "decode" if multifunction(options) else "main"
         assert meta["functions"] == ("prefill,decode" if multifunction(options) else "main")
-        cache = f"[{cfg.num_layers}, {cfg.kv_width}, 1, {CONTEXT}]"
+        caches = _expected_caches(cfg)
+        cache = str(list(caches["key_cache"]))
+        assert interface[function]["cache_shapes"] == {name: list(shape) for name, shape in caches.items()}
         report = inspect_package(package).functions[function]
         if options.kv_cache == "state":
             assert interface[function]["inputs"] == ["input_ids", "position"]
             assert interface[function]["outputs"] == chunks
-            assert interface[function]["states"] == ["key_cache", "value_cache"]
+            assert interface[function]["states"] == list(caches)
             assert str(report.states[0]) == f"key_cache {cache} fp16"  # state is fp16 whatever the package's dtype
         else:
-            assert interface[function]["inputs"] == ["input_ids", "position", "key_cache", "value_cache"]
-            assert interface[function]["outputs"] == [*chunks, "key_cache_out", "value_cache_out"]
+            assert interface[function]["inputs"] == ["input_ids", "position", *caches]
+            assert interface[function]["outputs"] == [*chunks, *(f"{name}_out" for name in caches)]
             assert str(report.inputs[2]).startswith(f"key_cache {cache}")
     files = json.loads(meta["tokenizer_files"])
     assert all((package / f).is_file() for f in files)
@@ -97,6 +99,44 @@ def test_interface_and_metadata_say_what_the_package_is(packages, name):
         inside = Tokenizer.from_file(str(package / next(f for f in files if f.endswith("tokenizer.json"))))
         assert inside.encode("the quick brown fox").ids == Tokenizer.from_file(
             str(checkpoint / "tokenizer.json")).encode("the quick brown fox").ids  # fmt: skip
+
+
+def _expected_caches(cfg) -> dict[str, tuple[int, ...]]:
+    """Every layer's keys and values over the context; Gemma 3's sliding layers in a ring of window + prefill slots
+    instead (where that is shorter than the context), its global layers over the context."""
+    sliding = sum(getattr(cfg, "sliding_layers", ()))
+    ring = getattr(cfg, "sliding_window", CONTEXT) + PREFILL
+    if not sliding or sliding == cfg.num_layers or ring >= CONTEXT:
+        full = (cfg.num_layers, cfg.kv_width, 1, CONTEXT)
+        return {"key_cache": full, "value_cache": full}
+    full, window = (cfg.num_layers - sliding, cfg.kv_width, 1, CONTEXT), (sliding, cfg.kv_width, 1, ring)
+    return {"key_cache": full, "value_cache": full, "key_window_cache": window, "value_window_cache": window}
+
+
+def test_a_window_cache_rewinds_further_than_its_ring_holds(packages):
+    """Gemma 3's sliding layers keep a ring of window + prefill slots: a rewind of up to the prefill length keeps the
+    cache; a longer one starts over and reads the kept prefix again, which gives the logits of a fresh run (without
+    that, the ring still holds the rewound tokens where earlier ones belong, and the logits differ)."""
+    package = packages("gemma3-state-fp16")[0]
+    ids = np.random.default_rng(3).integers(0, 256, size=70).tolist()  # 70 tokens: the ring of 32 wraps twice
+    fresh = load_package(package)
+    fresh.prefill(ids[:20])
+    want_20 = fresh.decode(7)
+    fresh.trim(0)
+    fresh.prefill(ids[:60])
+    want_60 = fresh.decode(7)
+    lm = load_package(package)
+    lm.prefill(ids)
+    assert lm.rewindable == PREFILL
+    lm.trim(60)  # 10 back: within the ring
+    np.testing.assert_array_equal(lm.decode(7), want_60)
+    lm.trim(20)  # 41 back: read again
+    np.testing.assert_array_equal(lm.decode(7), want_20)
+    lm.trim(0)
+    lm.prefill(ids)
+    lm.rewindable = None  # what a plain rewind would give
+    lm.trim(20)
+    assert np.abs(lm.decode(7) - want_20).max() > 1e-2
 
 
 @pytest.mark.parametrize("name", CAUSAL_STATE)

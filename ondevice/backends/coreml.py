@@ -23,7 +23,7 @@ from coreml_runtime.interface import (
     HIDDEN_OUT,
     INPUT_IDS,
     KEY_CACHE,
-    KEY_CACHE_OUT,
+    KEY_WINDOW_CACHE,
     LOGITS,
     MLM_LOGITS,
     POOLED,
@@ -31,7 +31,7 @@ from coreml_runtime.interface import (
     SENTENCE_EMBEDDING,
     TOKEN_TYPE_IDS,
     VALUE_CACHE,
-    VALUE_CACHE_OUT,
+    cache_output,
 )
 from coreml_runtime.package import read_metadata
 
@@ -111,6 +111,11 @@ class CoreMLCausalLM:
         self.functions = meta["functions"].split(",")
         self._open(package, use_coreml, compute_units)
         self.io_cache = meta["kv_cache"] == "io"
+        self.cache_shapes = _cache_shapes(meta, self.config, self.capacity)
+        # A ring of window slots (Gemma 3's sliding layers) cannot take back more than the longest call: past that,
+        # a rewind starts over and reads the kept prefix again (ane_model/static_cache.py, WindowStaticKVCache).
+        self.rewindable = self.chunk if KEY_WINDOW_CACHE in self.cache_shapes else None
+        self._tokens: list[int] = []
         self._length = 0
         self.trim(0)
 
@@ -135,13 +140,18 @@ class CoreMLCausalLM:
         """Slots past `length` keep stale keys; the mask hides them and the next writes replace them."""
         if not 0 <= length <= self._length:
             raise InputError(f"cannot trim a cache of {self._length} tokens to {length}")
+        if length and self.rewindable is not None and self._length - length > self.rewindable:
+            kept = self._tokens[:length]
+            self.trim(0)
+            self.prefill(kept)
+            return
         if length == 0:
             self.state = None if self.io_cache else self._fresh_state()
             if self.io_cache:
-                shape = (self.config.num_layers, self.config.kv_width, 1, self.capacity)
                 dtype = np.float16 if self.meta["precision"] == "fp16" else np.float32
-                self.caches = {KEY_CACHE: np.zeros(shape, dtype), VALUE_CACHE: np.zeros(shape, dtype)}
+                self.caches = {name: np.zeros(shape, dtype) for name, shape in self.cache_shapes.items()}
         self._length = length
+        del self._tokens[length:]
 
     def _call(self, function: str, ids: list[int], real: int) -> np.ndarray:
         inputs = {INPUT_IDS: np.array([ids], dtype=np.int32), POSITION: np.array([self._length], dtype=np.int32)}
@@ -149,8 +159,9 @@ class CoreMLCausalLM:
             inputs |= self.caches
         out = self._run(function, inputs)
         if self.io_cache:
-            self.caches = {KEY_CACHE: out[KEY_CACHE_OUT], VALUE_CACHE: out[VALUE_CACHE_OUT]}
+            self.caches = {name: out[cache_output(name)] for name in self.caches}
         self._length += real
+        self._tokens += ids[:real]
         return _chunks(out, LOGITS)[:real]
 
     def prefill(self, token_ids: Sequence[int]) -> np.ndarray:
@@ -177,6 +188,16 @@ class CoreMLCausalLM:
         if self._length + 1 > self.capacity:
             raise InputError(f"{self._length + 1} tokens exceed the package's context of {self.capacity}")
         return self._call("decode" if "decode" in self.functions else "main", [token_id], 1)[0]
+
+
+def _cache_shapes(meta: dict[str, str], config, capacity: int) -> dict[str, tuple[int, ...]]:
+    """Each cache's shape, as the package's interface records it (a package written before it recorded them: keys
+    and values of every layer over the context)."""
+    for function in json.loads(meta.get("interface", "{}")).values():
+        if function.get("cache_shapes"):
+            return {name: tuple(shape) for name, shape in function["cache_shapes"].items()}
+    shape = (config.num_layers, config.kv_width, 1, capacity)
+    return {KEY_CACHE: shape, VALUE_CACHE: shape}
 
 
 class ChunkedCoreMLCausalLM(CoreMLCausalLM):
