@@ -350,6 +350,20 @@ def test_the_scaled_residual_stream_keeps_fp32_parity_and_fp16_finite(planted):
     assert result.within(FP16), result
 
 
+def test_the_planted_model_stays_finite_in_an_fp16_core_ml_package(planted, tmp_path):
+    """The same through conversion: an fp16 package, run by the evaluator (every op's result rounded to fp16)."""
+    from convert.coreml import CoreMLOptions, convert_to_coreml
+    from ondevice.backends.coreml import load_package
+
+    ckpt, ids, want, _ = planted
+    package = convert_to_coreml(ckpt.directory, tmp_path / "planted.mlpackage",
+                                CoreMLOptions(context=48, seq_lens=(16,)), progress=False)  # fmt: skip
+    got = load_package(package).prefill(ids)
+    assert np.isfinite(got).all()
+    result = compare("fp16", got, want)
+    assert result.within(FP16), result
+
+
 def test_without_the_scaled_stream_fp16_overflows(planted, monkeypatch):
     """The guard is what keeps the planted model finite: with k = 1 its fp16 residual overflows."""
     ckpt, ids, _, _ = planted
