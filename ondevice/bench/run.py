@@ -31,6 +31,7 @@ GENERATED_MODELS = {
     GENERATED: "make_gpt2_124m",
     "smollm2-135m-random": "make_smollm2_135m",  # SmolLM2-135M: Llama, GQA 3:1, tied head
     "qwen3-0.6b-random": "make_qwen3_06b",  # Qwen3-0.6B: q/k norm, head_dim 128, tied head
+    "gemma3-270m-random": "make_gemma3_270m",  # Gemma 3 270M: sliding-window layers, 262,144-token tied head
     # billions of parameters, bf16: Core ML gets a chunked model (ondevice.bench.runners.package_path)
     "llama3.2-1b-random": "make_llama32_1b",
     "qwen3-1.7b-random": "make_qwen3_17b",
