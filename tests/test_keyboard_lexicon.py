@@ -220,3 +220,33 @@ def bundled():
 def test_the_issues_examples(bundled, text, word):
     shown = [s.word for s in bundled.suggest(text)]
     assert word in shown, shown
+
+
+def test_a_built_lexicon_is_kept_in_the_users_cache_and_read_back(tmp_path, monkeypatch):
+    """The second start-up reads the lexicon the first built (the same words, frequencies and forms); a cache file
+    that cannot be read is rebuilt without a word, and another training text is another entry."""
+    from ondevice.keyboard import lexicon
+
+    monkeypatch.setenv("ONDEVICE_CACHE", str(tmp_path))
+    training = tmp_path / "train.txt"
+    training.write_text("\n".join(SENTENCES * 10) + "\nOur Frobnicator frobnicates. The Frobnicator is fast.\n" * 6)
+    lexicon._cached_lexicon.cache_clear()
+    built = Lexicon.english_words(training)
+    files = list((tmp_path / "lexicon").glob("*.json.gz"))
+    assert len(files) == 1
+    lexicon._cached_lexicon.cache_clear()
+    monkeypatch.setattr(lexicon, "english_frequencies", lambda: pytest.fail("built again instead of read"))
+    read = Lexicon.english_words(training)
+    assert read.keys == built.keys and read.frequency == built.frequency and read.forms == built.forms
+    assert read.form("frobnicator") == "Frobnicator"
+    monkeypatch.undo()
+    monkeypatch.setenv("ONDEVICE_CACHE", str(tmp_path))
+    files[0].write_bytes(b"not gzip")
+    lexicon._cached_lexicon.cache_clear()
+    assert Lexicon.english_words(training).frequency == built.frequency
+    training.write_text(training.read_text() + "One more line.\n")
+    lexicon._cached_lexicon.cache_clear()
+    Lexicon.english_words(training)
+    assert len(list((tmp_path / "lexicon").glob("*.json.gz"))) == 2
+    lexicon._cached_lexicon.cache_clear()
+

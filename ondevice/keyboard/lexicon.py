@@ -24,7 +24,11 @@ from __future__ import annotations
 
 import bisect
 import gzip
+import hashlib
+import json
+import os
 import re
+import tempfile
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -45,10 +49,14 @@ _SENTENCE_END = re.compile(r"(?:^|[.!?][\"'”’)\]]*)[\s\"'“‘(\[]*$")
 def capitalised_names() -> frozenset[str]:
     """The English words whose written form is capitalised (names, days, acronyms), from the package's data file
     `data/names.txt` (written by `python -m training.names` from SCOWL; provenance and licence in its header)."""
+    text = capitalised_names_bytes().decode("utf-8")
+    return frozenset(word for line in text.splitlines() if not line.startswith("#") for word in line.split())
+
+
+def capitalised_names_bytes() -> bytes:
     from importlib.resources import files
 
-    text = (files("ondevice.keyboard") / "data" / "names.txt").read_text(encoding="utf-8")
-    return frozenset(word for line in text.splitlines() if not line.startswith("#") for word in line.split())
+    return (files("ondevice.keyboard") / "data" / "names.txt").read_bytes()
 
 
 def sentence_start(before: str) -> bool:
@@ -245,9 +253,61 @@ class WordSet:
         return form
 
 
+# A cached lexicon holds the inputs of `Lexicon` (English frequencies, training counts, forms), keyed by what they are
+# built from; bump this when how they are built changes (english_frequencies, training_words, domain_forms), so that
+# older cache files are not read.
+LEXICON_CACHE_VERSION = 1
+
+
+def lexicon_cache_dir() -> Path:
+    """Where built lexicons are kept between runs: $ONDEVICE_CACHE/lexicon, else the user's cache folder
+    ($XDG_CACHE_HOME or ~/.cache)/ondevice/lexicon."""
+    root = os.environ.get("ONDEVICE_CACHE")
+    if root:
+        return Path(root) / "lexicon"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ondevice" / "lexicon"
+
+
 @lru_cache(maxsize=4)
 def _cached_lexicon(training_text: str, training_weight: float) -> Lexicon:
+    """The lexicon, read from the user's cache when it was built before from the same inputs (building it reads
+    wordfreq and counts the training text's words: ~2.5 s of `ondevice predict`'s start-up), else built and kept
+    there. A cache file that cannot be read is rebuilt, one that cannot be written is skipped: never an error."""
+    key = _lexicon_key(training_text, training_weight)
+    path = lexicon_cache_dir() / f"{key}.json.gz"
+    try:
+        parts = json.loads(gzip.decompress(path.read_bytes()))
+        return Lexicon(parts["english"], Counter(parts["training"]), parts["forms"], training_weight)
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        pass
+    english, training, forms = _lexicon_inputs(training_text)
+    lexicon = Lexicon(english, training, forms, training_weight)
+    parts = {"english": lexicon.english, "training": dict(lexicon.training), "forms": lexicon.forms}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            tmp.write(gzip.compress(json.dumps(parts).encode("utf-8"), compresslevel=1))
+        os.replace(tmp.name, path)
+    except OSError:
+        pass
+    return lexicon
 
+
+def _lexicon_key(training_text: str, training_weight: float) -> str:
+    """What a lexicon is built from: the training text's bytes, wordfreq's version, this module's settings."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256()
+    settings = [LEXICON_CACHE_VERSION, version("wordfreq"), MIN_ZIPF, MIN_TRAINING_COUNT, CAPITAL_SHARE, DOMAIN_RATIO,
+                sorted(ONE_LETTER_WORDS), training_weight]  # fmt: skip
+    digest.update(json.dumps(settings).encode())
+    digest.update(capitalised_names_bytes())
+    if training_text:
+        digest.update(Path(training_text).read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def _lexicon_inputs(training_text: str) -> tuple[dict[str, float], Counter, dict[str, str]]:
     english = english_frequencies()
     forms = {name.lower(): name for name in capitalised_names()}
     training: Counter = Counter()
@@ -257,7 +317,7 @@ def _cached_lexicon(training_text: str, training_weight: float) -> Lexicon:
             text = gzip.decompress(text)
         training, training_forms = training_words(text.decode("utf-8", errors="replace"))
         forms.update(domain_forms(training_forms, training, english))
-    return Lexicon(english, training, forms, training_weight)
+    return english, training, forms
 
 
 def domain_forms(forms: dict[str, str], training: Counter, english: dict[str, float]) -> dict[str, str]:

@@ -204,9 +204,8 @@ def _load_tokenizer(directory: Path):
     pipeline its model type usually has: Qwen2's byte-level one for any qwen2 checkpoint), or GPT-2's
     vocab.json + merges.txt through transformers."""
     from tokenizers import Tokenizer
-    from transformers import AutoTokenizer
 
-    if (directory / "tokenizer.json").is_file():
+    if (directory / "tokenizer.json").is_file():  # `tokenizers` alone: importing transformers costs ~1 s of start-up
         try:
             return Tokenizer.from_file(str(directory / "tokenizer.json"))
         except Exception as exc:  # tokenizers raises its own Exception subclass for a malformed file
@@ -214,6 +213,8 @@ def _load_tokenizer(directory: Path):
     if not (directory / "vocab.json").is_file():
         # transformers 5 returns an empty tokenizer for a directory without one, rather than failing.
         raise InputError(f"{directory}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(directory).backend_tokenizer
     except (OSError, ValueError) as exc:
