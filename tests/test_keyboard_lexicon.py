@@ -249,4 +249,3 @@ def test_a_built_lexicon_is_kept_in_the_users_cache_and_read_back(tmp_path, monk
     Lexicon.english_words(training)
     assert len(list((tmp_path / "lexicon").glob("*.json.gz"))) == 2
     lexicon._cached_lexicon.cache_clear()
-
