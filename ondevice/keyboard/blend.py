@@ -6,6 +6,7 @@ ranks completions as it ranks next words), a product of experts, weighted in log
 
     score(w) ∝ P_model(w | c) ^ (1 - lexicon) · P_prior(w | c) ^ lexicon
     P_prior(w | c) = (1 - ngram·known) · P_lexicon(w) + ngram·known · P_ngram(w | c)
+    final(w) = (1 - user·learned) · score(w) + user·learned · P_user(w | c)
 
 - P_model: the word search's probability (`beam.search_words`, summed over the word's spellings); for a
   candidate the search did not reach (longer than its 4 tokens, as " warranty" is in the bundled model's
@@ -15,7 +16,11 @@ ranks completions as it ranks next words), a product of experts, weighted in log
   own_text · the word's share of the words typed so far in this text (a cache model: a name the user typed
   comes back even where the model cannot spell it); `FLOOR` for a word of neither;
 - P_ngram: the n-gram baseline's relative frequency of w after the last one or two words, at the longest
-  context it has seen (`NGramModel.known_next`); known = 1 where it has seen at least the last word, else 0.
+  context it has seen (`NGramModel.known_next`); known = 1 where it has seen at least the last word, else 0;
+- P_user: what the keyboard learned from its user (`learning.UserStore.known_next`: their bigrams after the last
+  word, else their unigram); learned = 1 where it has a candidate for the typed letters, else 0. Interpolated with
+  the normalised product rather than inside it, as a cache model is: what a user types often after a word is
+  offered after it even where the model and English find it rare.
 
 Why a product and not a sum: the two experts differ by orders of magnitude (a 5M-parameter documentation
 model gives "warranty" 1e-9, English uses it 4e-6 of the time); a sum is decided by whichever is larger, a
@@ -43,9 +48,15 @@ class Blend:
     ngram: float = 0.0  # share of the n-gram baseline in the prior, where it knows the context
     own_text: float = 0.1  # share of the user's own text in the lexicon's unigram
     candidates: int = 8  # words taken from each source before combining
+    user: float = 0.3  # weight of what was learned from the user (`learning.py`), where it has a candidate
 
     def score(
-        self, model: dict[str, float], unigram: dict[str, float], ngram: dict[str, float], candidates: list[str]
+        self,
+        model: dict[str, float],
+        unigram: dict[str, float],
+        ngram: dict[str, float],
+        candidates: list[str],
+        user: dict[str, float] | None = None,
     ) -> dict[str, float]:
         """Normalised scores of `candidates` (lower-case words) from each source's probabilities."""
         share = self.ngram if ngram else 0.0
@@ -57,11 +68,22 @@ class Blend:
             )
         top = max(logs.values(), default=0.0)
         total = sum(math.exp(v - top) for v in logs.values())
-        return {w: math.exp(v - top) / total for w, v in logs.items()}
+        scores = {w: math.exp(v - top) / total for w, v in logs.items()}
+        if user:  # the user's own model, interpolated (a cache model): it can outvote the model on what they type
+            scores = {w: (1 - self.user) * p + self.user * user.get(w, 0.0) for w, p in scores.items()}
+        return scores
 
 
 def blend(
-    found: list[Suggestion], partial: str, words, ngram_model, context: str, mix: Blend, k: int, score_missing=None
+    found: list[Suggestion],
+    partial: str,
+    words,
+    ngram_model,
+    context: str,
+    mix: Blend,
+    k: int,
+    score_missing=None,
+    user_model=None,
 ) -> list[tuple[str, float]]:
     """The top `k` (lower-case word, score) after combining: `found` from the word search over `words` (a
     `lexicon.WordSet`), the lexicon's and the n-gram's candidates for the typed `partial`. `score_missing(words)`
@@ -78,6 +100,10 @@ def blend(
     if mix.ngram > 0 and ngram_model is not None:
         ngram = {w: p for w, p in ngram_model.known_next(context, prefix, mix.candidates).items() if w in words}
         candidates += [w for w in ngram if w not in candidates]
+    user = {}
+    if mix.user > 0 and user_model is not None:
+        user = {w: p for w, p in user_model.known_next(context, prefix, mix.candidates).items() if w in words}
+        candidates += [w for w in user if w not in candidates]
     candidates = [w for w in dict.fromkeys(candidates) if len(w) >= len(prefix) and w in words]
     missing = [w for w in candidates if w not in model]
     if missing and score_missing is not None:
@@ -87,5 +113,5 @@ def blend(
         w: (1 - mix.own_text) * lexicon.frequency.get(w, 0.0) + mix.own_text * words.user_counts[w] / typed
         for w in candidates
     }
-    scores = mix.score(model, unigram, ngram, candidates)
+    scores = mix.score(model, unigram, ngram, candidates, user)
     return sorted(scores.items(), key=lambda item: item[1], reverse=True)[:k]

@@ -52,10 +52,15 @@ class EvalReport:
         return {"name": self.name, **self.summary(), "counts": data}
 
 
-def evaluate(name: str, suggest: SuggestFn, lines: Iterable[str], k: int = 3) -> EvalReport:
+def evaluate(
+    name: str, suggest: SuggestFn, lines: Iterable[str], k: int = 3, learn: Callable[[str], None] | None = None
+) -> EvalReport:
+    """Replay `lines`; with `learn`, each line is learned once it has been typed (adaptive figures)."""
     report = EvalReport(name)
     for line in lines:
         _replay_line(report, suggest, line, k)
+        if learn is not None:
+            learn(line)
     return report
 
 

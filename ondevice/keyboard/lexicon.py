@@ -164,17 +164,18 @@ class Lexicon:
             cache[id(classes)] = (classes, index, max(map(len, index), default=0))
         return cache[id(classes)][1:]
 
-    def for_text(self, before: str) -> WordSet:
-        """The index for a word typed after `before`: the lexicon plus the words the user has typed there."""
-        return WordSet(self, before)
+    def for_text(self, before: str, learned: dict[str, str] | None = None) -> WordSet:
+        """The index for a word typed after `before`: the lexicon plus the words the user has typed there, and the
+        words (and forms) learned from them before (`learning.UserStore.extra_forms`)."""
+        return WordSet(self, before, learned)
 
 
 class WordSet:
     """The lexicon plus the user's own words in this text, and the forms they wrote them in."""
 
-    def __init__(self, lexicon: Lexicon, before: str):
+    def __init__(self, lexicon: Lexicon, before: str, learned: dict[str, str] | None = None):
         self.lexicon = lexicon
-        self.user_forms: dict[str, str] = {}
+        self.user_forms: dict[str, str] = dict(learned or {})  # this text's own forms (below) win
         self.user_counts: Counter = Counter()
         end = None  # as in training_words: a word first in the text or after . ! ? starts a sentence
         for match in WORD.finditer(before):

@@ -24,6 +24,7 @@ from ondevice.backends import load_backend
 from ondevice.keyboard.beam import Suggestion, score_spellings, search_words
 from ondevice.keyboard.blend import Blend, blend
 from ondevice.keyboard.context import ContextCache
+from ondevice.keyboard.learning import UserStore
 from ondevice.keyboard.lexicon import Lexicon, WordSet, sentence_start
 from ondevice.keyboard.words import TokenClasses, split_partial
 
@@ -48,13 +49,15 @@ class Predictor:
         lexicon: str | Lexicon | None = "auto",
         blend_weights: Blend | None = None,
         ngram=None,
+        learning: UserStore | None = None,
     ):
         """model: a checkpoint (directory, bundled name, cached id), or with backend="coreml" a package
         written by `ondevice convert --to coreml` (its tokenizer travels inside it).
 
         lexicon: "auto" (what the model's keyboard.json says; none without one), "english", None (the model's
         words as it spells them), or a `Lexicon`. blend_weights: the mixture of `blend.py` (default: the
-        model's keyboard.json, else the model alone); ngram: an `NGramModel` for its n-gram part."""
+        model's keyboard.json, else the model alone); ngram: an `NGramModel` for its n-gram part; learning: what was
+        learned from the user (`learning.UserStore`), blended in where there is a lexicon; `learn` adds to it."""
         if backend == "torch-ane" and threads:
             # One keystroke runs a few single-token forwards of a small model: splitting such tiny ops over
             # threads costs more than it saves (measured 10-30 ms per keystroke on one thread, ~1 s on
@@ -102,7 +105,8 @@ class Predictor:
         self.context = ContextCache(self.lm, self.tokenizer, start, max_context_tokens)
         self.blend = blend_weights or Blend(**settings.get("blend", {}))
         self.ngram = ngram
-        self._word_set: tuple[str, WordSet] | None = None
+        self.learning = learning
+        self._word_set: tuple[str, WordSet, dict | None] | None = None
 
     def suggest(self, text: str, k: int | None = None) -> list[Suggestion]:
         k = k or self.k
@@ -110,7 +114,8 @@ class Predictor:
         before = text[: len(text) - len(partial)]
         words = self._words(before)
         root = self.context.root_logprobs(context)
-        mixing = words is not None and (self.blend.lexicon > 0 or self.blend.ngram > 0)
+        learned = self.learning is not None and self.blend.user > 0
+        mixing = words is not None and (self.blend.lexicon > 0 or self.blend.ngram > 0 or learned)
         found = search_words(
             root,
             self.context.expand,
@@ -136,7 +141,7 @@ class Predictor:
             return score_spellings(root, self.context.expand, self.classes, fitting)
 
         ranked = (
-            blend(found, partial, words, self.ngram, context, self.blend, k, score_missing)
+            blend(found, partial, words, self.ngram, context, self.blend, k, score_missing, self.learning)
             if mixing
             else [(s.word.lower(), s.probability) for s in found]
         )
@@ -159,9 +164,15 @@ class Predictor:
         """The lexicon plus the user's words before the word being typed; the same while typing inside a word."""
         if self.lexicon is None:
             return None
-        if self._word_set is None or self._word_set[0] != before:
-            self._word_set = (before, self.lexicon.for_text(before))
+        learned = None if self.learning is None else self.learning.extra_forms(self.lexicon)
+        if self._word_set is None or self._word_set[0] != before or self._word_set[2] is not learned:
+            self._word_set = (before, self.lexicon.for_text(before, learned), learned)
         return self._word_set[1]
+
+    def learn(self, text: str) -> None:
+        """Remember what the user typed (`learning.UserStore.learn`); nothing without a store."""
+        if self.learning is not None:
+            self.learning.learn(text)
 
     def reset(self) -> None:
         """Forget everything cached: the next suggestion is computed from scratch."""

@@ -40,11 +40,23 @@ def evaluate_file(
     limit: int | None = None,
     baseline_text: Path | None = None,
     baseline: NGramModel | None = None,
+    learn: bool = False,
 ) -> dict:
+    """The model and the n-gram baseline on `path`'s lines; `learn`: the model learns each line once typed, from an
+    empty store kept in memory (the user's own store is neither read nor changed): adaptive figures."""
     lines = read_lines(path, limit)
     baseline = baseline or load_baseline(predictor, baseline_text)
     predictor.reset()
-    model = evaluate("model", predictor.suggest, lines, k=predictor.k)
+    if learn:
+        from ondevice.keyboard.learning import UserStore
+
+        saved, predictor.learning = predictor.learning, UserStore()
+        try:
+            model = evaluate("model (learning)", predictor.suggest, lines, k=predictor.k, learn=predictor.learn)
+        finally:
+            predictor.learning = saved
+    else:
+        model = evaluate("model", predictor.suggest, lines, k=predictor.k)
     ngram = evaluate("n-gram", lambda text: baseline.suggest(text, predictor.k), lines, k=predictor.k)
     return {
         "eval_file": str(path),
