@@ -20,7 +20,8 @@ ranks completions as it ranks next words), a product of experts, weighted in log
 - P_user: what the keyboard learned from its user (`learning.UserStore.known_next`: their bigrams after the last
   word, else their unigram); learned = 1 where it has a candidate for the typed letters, else 0. Interpolated with
   the normalised product rather than inside it, as a cache model is: what a user types often after a word is
-  offered after it even where the model and English find it rare.
+  offered after it even where the model and English find it rare. Its candidates are not scored by the model (a
+  word it alone proposes has score 0 in the product): learning costs no model call per keystroke.
 
 Why a product and not a sum: the two experts differ by orders of magnitude (a 5M-parameter documentation
 model gives "warranty" 1e-9, English uses it 4e-6 of the time); a sum is decided by whichever is larger, a
@@ -51,12 +52,7 @@ class Blend:
     user: float = 0.3  # weight of what was learned from the user (`learning.py`), where it has a candidate
 
     def score(
-        self,
-        model: dict[str, float],
-        unigram: dict[str, float],
-        ngram: dict[str, float],
-        candidates: list[str],
-        user: dict[str, float] | None = None,
+        self, model: dict[str, float], unigram: dict[str, float], ngram: dict[str, float], candidates: list[str]
     ) -> dict[str, float]:
         """Normalised scores of `candidates` (lower-case words) from each source's probabilities."""
         share = self.ngram if ngram else 0.0
@@ -68,10 +64,15 @@ class Blend:
             )
         top = max(logs.values(), default=0.0)
         total = sum(math.exp(v - top) for v in logs.values())
-        scores = {w: math.exp(v - top) / total for w, v in logs.items()}
-        if user:  # the user's own model, interpolated (a cache model): it can outvote the model on what they type
-            scores = {w: (1 - self.user) * p + self.user * user.get(w, 0.0) for w, p in scores.items()}
-        return scores
+        return {w: math.exp(v - top) / total for w, v in logs.items()}
+
+    def with_user(self, scores: dict[str, float], user: dict[str, float]) -> dict[str, float]:
+        """The blend's scores interpolated with the user's own model (a cache model), over both's candidates: a
+        word only the user's model has gets its share of it alone (no model call to score it); nothing changes
+        where it has no candidate."""
+        if not user:
+            return scores
+        return {w: (1 - self.user) * scores.get(w, 0.0) + self.user * user.get(w, 0.0) for w in {*scores, *user}}
 
 
 def blend(
@@ -95,15 +96,11 @@ def blend(
     lexicon = words.lexicon
     candidates = list(model)
     if mix.lexicon > 0:
-        candidates += [*lexicon.most_frequent(prefix, mix.candidates), *words.user_words(prefix)]
+        candidates += [*lexicon.most_frequent(prefix, mix.candidates), *words.typed_words(prefix)]
     ngram = {}
     if mix.ngram > 0 and ngram_model is not None:
         ngram = {w: p for w, p in ngram_model.known_next(context, prefix, mix.candidates).items() if w in words}
         candidates += [w for w in ngram if w not in candidates]
-    user = {}
-    if mix.user > 0 and user_model is not None:
-        user = {w: p for w, p in user_model.known_next(context, prefix, mix.candidates).items() if w in words}
-        candidates += [w for w in user if w not in candidates]
     candidates = [w for w in dict.fromkeys(candidates) if len(w) >= len(prefix) and w in words]
     missing = [w for w in candidates if w not in model]
     if missing and score_missing is not None:
@@ -113,5 +110,8 @@ def blend(
         w: (1 - mix.own_text) * lexicon.frequency.get(w, 0.0) + mix.own_text * words.user_counts[w] / typed
         for w in candidates
     }
-    scores = mix.score(model, unigram, ngram, candidates, user)
+    scores = mix.score(model, unigram, ngram, candidates)
+    if mix.user > 0 and user_model is not None:
+        user = {w: p for w, p in user_model.known_next(context, prefix, mix.candidates).items() if w in words}
+        scores = mix.with_user(scores, user)
     return sorted(scores.items(), key=lambda item: item[1], reverse=True)[:k]

@@ -112,6 +112,8 @@ class Lexicon:
         self.keys = sorted(keys)
         self.forms = dict(forms or {})
         self._by_frequency: list[str] = sorted(self.keys, key=lambda w: -self.frequency[w])
+        # start masks with a user store's words added, by (tokenizer classes, kind): (the store's words, mask)
+        self.learned_masks: dict[tuple, tuple[dict, np.ndarray]] = {}
 
     @classmethod
     def english_words(cls, training_text: Path | None = None, training_weight: float = 0.3) -> Lexicon:
@@ -175,7 +177,8 @@ class WordSet:
 
     def __init__(self, lexicon: Lexicon, before: str, learned: dict[str, str] | None = None):
         self.lexicon = lexicon
-        self.user_forms: dict[str, str] = dict(learned or {})  # this text's own forms (below) win
+        self.learned = learned or {}
+        self.user_forms: dict[str, str] = dict(self.learned)  # this text's own forms (below) win
         self.user_counts: Counter = Counter()
         end = None  # as in training_words: a word first in the text or after . ! ? starts a sentence
         for match in WORD.finditer(before):
@@ -196,6 +199,11 @@ class WordSet:
 
     def __contains__(self, word: str) -> bool:
         return word in self.lexicon or word in self.user_forms
+
+    def typed_words(self, prefix: str) -> list[str]:
+        """The words typed in this text that start with `prefix` (not the learned ones: those the blend takes from
+        the user's own model, with its probabilities)."""
+        return sorted(w for w in self.user_counts if w.startswith(prefix))
 
     def user_words(self, prefix: str) -> list[str]:
         lo = bisect.bisect_left(self.user_keys, prefix)
@@ -220,15 +228,16 @@ class WordSet:
 
     def start_mask(self, classes, kind: str) -> np.ndarray:
         mask = self.lexicon.start_mask(classes, kind)
-        extra = [w for w in self.user_keys if w not in self.lexicon]
-        if not extra:
-            return mask
-        mask = mask.copy()
-        strip = 1 if kind == "start" else 0
-        for word in extra:
-            for t in classes.compatible(kind, (" " if strip else "") + word):
-                mask[t] = word.startswith(classes.strings[t][strip:].lower())
-        return mask
+        if self.learned:  # the learned words' part, once per store version (it is the same for every text)
+            key = (id(classes), kind)
+            cached = self.lexicon.learned_masks.get(key)
+            if cached is None or cached[0] is not self.learned:
+                words = [w for w in self.learned if w not in self.lexicon]
+                cached = (self.learned, _with_words(mask, classes, kind, words))
+                self.lexicon.learned_masks[key] = cached
+            mask = cached[1]
+        extra = [w for w in self.user_counts if w not in self.lexicon and w not in self.learned]
+        return _with_words(mask, classes, kind, extra) if extra else mask
 
     def form(self, key: str) -> str:
         """How the word is written: the user's own mid-sentence form, else the lexicon's."""
@@ -252,6 +261,18 @@ class WordSet:
         if starts_sentence:
             return form[:1].upper() + form[1:]
         return form
+
+
+def _with_words(mask: np.ndarray, classes, kind: str, words: list[str]) -> np.ndarray:
+    """`mask` (a copy) with the word-start tokens of `words` allowed."""
+    if not words:
+        return mask
+    mask = mask.copy()
+    strip = 1 if kind == "start" else 0
+    for word in words:
+        for t in classes.compatible(kind, (" " if strip else "") + word):
+            mask[t] = word.startswith(classes.strings[t][strip:].lower())
+    return mask
 
 
 # A cached lexicon holds the inputs of `Lexicon` (English frequencies, training counts, forms), keyed by what they are
