@@ -86,11 +86,11 @@ class WindowStaticKVCache:
     p mod R, the position each slot holds is computed, not stored: slot j holds last - ((last - j) mod R), and
     `window_mask` allows query q the slots whose position lies in q - window + 1 .. q.
 
-    What the ring cannot do: take back more than S_max tokens. A write at p replaces p - R, so after a rewind from
-    length L' to L the slots of positions past L may still hold those later tokens where the mask expects earlier
-    ones: safe while L' - L <= R - window = S_max (the runtime re-reads the prefix past that). Padding a short
-    prefill is safe: padded positions are > every real query's, and later calls overwrite them before any query
-    can reach them (what is left reads as a position more than R back, outside the window)."""
+    What the ring cannot do: rewind far. A write at p replaces p - R, and a call writes all S_max slots, padding
+    included, so once the highest slot written is H - 1 the positions below H - R hold later tokens where the mask
+    expects earlier ones: a rewind to L keeps the ring while L >= H - S_max (the runtime re-reads the prefix past
+    that: ondevice/backends/coreml.py). Without rewinds, padding a short prefill is safe: padded positions are >
+    every real query's, and later calls overwrite them before any query can reach them."""
 
     def __init__(
         self,

@@ -149,7 +149,9 @@ def test_manifest_names_parts_chain_and_source(chunked):
         (0, "embed_decode"), (1, "decode"), (2, "decode"), (0, "head_decode")
     ]  # fmt: skip
     layers = manifest["parts"][1]["functions"]["prefill"]
-    assert layers == {"inputs": ["hidden_in", "position"], "outputs": ["hidden_out"], "states": ["kv_cache"]}
+    assert layers == {
+        "inputs": ["hidden_in", "position"], "outputs": ["hidden_out"], "states": ["kv_cache"], "cache_shapes": {}
+    }  # fmt: skip
     assert manifest["model"]["source_weights_sha256"].keys() == {p.name for p in checkpoint.glob("*.safetensors")}
     for name in manifest["model"]["tokenizer_files"]:
         assert (model / name).read_bytes() == (checkpoint / name.removeprefix("tokenizer/")).read_bytes()

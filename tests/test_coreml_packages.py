@@ -114,29 +114,32 @@ def _expected_caches(cfg) -> dict[str, tuple[int, ...]]:
 
 
 def test_a_window_cache_rewinds_further_than_its_ring_holds(packages):
-    """Gemma 3's sliding layers keep a ring of window + prefill slots: a rewind of up to the prefill length keeps the
-    cache; a longer one starts over and reads the kept prefix again, which gives the logits of a fresh run (without
-    that, the ring still holds the rewound tokens where earlier ones belong, and the logits differ)."""
+    """Gemma 3's sliding layers keep a ring of window + prefill slots, and every call writes a whole prefill's slots
+    (padding included): a rewind keeps the cache back to the start of the last padded write; a longer one starts over
+    and reads the kept prefix again, which gives the logits of a fresh run (without that, the ring holds later tokens,
+    real or padding, where earlier ones belong, and the logits differ)."""
     package = packages("gemma3-state-fp16")[0]
     ids = np.random.default_rng(3).integers(0, 256, size=70).tolist()  # 70 tokens: the ring of 32 wraps twice
     fresh = load_package(package)
-    fresh.prefill(ids[:20])
-    want_20 = fresh.decode(7)
-    fresh.trim(0)
-    fresh.prefill(ids[:60])
-    want_60 = fresh.decode(7)
+    want = {}
+    for length in (20, 60, 64):
+        fresh.trim(0)
+        fresh.prefill(ids[:length])
+        want[length] = fresh.decode(7)
     lm = load_package(package)
-    lm.prefill(ids)
-    assert lm.rewindable == PREFILL
-    lm.trim(60)  # 10 back: within the ring
-    np.testing.assert_array_equal(lm.decode(7), want_60)
-    lm.trim(20)  # 41 back: read again
-    np.testing.assert_array_equal(lm.decode(7), want_20)
+    lm.prefill(ids)  # the last call writes positions 64..79, six of them real
+    assert lm.rewindable == 70 - 64
+    lm.trim(64)  # within the ring: kept
+    assert lm.length == 64 and lm.rewindable == 0
+    np.testing.assert_array_equal(lm.decode(7), want[64])
+    for length in (60, 20):  # past it: read again
+        lm.trim(length)
+        np.testing.assert_array_equal(lm.decode(7), want[length])
     lm.trim(0)
     lm.prefill(ids)
-    lm.rewindable = None  # what a plain rewind would give
-    lm.trim(20)
-    assert np.abs(lm.decode(7) - want_20).max() > 1e-2
+    lm._ring_slack = None  # what a plain rewind would give: the padding of positions 70..79 replaced 38..47
+    lm.trim(60)
+    assert np.abs(lm.decode(7) - want[60]).max() > 1e-2
 
 
 @pytest.mark.parametrize("name", CAUSAL_STATE)

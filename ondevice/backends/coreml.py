@@ -112,11 +112,14 @@ class CoreMLCausalLM:
         self._open(package, use_coreml, compute_units)
         self.io_cache = meta["kv_cache"] == "io"
         self.cache_shapes = _cache_shapes(meta, self.config, self.capacity)
-        # A ring of window slots (Gemma 3's sliding layers) cannot take back more than the longest call: past that,
-        # a rewind starts over and reads the kept prefix again (ane_model/static_cache.py, WindowStaticKVCache).
-        self.rewindable = self.chunk if KEY_WINDOW_CACHE in self.cache_shapes else None
+        # A ring of window slots (Gemma 3's sliding layers) holds R = window + longest call slots, and each call
+        # writes a whole call's slots, padding included: a write at position p replaces p - R, so a rewind keeps the
+        # ring only to lengths >= (the highest slot ever written) - longest call; past that it starts over and reads
+        # the kept prefix again (ane_model/static_cache.py, WindowStaticKVCache).
+        self._ring_slack = self.chunk if KEY_WINDOW_CACHE in self.cache_shapes else None
         self._tokens: list[int] = []
         self._length = 0
+        self._written = 0
         self.trim(0)
 
     def _open(self, package: Path, use_coreml: bool | None, compute_units: str) -> None:
@@ -136,6 +139,14 @@ class CoreMLCausalLM:
     def length(self) -> int:
         return self._length
 
+    @property
+    def rewindable(self) -> int | None:
+        """How many tokens a trim can take back and keep the cache (None: any number); a longer rewind reads the
+        kept tokens again."""
+        if self._ring_slack is None:
+            return None
+        return self._length - max(0, self._written - self._ring_slack)
+
     def trim(self, length: int) -> None:
         """Slots past `length` keep stale keys; the mask hides them and the next writes replace them."""
         if not 0 <= length <= self._length:
@@ -146,6 +157,7 @@ class CoreMLCausalLM:
             self.prefill(kept)
             return
         if length == 0:
+            self._written = 0
             self.state = None if self.io_cache else self._fresh_state()
             if self.io_cache:
                 dtype = np.float16 if self.meta["precision"] == "fp16" else np.float32
@@ -158,6 +170,7 @@ class CoreMLCausalLM:
         if self.io_cache:
             inputs |= self.caches
         out = self._run(function, inputs)
+        self._written = max(self._written, self._length + len(ids))
         if self.io_cache:
             self.caches = {name: out[cache_output(name)] for name in self.caches}
         self._length += real
