@@ -50,6 +50,13 @@ def test_forms_names_acronyms_and_the_training_texts_own_words(english):
     ]
 
 
+def test_a_sentence_start_in_the_users_text_keeps_i_a_capital(english):
+    """The user's words at a sentence start are remembered with their capital taken back ("Thanks" -> "thanks"), but
+    the pronoun keeps it: "I think " went on to suggest "i" before."""
+    typed = english.for_text("I think I'm right. Thanks, I'll see. ")
+    assert [typed.display(w, "", False) for w in ("i", "i'm", "i'll", "thanks")] == ["I", "I'm", "I'll", "thanks"]
+
+
 @pytest.mark.parametrize(
     ("before", "expected"),
     [

@@ -186,8 +186,10 @@ class WordSet:
             self.user_counts[key] += 1
             if end is not None and not _STOP.search(before, end, match.start()):
                 self.user_forms[key] = word  # the latest mid-sentence form
-            elif key not in self.user_forms:
-                self.user_forms[key] = word[:1].lower() + word[1:] if word[1:].islower() or len(word) == 1 else word
+            elif key not in self.user_forms:  # at a sentence start: its form with the capital taken back, "I" kept
+                self.user_forms[key] = _i_form(key) or (
+                    word[:1].lower() + word[1:] if word[1:].islower() or len(word) == 1 else word
+                )
             end = match.end()
         self.user_keys = sorted(self.user_forms)
 
