@@ -303,19 +303,26 @@ def capitals_allowed(word: str, typed: str, before: str, lexicon, in_text) -> bo
 
 def assert_real_words_with_allowed_capitals(shown: list[tuple[str, list[str]]], lexicon) -> int:
     """Every word shown is a word of the lexicon (or of the user's text), starts with the letters typed, as
-    typed, and has only allowed capitals. Returns how many words were checked."""
+    typed, and has only allowed capitals; so is each word of a phrase, the ones after the first as next words
+    after those before them. Returns how many words were checked."""
     from ondevice.keyboard.words import split_partial
 
     checked = 0
-    for text, words in shown:
+    indexes: dict[str, object] = {}
+    for text, suggestions in shown:
         _, partial, _ = split_partial(text)
-        before = text[: len(text) - len(partial)]
-        in_text = lexicon.for_text(before)
-        for word in words:
-            assert word.lower() in in_text, (text, word)
-            assert capitals_allowed(word, partial, before, lexicon, in_text), (text, word)
-            assert word.startswith(partial), (text, word)
-            checked += 1
+        for suggestion in suggestions:
+            before = text[: len(text) - len(partial)]
+            for i, word in enumerate(suggestion.split(" ")):
+                typed = partial if i == 0 else ""
+                if before not in indexes:
+                    indexes[before] = lexicon.for_text(before)
+                in_text = indexes[before]
+                assert word.lower() in in_text, (text, suggestion)
+                assert capitals_allowed(word, typed, before, lexicon, in_text), (text, suggestion)
+                assert word.startswith(typed), (text, suggestion)
+                before += word + " "
+                checked += 1
     return checked
 
 

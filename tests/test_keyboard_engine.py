@@ -143,3 +143,26 @@ def test_a_100_kb_paste_and_emoji(keyboard_dir):
     assert predictor.suggest(paste + " The qu")
     assert len(predictor.context.ids) <= predictor.context.max_tokens
     assert _words(predictor.suggest("🙂🙂 ")) or True  # must not raise; may legitimately suggest nothing
+
+
+@pytest.mark.parametrize("text", ["The ", "The quick brown ", "A keyboard sug", "They thought the th"])
+def test_a_phrase_goes_on_with_the_model_s_next_word(keyboard_dir, text):
+    """A phrase's second word and probability, read off the branch after the first word's tokens, equal a fresh
+    prediction on the text with the first word typed (model alone, exact search); the phrase is shown in the last
+    place exactly where it is more probable than the word there."""
+    from ondevice.keyboard.phrases import PhraseRule
+
+    phrasing = Predictor(
+        keyboard_dir, beam_width=None, max_word_tokens=2, lexicon=None, phrases=PhraseRule(0.0, max_words=2)
+    )
+    shown = phrasing.suggest(text)
+    words = [s for s in shown if " " not in s.word]
+    phrase = phrasing._phrase(words[0], False, None)
+    fresh = Predictor(keyboard_dir, beam_width=None, max_word_tokens=2, lexicon=None, phrases=None)
+    typed = text[: len(text) - len(split_partial(text)[1])] + words[0].word
+    after = fresh.suggest(typed + " ")[0]
+    assert phrase is not None and phrase.word == f"{words[0].word} {after.word}"
+    np.testing.assert_allclose(phrase.probability, words[0].probability * after.probability, rtol=1e-4)
+    third = fresh.suggest(text)[2]
+    assert (phrase in shown) == (phrase.probability > third.probability)
+    assert _words(shown[:2]) == _words(fresh.suggest(text)[:2]) or phrase in shown

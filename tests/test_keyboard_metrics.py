@@ -55,6 +55,45 @@ def test_a_pick_before_punctuation_does_not_save_a_space():
     assert report["ksr3"] == pytest.approx(1 - 6 / 7)
 
 
+def test_a_phrase_is_picked_with_one_key_and_its_words_cost_nothing():
+    def phrases(text: str) -> list[Suggestion]:
+        if text == "See you ":
+            return [Suggestion("to", 0.5), Suggestion("soon", 0.2)]
+        return [Suggestion("you soon", 0.4), Suggestion("to", 0.3)] if text.endswith("See ") else []
+
+    report = evaluate("scripted", phrases, ["See you soon, Sam"]).summary()
+    # "See": 3 keys, " " 1; "you soon" picked before a letter: 1 key for both words and no space (a comma
+    # follows); ", Sam": 5 keys. 10 of 17.
+    assert report["ksr3"] == pytest.approx(1 - 10 / 17)
+    assert (report["phrase_picks"], report["phrase_words"]) == (1, 1)
+    # the word figures still count every word: "you" was not shown alone, "soon" was after "See you "
+    assert report["words"] == 4 and report["next_word_acc3"] == pytest.approx(1 / 4)
+
+
+def test_a_phrase_the_text_does_not_go_on_with_is_not_picked():
+    def wrong_phrase(text: str) -> list[Suggestion]:
+        return [Suggestion("you there", 0.4), Suggestion("you", 0.3)] if text == "See " else []
+
+    # "you thereabouts": the phrase's words match only as far as "you"; "you" alone is picked (1 key and its space)
+    report = evaluate("scripted", wrong_phrase, ["See you thereabouts"]).summary()
+    assert report["phrase_picks"] == 0
+    assert report["ksr3"] == pytest.approx(1 - (4 + 1 + 11) / 19)
+
+
+def test_phrase_extension_stops_at_its_probability_and_length():
+    from ondevice.keyboard.phrases import PhraseRule, extend
+
+    chain = {(1,): ("you", 0.8, (2,)), (1, 2): ("soon", 0.5, (3,)), (1, 2, 3): ("then", 0.9, (4,))}
+    assert extend((1,), 0.9, chain.get, PhraseRule(0.3, 3)) == (["you", "soon"], pytest.approx(0.36))
+    assert extend((1,), 0.9, chain.get, PhraseRule(0.3, 2)) == (["you"], pytest.approx(0.72))
+    assert extend((1,), 0.9, chain.get, PhraseRule(0.4, 4)) == (["you"], pytest.approx(0.72))
+    assert extend((1,), 0.3, chain.get, PhraseRule(0.3, 3)) is None
+    assert extend((5,), 0.9, chain.get, PhraseRule(0.1, 3)) is None  # no next word
+    assert PhraseRule.from_settings(None) is None and PhraseRule.from_settings(False) is None
+    assert PhraseRule.from_settings(True) == PhraseRule()
+    assert PhraseRule.from_settings({"min_probability": 0.2}) == PhraseRule(0.2)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -37,6 +37,13 @@ def predict(
     no_learn: Annotated[
         bool, typer.Option("--no-learn", help="Leave out what was learned from you ('ondevice learned show').")
     ] = False,
+    phrases: Annotated[
+        bool | None,
+        typer.Option(
+            "--phrases/--no-phrases",
+            help="Offer the rest of a phrase where the model is confident (default: the model's keyboard.json).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show third-party warnings (coremltools, torch, ...).")] = False,
 ) -> None:
     """Next-word suggestions, or completions of the word being typed; or, with --eval, quality figures."""
@@ -67,7 +74,7 @@ def predict(
             check_package_weights(model)
         # --eval measures the model, not this user: their store is read only for suggestions
         store = None if no_learn or eval_file is not None else _user_store()
-        predictor = Predictor(model, backend=backend, k=k, learning=store)
+        predictor = Predictor(model, backend=backend, k=k, learning=store, phrases=_phrase_rule(phrases))
     if eval_file is not None:
         from ondevice.keyboard.report import evaluate_file
 
@@ -99,6 +106,10 @@ def type_(
     no_learn: Annotated[
         bool, typer.Option("--no-learn", help="Neither use nor add to what was learned from you.")
     ] = False,
+    phrases: Annotated[
+        bool | None,
+        typer.Option("--phrases/--no-phrases", help="Phrases where the model is confident (default: keyboard.json)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show third-party warnings (coremltools, torch, ...).")] = False,
 ) -> None:
     """Type in the terminal with suggestions updated on every keystroke (Tab/F1-F3 accept, Enter quits); what you
@@ -110,11 +121,16 @@ def type_(
 
     store = None if no_learn else _user_store()
     with captured(verbose):
-        predictor = Predictor(model, backend=backend, learning=store)
+        predictor = Predictor(model, backend=backend, learning=store, phrases=_phrase_rule(phrases))
     text = run_terminal(predictor)
     if store is not None:
         store.learn(text)
         store.save()
+
+
+def _phrase_rule(phrases: bool | None) -> str | None:
+    """The Predictor's phrases setting: neither flag: as keyboard.json says; --phrases: its rule or the default one."""
+    return "auto" if phrases is None else ("on" if phrases else None)
 
 
 def _user_store():

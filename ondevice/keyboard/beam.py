@@ -56,10 +56,14 @@ def search_words(
     beam_width: int | None = 8,
     max_tokens: int = 4,
     words=None,
+    also: Sequence[Sequence[int]] = (),
 ) -> list[Suggestion]:
     """root_logprobs: log-probabilities (V,) of the token after the context; expand(sequences) returns
     logits (N, V) after each equally long continuation. `partial` constrains words to start with it
-    (case-insensitively); `beam_width=None` enumerates every word of up to `max_tokens` tokens (exact)."""
+    (case-insensitively); `beam_width=None` enumerates every word of up to `max_tokens` tokens (exact).
+    `also`: token sequences to expand alongside, depth by depth, in the same batches (the spellings that
+    `score_spellings` will score next: with a memoising `expand` they then cost no forward of their own); they
+    change nothing that is found."""
     boundary = ~classes.continues_word
     found: dict[str, list] = {}  # lower-case word -> [total probability, best spelling, its probability]
     frontier, logprobs = [_Beam(0.0, (), "")], root_logprobs[None, :]
@@ -87,7 +91,9 @@ def search_words(
             children = sorted(children, key=lambda c: c.logp, reverse=True)[:beam_width]
         if not children:
             break
-        frontier, logprobs = children, log_softmax(expand([c.tokens for c in children]))
+        rows = [c.tokens for c in children]
+        extra = {tuple(t[: depth + 1]) for t in also if len(t) > depth} - set(rows)
+        frontier, logprobs = children, log_softmax(expand(rows + sorted(extra))[: len(rows)])
 
     ranked = sorted(found.values(), key=lambda v: v[0], reverse=True)[:k]
     return [Suggestion(spelling, total) for total, spelling, _ in ranked]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from canonical.config import check_tokenizer_fits
@@ -21,11 +22,12 @@ from canonical.errors import InputError
 from convert.checkpoint import load_checkpoint
 from coreml_runtime.chunked import is_coreml_model, tokenizer_dir
 from ondevice.backends import load_backend
-from ondevice.keyboard.beam import Suggestion, score_spellings, search_words
+from ondevice.keyboard.beam import Suggestion, log_softmax, score_spellings, search_words
 from ondevice.keyboard.blend import Blend, blend
 from ondevice.keyboard.context import ContextCache
 from ondevice.keyboard.learning import UserStore
 from ondevice.keyboard.lexicon import Lexicon, WordSet, sentence_start
+from ondevice.keyboard.phrases import PhraseRule, extend
 from ondevice.keyboard.words import TokenClasses, split_partial
 
 DEFAULT_MODEL = "keyboard-gpt2"
@@ -50,6 +52,7 @@ class Predictor:
         blend_weights: Blend | None = None,
         ngram=None,
         learning: UserStore | None = None,
+        phrases: PhraseRule | str | None = "auto",
     ):
         """model: a checkpoint (directory, bundled name, cached id), or with backend="coreml" a package
         written by `ondevice convert --to coreml` (its tokenizer travels inside it).
@@ -57,7 +60,9 @@ class Predictor:
         lexicon: "auto" (what the model's keyboard.json says; none without one), "english", None (the model's
         words as it spells them), or a `Lexicon`. blend_weights: the mixture of `blend.py` (default: the
         model's keyboard.json, else the model alone); ngram: an `NGramModel` for its n-gram part; learning: what was
-        learned from the user (`learning.UserStore`), blended in where there is a lexicon; `learn` adds to it."""
+        learned from the user (`learning.UserStore`), blended in where there is a lexicon; `learn` adds to it;
+        phrases: "auto" (keyboard.json's "phrases": none without), "on" (its rule, else the default rule), a
+        `PhraseRule`, or None (single words only)."""
         if backend == "torch-ane" and threads:
             # One keystroke runs a few single-token forwards of a small model: splitting such tiny ops over
             # threads costs more than it saves (measured 10-30 ms per keystroke on one thread, ~1 s on
@@ -83,9 +88,17 @@ class Predictor:
         elif lexicon is not None and not isinstance(lexicon, Lexicon):
             raise InputError(f"unknown lexicon {lexicon!r} (choose english, auto or none)")
         self.lexicon: Lexicon | None = lexicon
+        if phrases in ("auto", "on"):
+            phrases = PhraseRule.from_settings(settings.get("phrases") or phrases == "on")
+        elif isinstance(phrases, str):
+            raise InputError(f"unknown phrases setting {phrases!r} (auto, on, a PhraseRule or None)")
+        self.phrases: PhraseRule | None = phrases
         # Room past the context for a word: the search's tokens, and with a lexicon a few more for scoring the
-        # tokenizer's spelling of a lexicon word the search did not reach (" warranty" is 5 tokens).
+        # tokenizer's spelling of a lexicon word the search did not reach (" warranty" is 5 tokens); a phrase's
+        # further words after its first.
         room = max_word_tokens + (SPELLING_SLACK if lexicon is not None else 0)
+        if self.phrases is not None:
+            room += max_word_tokens * (self.phrases.max_words - 1)
         if backend == "coreml":
             self.lm = package
             max_context_tokens = min(max_context_tokens, self.lm.capacity - room)
@@ -116,22 +129,24 @@ class Predictor:
         root = self.context.root_logprobs(context)
         learned = self.learning is not None and self.blend.user > 0
         mixing = words is not None and (self.blend.lexicon > 0 or self.blend.ngram > 0 or learned)
+        bare_start = self.classes.first_word_is_bare(context, bare)
         found = search_words(
             root,
             self.context.expand,
             self.classes,
             partial=partial,
-            bare_start=self.classes.first_word_is_bare(context, bare),
+            bare_start=bare_start,
             k=max(k, self.blend.candidates) if mixing else k,
             beam_width=self.beam_width,
             max_tokens=self.max_word_tokens,
             words=words,
+            # the lexicon's candidates' own spellings, scored in the search's batches rather than after it
+            also=self._lexicon_spellings(words, partial, bare_start) if mixing and self.blend.lexicon > 0 else (),
         )
         if words is None:
             if partial[:1].isupper():  # the user's capital wins over the model's lower case
                 found = [Suggestion(s.word[:1].upper() + s.word[1:], s.probability) for s in found]
-            return found
-        bare_start = self.classes.first_word_is_bare(context, bare)
+            return self._with_phrase(found, bare_start, None, k)
 
         def score_missing(candidates: list[str]) -> dict[str, float]:
             forms = [words.display(w, partial, False) for w in candidates]
@@ -146,7 +161,58 @@ class Predictor:
             else [(s.word.lower(), s.probability) for s in found]
         )
         starts = sentence_start(before)
-        return [Suggestion(words.display(key, partial, starts), score) for key, score in ranked[:k]]
+        shown = [Suggestion(words.display(key, partial, starts), score) for key, score in ranked[:k]]
+        return self._with_phrase(shown, bare_start, words, k)
+
+    def _with_phrase(self, shown: list[Suggestion], bare_start: bool, words, k: int) -> list[Suggestion]:
+        """`shown` with the top word's phrase in the last place where it is more probable (`phrases.py`)."""
+        phrase = self._phrase(shown[0], bare_start, words) if self.phrases is not None and shown else None
+        if phrase is None or (len(shown) >= k and phrase.probability <= shown[k - 1].probability):
+            return shown
+        kept = shown[: k - 1] if len(shown) >= k else shown
+        return sorted([*kept, phrase], key=lambda s: s.probability, reverse=True)
+
+    def _phrase(self, first: Suggestion, bare_start: bool, words) -> Suggestion | None:
+        """The phrase that `first` begins, where the rule finds one: its words, the product of probabilities."""
+        assert self.phrases is not None
+        tokens = self._spelling(first.word, bare_start)
+        if tokens is None:
+            return None
+        room = self.lm.capacity - len(self.context.ids)
+
+        def next_word(prefix: tuple[int, ...]):
+            if len(prefix) + self.max_word_tokens > room:
+                return None
+            root = log_softmax(self.context.expand([prefix])[0].astype(np.float64))
+            found = search_words(
+                root,
+                lambda sequences: self.context.expand([prefix + tuple(s) for s in sequences]),
+                self.classes,
+                k=1,
+                beam_width=self.beam_width,
+                max_tokens=self.max_word_tokens,
+                words=words,
+            )
+            if not found:
+                return None
+            form = words.display(found[0].word.lower(), "", False) if words is not None else found[0].word
+            spelled = self._spelling(form, False)
+            return None if spelled is None else (form, found[0].probability, spelled)
+
+        extended = extend(tokens, first.probability, next_word, self.phrases)
+        if extended is None:
+            return None
+        more, probability = extended
+        return Suggestion(" ".join([first.word, *more]), probability)
+
+    def _lexicon_spellings(self, words: WordSet, partial: str, bare_start: bool) -> list[tuple[int, ...]]:
+        """The spellings of the lexicon's and the text's candidates for `partial` (`blend.blend`'s), which the blend
+        scores where the search does not reach them."""
+        prefix = partial.lower()
+        candidates = [*words.lexicon.most_frequent(prefix, self.blend.candidates), *words.typed_words(prefix)]
+        room = self.lm.capacity - len(self.context.ids)
+        spellings = (self._spelling(words.display(w, partial, False), bare_start) for w in dict.fromkeys(candidates))
+        return [t for t in spellings if t and len(t) <= room]
 
     def _spelling(self, word: str, bare_start: bool) -> tuple[int, ...] | None:
         """The tokenizer's own tokens for `word` as the next word (with its leading space unless bare), or None
